@@ -1,0 +1,249 @@
+"""`attnlab <verb>`: a thin command line over the library. Bad input: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import AttnlabError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AttnlabError(f"--set {pair!r}: expected key=value, e.g. --set n_heads=8")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="builtin | tinystories | tinystories-full | PATH (default: builtin)")
+    p.add_argument("--tokenizer", default=None, help="bytes (default) | codepoint | char")
+    p.add_argument("--preset", default=None, help="model sizes: lab | small (default) | medium | large")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--max-time", type=float, default=None, help="training budget in seconds (per model)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 | mps")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("steps", "max_time", "batch_size", "lr", "eval_every", "seed", "device")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import DEFAULT_MAX_TIME, run_lab, summary
+
+    overrides = _train_overrides(args)
+    for key in ("max_time", "steps", "seed", "device"):
+        overrides.pop(key, None)
+    max_time = args.max_time if args.max_time is not None else (None if args.steps else DEFAULT_MAX_TIME)
+    metrics = run_lab(
+        data=args.data or "builtin",
+        out=args.out,
+        max_time=max_time,
+        preset=args.preset or "small",
+        tokenizer=args.tokenizer or "bytes",
+        seed=args.seed or 0,
+        device=args.device or "auto",
+        steps=args.steps,
+        train_overrides=overrides,
+    )
+    print(summary(metrics, Path(args.out)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import notice, prepare_data
+    from .models import build_model, preset_config
+    from .train import TrainConfig, resolve_device, train
+
+    out = Path(args.out)
+    sets = _parse_sets(args.set)
+    if args.resume:
+        ckpt = load_checkpoint(out, with_state=True)
+        state = ckpt.state
+        if "train" not in state:
+            raise AttnlabError(f"{ckpt.path}: has no training state to resume from")
+        tcfg = TrainConfig.from_dict({**state["train"], **_train_overrides(args)})
+        device = resolve_device(tcfg.device)
+        model, tokenizer = ckpt.model.to(device), ckpt.tokenizer
+        data = args.data or state.get("data", {}).get("source", "builtin")
+        notice(f"resuming {ckpt.path} at step {state['step']}")
+    else:
+        tcfg = TrainConfig(**_train_overrides(args))
+        tcfg.validate()
+        device = resolve_device(tcfg.device)
+        tokenizer, data = args.tokenizer or "bytes", args.data or "builtin"
+    tcfg.device = device
+    tcfg.validate()
+    prepared = prepare_data(data, tokenizer)
+    if not args.resume:
+        torch.manual_seed(tcfg.seed)
+        cfg = preset_config(args.preset or "small", model=args.model, n_vocab=prepared.tokenizer.n_vocab)
+        model = build_model(cfg.with_overrides(sets)).to(device)
+    elif sets or args.preset:
+        notice("notice: --preset and --set are ignored with --resume (the checkpoint's config is used)")
+    info = {"data": prepared.info(), "preset": args.preset or "small"}
+    notice(f"training a {model.config.model} of {model.num_params():,} parameters on {device}")
+    train(
+        model,
+        prepared.tokenizer,
+        prepared.train,
+        prepared.valid,
+        tcfg,
+        out,
+        run_info=info,
+        resume_state=ckpt.state if args.resume else None,
+        resume_tensors=ckpt.tensors if args.resume else None,
+        desc=model.config.model,
+    )
+    print(f"checkpoint: {out / 'checkpoint'}\nmetrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .generate import check_sampling, encode_prompt, stream_tokens
+    from .train import resolve_device
+
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model, tokenizer = ckpt.model, ckpt.tokenizer
+    ids, notices = encode_prompt(tokenizer, args.prompt, model.config.max_len)
+    for line in notices:
+        print(line, file=sys.stderr)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(args.seed)
+    decoder = tokenizer.stream_decoder()
+    for next_B1 in stream_tokens(
+        model,
+        torch.tensor([ids], device=device),
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.greedy,
+        gen,
+    ):
+        sys.stdout.write(decoder.feed(next_B1[0].tolist()))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.flush() + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import encode_split, load_corpus, load_whole_text
+    from .train import evaluate, resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    if args.split == "all":
+        stream = encode_split(load_whole_text(args.data), ckpt.tokenizer, args.data)
+    else:
+        stream = encode_split(load_corpus(args.data).valid, ckpt.tokenizer, f"{args.data} valid")
+    result = evaluate(ckpt.model, stream)
+    out = {
+        "loss_nats_per_char": result.loss / stream.chars_per_token,
+        "bpc": result.bpc,
+        "chars": result.chars,
+        "loss_nats_per_token": result.loss,
+        "tokens": result.tokens,
+        "checkpoint": str(ckpt.path),
+        "data": args.data,
+        "split": args.split,
+    }
+    if args.format == "json":
+        print(json.dumps(out))
+    else:
+        print(
+            f"{args.data} ({args.split}): {result.bpc:.4f} bits/char, {out['loss_nats_per_char']:.4f} nats/char, "
+            f"{result.loss:.4f} nats/token over {result.chars:,} characters"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attnlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("lab", help="train the MLP and the Transformer on the same data and compare them")
+    _add_train_options(p)
+    p.add_argument("--out", default="runs/lab", help="run folder (default: runs/lab)")
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("train", help="train one model, with checkpoints and a metrics log")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer")
+    _add_train_options(p)
+    p.add_argument("--out", required=True, help="run folder: checkpoint/ and metrics.jsonl go here")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained model")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="bits per character of a checkpoint on any text")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("--data", required=True, help="builtin | tinystories | PATH")
+    p.add_argument(
+        "--split",
+        choices=("valid", "all"),
+        default="valid",
+        help="valid: the validation split; all: the whole text of --data",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AttnlabError as e:
+        print(f"attnlab {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingInterrupted as e:
+        print(f"attnlab {args.command}: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"attnlab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Text generation: greedy, temperature, top-k and top-p sampling; the next-token table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .errors import AttnlabError
+from .models import LanguageModel
+from .tokenizers import Tokenizer
+
+
+def filter_logits_BV(logits_BV: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top k, then outside the smallest set with mass >= top_p."""
+    if top_k is not None and top_k < logits_BV.shape[-1]:
+        kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_BV, order_BV = logits_BV.sort(dim=-1, descending=True)
+        cum_BV = sorted_BV.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop_sorted_BV = (cum_BV - sorted_BV.softmax(dim=-1)) >= top_p
+        drop_BV = drop_sorted_BV.scatter(-1, order_BV, drop_sorted_BV)
+        logits_BV = logits_BV.masked_fill(drop_BV, float("-inf"))
+    return logits_BV
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
+    if temperature <= 0:
+        raise AttnlabError(f"--temperature {temperature}: must be > 0 (use --greedy for argmax decoding)")
+    if top_k is not None and top_k < 1:
+        raise AttnlabError(f"--top-k {top_k}: must be >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise AttnlabError(f"--top-p {top_p}: must be in (0, 1]")
+    if max_new_tokens < 0:
+        raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
+
+
+@torch.no_grad()
+def stream_tokens(
+    model: LanguageModel,
+    ids_BL: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token ids_B1, one step at a time; the context is the last max_len tokens."""
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
+    if ids_BL.shape[1] == 0:
+        raise AttnlabError("empty prompt: give at least one token of text")
+    was_training = model.training
+    model.eval()
+    max_len = model.config.max_len
+    try:
+        for _ in range(max_new_tokens):
+            logits_BV = model(ids_BL[:, -max_len:])[:, -1, :].float()
+            if greedy:
+                next_B1 = logits_BV.argmax(dim=-1, keepdim=True)
+            else:
+                probs_BV = filter_logits_BV(logits_BV / temperature, top_k, top_p).softmax(dim=-1)
+                next_B1 = torch.multinomial(probs_BV.cpu(), 1, generator=generator).to(ids_BL.device)
+            ids_BL = torch.cat([ids_BL, next_B1], dim=1)
+            yield next_B1
+    finally:
+        model.train(was_training)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, max_len: int | None = None) -> tuple[list[int], list[str]]:
+    """Prompt ids plus notices: characters the tokenizer cannot encode, and cropping to max_len."""
+    if not prompt:
+        raise AttnlabError("empty prompt: pass some text with --prompt")
+    notices = []
+    dropped = tokenizer.unencodable(prompt)
+    if dropped:
+        chars = ", ".join(f"{ch!r}" for ch in dropped)
+        notices.append(f"notice: the prompt has characters the tokenizer cannot encode, left out: {chars}")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise AttnlabError("the prompt has no character the tokenizer can encode; use other text")
+    if max_len is not None and len(ids) > max_len:
+        notices.append(f"notice: prompt of {len(ids)} tokens cropped to its last {max_len} (the context length)")
+        ids = ids[-max_len:]
+    return ids, notices
+
+
+@torch.no_grad()
+def next_token_table(model: LanguageModel, tokenizer: Tokenizer, prompt: str, k: int = 10) -> list[tuple[str, float]]:
+    """The k most likely next tokens after `prompt`, as (token text, probability)."""
+    ids, _ = encode_prompt(tokenizer, prompt, model.config.max_len)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits_V = model(torch.tensor([ids], device=device))[0, -1].float()
+    model.train(was_training)
+    probs_V = logits_V.softmax(dim=-1)
+    top = torch.topk(probs_V, min(k, probs_V.numel()))
+    return [(tokenizer.token_str(i), p) for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+
+
+def generate_text(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int | None = 0,
+) -> str:
+    """The continuation of `prompt` (without the prompt) as text."""
+    ids, _ = encode_prompt(tokenizer, prompt, model.config.max_len)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature, top_k, top_p, greedy, gen)
+    return tokenizer.decode(out[0, len(ids) :].tolist())

@@ -1,0 +1,54 @@
+"""What both language models share: config, parameter count, initialisation, generation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+class LanguageModel(nn.Module):
+    """A next-token model: ids_BL (int64) -> logits_BLV."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> LanguageModel:
+        return cls(**{k: v for k, v in cfg.to_dict().items() if k != "model"})
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layers)."""
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = resid_std if name.endswith(("w_o", "fc_out")) else 0.02
+                nn.init.normal_(module.weight, 0.0, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        ids_BL: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append `max_new_tokens` sampled tokens to each row of ids_BL; returns the whole sequence."""
+        from ..generate import stream_tokens
+
+        new = list(stream_tokens(self, ids_BL, max_new_tokens, temperature, top_k, top_p, greedy, generator))
+        return torch.cat([ids_BL, *new], dim=1) if new else ids_BL

@@ -1,0 +1,344 @@
+"""The training loop: AdamW, warm-up + cosine schedule, clipping, evaluation, checkpoints, JSONL log.
+
+Losses are in nats per token; bits per character (bpc) divide by ln 2 and by the characters each
+token stands for, so runs compare across tokenizers. A CPU run is deterministic for its seed, and
+a resumed run reproduces the uninterrupted run's losses exactly (batches, dropout and optimizer
+state all come back from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from .data import Batches, TokenStream, check_length, notice
+from .errors import AttnlabError
+from .models import LanguageModel
+from .tokenizers import Tokenizer
+
+LN2 = math.log(2)
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # optimizer steps; the cosine schedule ends here
+    max_time: float | None = None  # seconds of training (evaluation not counted); whichever ends first
+    batch_size: int = 16  # sequences per step (each max_len tokens)
+    lr: float = 4e-3  # peak learning rate after warm-up
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # on weight matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    eval_every: int = 200  # steps between evaluations (and checkpoints)
+    eval_tokens: int = 65_536  # periodic evaluations use this fixed prefix of the validation split
+    final_eval_chars: int = 1_000_000  # the final evaluation: whole validation split, or its first N chars
+    log_every: int = 10  # steps per training-loss row in metrics.jsonl
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.steps is None and self.max_time is None:
+            raise AttnlabError("give a training budget: --steps N and/or --max-time SECONDS")
+        if self.steps is not None and self.steps < 1:
+            raise AttnlabError(f"--steps {self.steps}: must be >= 1")
+        if self.max_time is not None and self.max_time <= 0:
+            raise AttnlabError(f"--max-time {self.max_time}: must be > 0 seconds")
+        for name in ("batch_size", "eval_every", "log_every", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if not self.lr > 0:
+            raise AttnlabError(f"--lr {self.lr}: must be > 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise AttnlabError(f"--device {device}: not available here ({str(e).splitlines()[0][:120]})") from None
+    return device
+
+
+def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay from lr to min_lr as progress goes 0 -> 1."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    p = min(1.0, max(0.0, progress))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+@dataclass
+class EvalResult:
+    loss: float  # nats per token
+    bpc: float  # bits per character
+    chars: int  # characters of text the predicted tokens stand for
+    tokens: int  # tokens predicted
+
+
+@torch.no_grad()
+def evaluate(
+    model: LanguageModel,
+    stream: TokenStream,
+    max_chars: int | None = None,
+    max_tokens: int | None = None,
+    batch_size: int = 64,
+) -> EvalResult:
+    """Loss over consecutive non-overlapping windows: every token (but the first) predicted once."""
+    device = next(model.parameters()).device
+    L = model.config.max_len
+    n = len(stream.tokens)
+    if max_chars is not None:
+        n = min(n, math.ceil(max_chars / stream.chars_per_token) + 1)
+    if max_tokens is not None:
+        n = min(n, max_tokens + 1)
+    if n < 2:
+        raise AttnlabError("the validation split has fewer than 2 tokens; give more validation text")
+    tokens = np.asarray(stream.tokens[:n], dtype=np.int64)
+    n_full = (n - 1) // L
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    pieces = []
+    if n_full:
+        full = torch.from_numpy(tokens[: n_full * L + 1])
+        idx = torch.arange(n_full)[:, None] * L + torch.arange(L + 1)
+        pieces += list(full[idx].split(batch_size))
+    if (n - 1) % L:
+        pieces.append(torch.from_numpy(tokens[n_full * L :])[None])
+    for window_BL in pieces:
+        window_BL = window_BL.to(device)
+        logits_BLV = model(window_BL[:, :-1])
+        loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), window_BL[:, 1:].flatten(), reduction="sum")
+        total += loss.item()
+        count += window_BL[:, 1:].numel()
+    model.train(was_training)
+    loss = total / count
+    return EvalResult(loss, loss / LN2 / stream.chars_per_token, round(count * stream.chars_per_token), count)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C: the checkpoint is saved and the run can be resumed."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint}; continue with --resume")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass
+class TrainResult:
+    model: LanguageModel
+    steps: int
+    train_time_s: float
+    tokens_per_s: float
+    final: EvalResult
+    checkpoint: Path
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), **fused)
+
+
+class _StopFlag:
+    """Turns SIGINT into a flag checked between steps, so a step is never cut in half."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C is not ours to catch
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    train_stream: TokenStream,
+    valid_stream: TokenStream,
+    tcfg: TrainConfig,
+    out_dir: Path,
+    run_info: dict[str, Any] | None = None,
+    resume_state: dict[str, Any] | None = None,
+    resume_tensors: dict[str, torch.Tensor] | None = None,
+    callback: Callable[[int, dict[str, Any]], bool | None] | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
+
+    `callback(step, row)` is called after every step; returning True stops the run as Ctrl-C would.
+    """
+    tcfg.validate()
+    max_len = model.config.max_len
+    check_length(train_stream, max_len, "the training split")
+    device = str(next(model.parameters()).device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint"
+    log_path = out_dir / "metrics.jsonl"
+    batches = Batches(train_stream.tokens, max_len, tcfg.batch_size, tcfg.seed + 1, device)
+    optimizer = make_optimizer(model, tcfg, device)
+    step, elapsed, tokens_seen, loss_sum, loss_count = 0, 0.0, 0, 0.0, 0
+    if resume_state is not None:
+        assert resume_tensors is not None
+        step, elapsed = resume_state["step"], resume_state["elapsed_s"]
+        tokens_seen = resume_state["tokens_seen"]
+        loss_sum, loss_count = resume_state["loss_acc"]
+        optimizer.load_state_dict(optimizer_from_flat(resume_tensors, resume_state["optimizer"]))
+        batches.load_state_dict(resume_tensors["rng.batches"])
+        torch.set_rng_state(resume_tensors["rng.torch"])
+        if torch.cuda.is_available() and "rng.cuda" in resume_tensors:
+            torch.cuda.set_rng_state(resume_tensors["rng.cuda"])
+        # Drop log rows written after the checkpoint, so the log reads as one uninterrupted run.
+        if log_path.exists():
+            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r["step"] <= step and not r.get("final")]
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    elif log_path.exists():
+        log_path.unlink()
+    log: list[dict[str, Any]] = []
+
+    def write_row(row: dict[str, Any]) -> None:
+        log.append(row)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def save() -> Path:
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
+        if device.startswith("cuda"):
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        state = {
+            "step": step,
+            "elapsed_s": elapsed,
+            "tokens_seen": tokens_seen,
+            "loss_acc": [loss_sum, loss_count],
+            "last_train_loss": last_train_loss,
+            "train": asdict(tcfg),
+            "optimizer": opt_meta,
+            **(run_info or {}),
+        }
+        return save_checkpoint(ckpt_path, model, tokenizer, state, tensors)
+
+    def budget_left() -> bool:
+        return (tcfg.steps is None or step < tcfg.steps) and (tcfg.max_time is None or elapsed < tcfg.max_time)
+
+    def progress() -> float:
+        parts = [step / tcfg.steps] if tcfg.steps else []
+        parts += [elapsed / tcfg.max_time] if tcfg.max_time else []
+        return max(parts)
+
+    min_lr = tcfg.lr * tcfg.min_lr_ratio
+    last_train_loss = resume_state.get("last_train_loss") if resume_state else None
+    model.train()
+    bar = tqdm(total=tcfg.steps, initial=step, desc=desc, unit="step", disable=None, file=sys.stderr)
+    with _StopFlag() as flag:
+        while budget_left() and not flag.stop:
+            t0 = time.perf_counter()
+            lr = cosine_lr(step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x_BL, y_BL = batches.next()
+            logits_BLV = model(x_BL)
+            loss = F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            loss_value = loss.item()  # also waits for the device, so the timing below is honest
+            elapsed += time.perf_counter() - t0
+            step += 1
+            tokens_seen += x_BL.numel()
+            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            tok_s = tokens_seen / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            row: dict[str, Any] = {}
+            is_eval = step % tcfg.eval_every == 0
+            if step % tcfg.log_every == 0 or is_eval:
+                row = {
+                    "step": step,
+                    "train_loss": loss_sum / loss_count,
+                    "lr": lr,
+                    "elapsed_s": round(elapsed, 3),
+                    "tokens_per_s": round(tok_s, 1),
+                }
+                last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
+            if is_eval and budget_left():
+                ev = evaluate(model, valid_stream, max_tokens=tcfg.eval_tokens)
+                row.update(val_loss=ev.loss, val_bpc=ev.bpc)
+                bar.write(
+                    f"{desc} step {step}: train loss {row['train_loss']:.3f}, "
+                    f"val loss {ev.loss:.3f} nats/token, {ev.bpc:.3f} bits/char",
+                    file=sys.stderr,
+                )
+            if row:
+                write_row(row)
+            if is_eval:
+                save()
+            if callback is not None and callback(step, row):
+                flag.stop = True
+        bar.close()
+        if flag.stop and budget_left():
+            path = save()
+            raise TrainingInterrupted(step, path)
+    final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
+    tok_s = tokens_seen / max(elapsed, 1e-9)
+    final_row = {
+        "step": step,
+        "train_loss": loss_sum / loss_count if loss_count else last_train_loss,
+        "val_loss": final.loss,
+        "val_bpc": final.bpc,
+        "val_chars": final.chars,
+        "elapsed_s": round(elapsed, 3),
+        "tokens_per_s": round(tok_s, 1),
+        "final": True,
+    }
+    write_row(final_row)
+    path = save()
+    notice(
+        f"{desc}: {step} steps in {elapsed:.1f} s ({tok_s:,.0f} tokens/s); final validation "
+        f"{final.loss:.4f} nats/token = {final.bpc:.4f} bits/char over {final.chars:,} chars"
+    )
+    return TrainResult(model, step, elapsed, tok_s, final, path, log)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small story corpus on disk, a tiny model config, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnlab.builtin_corpus import builtin_stories
+from attnlab.cli import main
+from attnlab.data import join_stories
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Token caches go to a temporary folder, never to the user's home.
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def stories() -> list[str]:
+    return builtin_stories(seed=1, n_chars=150_000)
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, stories: list[str]) -> Path:
+    """A TinyStories-format file (stories ending with <|endoftext|> lines) of about 150 kB."""
+    path = tmp_path / "stories.txt"
+    path.write_text(join_stories(stories))
+    return path
+
+
+TINY = ["--preset", "lab", "--set", "max_len=32"]
+
+
+def tinystories_dir() -> Path:
+    """The real TinyStories text named by $ATTNLAB_TINYSTORIES, or skip the test."""
+    folder = os.environ.get("ATTNLAB_TINYSTORIES")
+    if not folder or not (Path(folder) / "valid.txt").is_file():
+        pytest.skip("ATTNLAB_TINYSTORIES is not set to a folder with train.txt and valid.txt (.ci/run sets it)")
+    return Path(folder)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run `attnlab ARGS` in this process; returns (exit status, stdout, stderr)."""
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse usage errors
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_subprocess(args: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "attnlab", *args], capture_output=True, text=True, timeout=timeout, **kw
+    )

@@ -1,0 +1,82 @@
+"""The lab report: a real PNG figure and a self-contained, escaped report.html."""
+
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+
+from attnlab.report import write_lab_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _curve(start_loss: float, start_bpc: float, seconds_per_step: float) -> list[dict]:
+    rows: list[dict] = []
+    for step in range(0, 101, 10):
+        row = {"step": step, "elapsed_s": step * seconds_per_step, "train_loss": start_loss - 0.01 * step}
+        if step % 50 == 0:
+            row.update(val_loss=start_loss - 0.01 * step, val_bpc=start_bpc - 0.008 * step)
+        rows.append(row)
+    rows.append(
+        {
+            "step": 100,
+            "elapsed_s": 100 * seconds_per_step,
+            "val_loss": start_loss - 1.05,
+            "val_bpc": start_bpc - 0.85,
+            "final": True,
+        }
+    )
+    return rows
+
+
+def _metrics() -> dict:
+    return {
+        "mlp": {
+            "params": 12345,
+            "val_bpc": 2.5,
+            "val_loss": 1.7,
+            "tokens_per_s": 50000.0,
+            "steps": 300,
+            "train_time_s": 60.0,
+            "samples": ["the mlp rambles on", "<script>alert(1)</script> & more"],
+            "config": {"model": "mlp"},
+        },
+        "transformer": {
+            "params": 1234567,
+            "val_bpc": 1.87654,
+            "val_loss": 1.3,
+            "tokens_per_s": 20000.4,
+            "steps": 120,
+            "train_time_s": 60.0,
+            "samples": [" there was a cat.", "\nShe went to the park."],
+            "config": {"model": "transformer"},
+        },
+        "data": {"source": "builtin", "train_chars": 1200000, "val_chars": 130000},  # no "tokenizer"
+        "prompts": ["Once upon a time", "One day, "],
+    }
+
+
+def test_write_lab_report(tmp_path):
+    metrics = _metrics()
+    curves = {"mlp": _curve(3.0, 3.4, 0.2), "transformer": _curve(3.2, 3.6, 0.5)}
+    html_path = write_lab_report(tmp_path, metrics, curves)
+
+    png = tmp_path / "loss_curves.png"
+    assert png.exists()
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    pixels = mpimg.imread(png)
+    assert pixels.shape[1] > 600
+    assert pixels.std() > 0.05
+
+    assert html_path == tmp_path / "report.html"
+    page = html_path.read_text(encoding="utf-8")
+    assert "attnlab lab report" in page
+    assert "data:image/png;base64," in page
+    assert "12,345" in page and "1,234,567" in page
+    assert "2.500" in page and "1.877" in page
+    assert "The Transformer wins by <b>0.623 bits per character</b>" in page
+    assert "1,200,000" in page and "130,000" in page
+    for sample in ("the mlp rambles on", " there was a cat.", "\nShe went to the park."):
+        assert sample in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "<script>" not in page
+    assert "white-space: pre-wrap" in page

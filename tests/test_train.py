@@ -1,0 +1,208 @@
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.checkpoint import load_checkpoint, save_checkpoint
+from attnlab.data import prepare_data
+from attnlab.errors import AttnlabError
+from attnlab.models import build_model, preset_config
+from attnlab.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, train
+
+from .conftest import TINY
+
+
+def _rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rows]
+
+
+def _setup(corpus_file: Path, dropout: float = 0.1):
+    prepared = prepare_data(str(corpus_file))
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", max_len=32, dropout=dropout))
+    return prepared, model
+
+
+def test_training_loss_drops_well_below_uniform(corpus_file: Path, tmp_path: Path) -> None:
+    prepared, model = _setup(corpus_file, dropout=0.0)
+    before = evaluate(model, prepared.valid)
+    assert abs(before.loss - math.log(256)) < 0.05  # untrained: about uniform over 256 bytes
+    tcfg = TrainConfig(steps=300, batch_size=16, eval_every=100, log_every=10)
+    result = train(model, prepared.tokenizer, prepared.train, prepared.valid, tcfg, tmp_path)
+    assert result.final.bpc < 3.7  # uniform is 8 bits per character; a bigram model about 3.4
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if "val_bpc" in r] == [100, 200, 300]
+    assert rows[-1]["final"] and rows[-1]["step"] == 300 and "val_loss" in rows[-1]
+    assert all("train_loss" in r for r in rows)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(corpus_file: Path, tmp_path: Path) -> None:
+    tcfg = dict(steps=40, batch_size=8, eval_every=10, log_every=5)
+    prepared, model = _setup(corpus_file)
+    train(model, prepared.tokenizer, prepared.train, prepared.valid, TrainConfig(**tcfg), tmp_path / "a")
+
+    prepared, model = _setup(corpus_file)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(
+            model,
+            prepared.tokenizer,
+            prepared.train,
+            prepared.valid,
+            TrainConfig(**tcfg),
+            tmp_path / "b",
+            callback=lambda step, row: step == 17,
+        )
+    assert stop.value.step == 17
+    ckpt = load_checkpoint(tmp_path / "b", with_state=True)
+    assert ckpt.state["step"] == 17
+    train(
+        ckpt.model,
+        ckpt.tokenizer,
+        prepared.train,
+        prepared.valid,
+        TrainConfig(**ckpt.state["train"]),
+        tmp_path / "b",
+        resume_state=ckpt.state,
+        resume_tensors=ckpt.tensors,
+    )
+    assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min() -> None:
+    lrs = [cosine_lr(s, s / 100, 1.0, 10, 0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_bits_per_character_accounts_for_characters_per_token(tmp_path: Path) -> None:
+    # The same text measured with bytes and with codepoints gives the same loss per character
+    # when the model is uniform: bytes predict more tokens, each standing for fewer characters.
+    path = tmp_path / "wide.txt"
+    path.write_text("\n".join(["héllo wörld"] * 200))
+    for tok, n_vocab in (("bytes", 256), ("codepoint", 256)):
+        prepared = prepare_data(str(path), tok)
+        model = build_model(preset_config("lab", n_vocab=n_vocab, max_len=16))
+        torch.nn.init.zeros_(model.embed.tok.weight)  # uniform predictions
+        ev = evaluate(model, prepared.valid)
+        bits_per_token = math.log2(256)
+        assert ev.bpc == pytest.approx(bits_per_token / prepared.valid.chars_per_token, rel=1e-4)
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -> None:
+    script = f"""
+import os, torch, attnlab.checkpoint as c
+from attnlab.models import build_model, preset_config
+from attnlab.tokenizers import ByteTokenizer
+torch.manual_seed(0)
+m = build_model(preset_config("lab"))
+c.save_checkpoint({str(tmp_path / "ck")!r}, m, ByteTokenizer(), {{"step": 1}})
+real = c.save_file
+def dying(tensors, path):
+    real(tensors, path)
+    os._exit(9)  # killed after writing new weights, before the swap
+c.save_file = dying
+with torch.no_grad():
+    m.embed.tok.weight.add_(1.0)
+c.save_checkpoint({str(tmp_path / "ck")!r}, m, ByteTokenizer(), {{"step": 2}})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert ckpt.state["step"] == 1
+    torch.manual_seed(0)
+    fresh = build_model(preset_config("lab"))
+    assert torch.equal(ckpt.model.embed.tok.weight, fresh.embed.tok.weight)
+
+
+def test_checkpoint_between_the_two_renames_is_found_as_old(tmp_path: Path) -> None:
+    model = build_model(preset_config("lab"))
+    from attnlab.tokenizers import ByteTokenizer
+
+    save_checkpoint(tmp_path / "checkpoint", model, ByteTokenizer(), {"step": 5})
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
+    assert load_checkpoint(tmp_path).state["step"] == 5
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from attnlab.tokenizers import ByteTokenizer
+
+    save_checkpoint(tmp_path / "checkpoint", build_model(preset_config("lab")), ByteTokenizer())
+    (tmp_path / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AttnlabError, match="corrupt or incomplete"):
+        load_checkpoint(tmp_path)
+
+
+def test_budget_is_required(corpus_file: Path, tmp_path: Path) -> None:
+    prepared, model = _setup(corpus_file)
+    with pytest.raises(AttnlabError, match="--steps N and/or --max-time"):
+        train(model, prepared.tokenizer, prepared.train, prepared.valid, TrainConfig(), tmp_path)
+
+
+def test_max_time_bounds_training(corpus_file: Path, tmp_path: Path) -> None:
+    prepared, model = _setup(corpus_file)
+    result = train(
+        model, prepared.tokenizer, prepared.train, prepared.valid, TrainConfig(max_time=1.0, batch_size=4), tmp_path
+    )
+    assert 1.0 <= result.train_time_s < 2.0
+    assert _rows(tmp_path)[-1]["final"]
+
+
+def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no metrics rows appeared")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_the_uninterrupted_run(corpus_file: Path, tmp_path: Path) -> None:
+    args = [
+        "train",
+        "--model",
+        "transformer",
+        *TINY,
+        "--data",
+        str(corpus_file),
+        "--steps",
+        "3000",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "1000",
+        "--set",
+        "dropout=0.1",
+    ]
+    cmd = [sys.executable, "-m", "attnlab"]
+    full = subprocess.run([*cmd, *args, "--out", str(tmp_path / "full")], capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*cmd, *args, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(tmp_path / "cut" / "metrics.jsonl", 3, proc)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    step = load_checkpoint(tmp_path / "cut", with_state=True).state["step"]
+    assert 30 <= step < 3000
+    resumed = subprocess.run(
+        [*cmd, "train", "--out", str(tmp_path / "cut"), "--data", str(corpus_file), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")
