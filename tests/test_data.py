@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnlab.data import (
+    HUB_TRAIN,
     HUB_VALID,
     SEPARATOR,
     Batches,
@@ -134,36 +135,46 @@ def test_batches_are_shifted_windows_and_reproducible() -> None:
     assert torch.equal(b.next()[0], expected)
 
 
-def _seed_hub_cache(root: Path, text: str) -> None:
+def _seed_hub_cache(root: Path, files: dict[str, str]) -> None:
     """The layout hf_hub_download reads offline: refs/main (no newline) -> snapshots/<rev>/<file>."""
     repo = root / "hub" / "datasets--roneneldan--TinyStories"
     rev = "0123456789abcdef0123456789abcdef01234567"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(rev)
     (repo / "snapshots" / rev).mkdir(parents=True)
-    (repo / "snapshots" / rev / HUB_VALID).write_text(text)
+    for name, text in files.items():
+        (repo / "snapshots" / rev / name).write_text(text)
 
 
-def test_tinystories_comes_from_the_hub_cache(tmp_path: Path, monkeypatch, stories: list[str]) -> None:
-    monkeypatch.delenv("ATTNLAB_TINYSTORIES", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _seed_hub_cache(tmp_path, join_stories(stories[:50]))
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline Hugging Face cache under tmp_path (no network is ever used)."""
     import huggingface_hub.constants as hc
 
+    monkeypatch.delenv("ATTNLAB_TINYSTORIES", raising=False)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    return tmp_path
+
+
+def test_tinystories_comes_from_the_hub_cache(offline_hub: Path, stories: list[str]) -> None:
+    _seed_hub_cache(offline_hub, {HUB_VALID: join_stories(stories[:50])})
     corpus = load_corpus("tinystories")
     assert split_stories(corpus.train.text) + split_stories(corpus.valid.text) == stories[:50]
     assert len(split_stories(corpus.valid.text)) == 5
 
 
-def test_tinystories_offline_without_cache_says_how_to_pass_a_local_path(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("ATTNLAB_TINYSTORIES", raising=False)
-    import huggingface_hub.constants as hc
+def test_tinystories_full_memory_maps_the_big_train_file(offline_hub: Path, stories: list[str]) -> None:
+    _seed_hub_cache(offline_hub, {HUB_VALID: join_stories(stories[:5]), HUB_TRAIN: join_stories(stories[5:])})
+    corpus = load_corpus("tinystories-full", in_memory_limit=1000)
+    assert corpus.train.path is not None and corpus.train.path.name == HUB_TRAIN
+    assert split_stories(corpus.valid.text) == stories[:5]
+    stream = encode_split(corpus.train, ByteTokenizer(), "train")
+    assert isinstance(stream.tokens, np.memmap)
+    assert bytes(np.asarray(stream.tokens).astype(np.uint8)) == join_stories(stories[5:]).encode()
 
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+def test_tinystories_offline_without_cache_says_how_to_pass_a_local_path(offline_hub: Path) -> None:
     with pytest.raises(AttnlabError, match="--data PATH"):
         load_corpus("tinystories")
 

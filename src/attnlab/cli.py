@@ -75,7 +75,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .data import notice, prepare_data
+    from .data import check_length, notice, prepare_data
     from .models import build_model, preset_config
     from .train import TrainConfig, resolve_device, train
 
@@ -105,6 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = build_model(cfg.with_overrides(sets)).to(device)
     elif sets or args.preset:
         notice("notice: --preset and --set are ignored with --resume (the checkpoint's config is used)")
+    check_length(prepared.train, model.config.max_len, "the training split")
     info = {"data": prepared.info(), "preset": args.preset or "small"}
     notice(f"training a {model.config.model} of {model.num_params():,} parameters on {device}")
     train(

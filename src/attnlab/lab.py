@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .data import notice, prepare_data
+from .data import check_length, notice, prepare_data
 from .generate import generate_text
 from .models import build_model, preset_config
 from .train import TrainConfig, resolve_device, train
@@ -34,6 +34,7 @@ def run_lab(
     from .report import write_lab_report
 
     out = Path(out)
+    TrainConfig(steps=steps, max_time=max_time, **(train_overrides or {})).validate()
     device = resolve_device(device)
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
@@ -42,8 +43,11 @@ def run_lab(
     for kind in ("mlp", "transformer"):
         torch.manual_seed(seed)
         cfg = preset_config(preset, model=kind, n_vocab=prepared.tokenizer.n_vocab)
+        check_length(prepared.train, cfg.max_len, "the training split")
         model = build_model(cfg).to(device)
         tcfg = TrainConfig(steps=steps, max_time=max_time, seed=seed, device=device, **(train_overrides or {}))
+        if max_time and "eval_every" not in (train_overrides or {}):
+            tcfg.eval_every_s = max_time / 12  # a dozen points on each validation curve
         notice(
             f"lab: training the {kind} ({model.num_params():,} parameters) for "
             f"{f'{max_time:g} s' if max_time else ''}{' / ' if max_time and steps else ''}"

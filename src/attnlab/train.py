@@ -45,6 +45,7 @@ class TrainConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     eval_every: int = 200  # steps between evaluations (and checkpoints)
+    eval_every_s: float | None = None  # also evaluate every this many seconds of training (the lab's curves)
     eval_tokens: int = 65_536  # periodic evaluations use this fixed prefix of the validation split
     final_eval_chars: int = 1_000_000  # the final evaluation: whole validation split, or its first N chars
     log_every: int = 10  # steps per training-loss row in metrics.jsonl
@@ -254,6 +255,7 @@ def train(
             "tokens_seen": tokens_seen,
             "loss_acc": [loss_sum, loss_count],
             "last_train_loss": last_train_loss,
+            "next_eval_s": next_eval_s,
             "train": asdict(tcfg),
             "optimizer": opt_meta,
             **(run_info or {}),
@@ -270,6 +272,7 @@ def train(
 
     min_lr = tcfg.lr * tcfg.min_lr_ratio
     last_train_loss = resume_state.get("last_train_loss") if resume_state else None
+    next_eval_s = resume_state.get("next_eval_s", 0.0) if resume_state else (tcfg.eval_every_s or 0.0)
     model.train()
     bar = tqdm(total=tcfg.steps, initial=step, desc=desc, unit="step", disable=None, file=sys.stderr)
     with _StopFlag() as flag:
@@ -296,6 +299,8 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             row: dict[str, Any] = {}
             is_eval = step % tcfg.eval_every == 0
+            if tcfg.eval_every_s and elapsed >= next_eval_s:
+                is_eval, next_eval_s = True, elapsed + tcfg.eval_every_s
             if step % tcfg.log_every == 0 or is_eval:
                 row = {
                     "step": step,

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from attnlab.errors import AttnlabError
+from attnlab.generate import encode_prompt, filter_logits_BV, generate_text, next_token_table
+from attnlab.models import build_model, preset_config
+from attnlab.tokenizers import ByteTokenizer, CodepointTokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(preset_config("lab", max_len=16)).eval()
+
+
+def test_greedy_generation_is_the_argmax_chain(model) -> None:
+    ids_BL = torch.tensor([[72, 105]])
+    out_BL = model.generate(ids_BL, 5, greedy=True)
+    expected = ids_BL
+    for _ in range(5):
+        nxt = model(expected[:, -16:])[:, -1].argmax(-1, keepdim=True)
+        expected = torch.cat([expected, nxt], 1)
+    assert torch.equal(out_BL, expected)
+
+
+def test_generation_past_max_len_keeps_the_last_max_len_tokens(model) -> None:
+    out_BL = model.generate(torch.tensor([[65] * 10]), 20, greedy=True)
+    assert out_BL.shape == (1, 30)
+    last = model(out_BL[:, -17:-1])[:, -1].argmax(-1)
+    assert out_BL[0, -1] == last[0]
+
+
+def test_sampling_is_reproducible_for_a_seed(model) -> None:
+    tok = ByteTokenizer()
+    a = generate_text(model, tok, "Once", 30, seed=3)
+    b = generate_text(model, tok, "Once", 30, seed=3)
+    c = generate_text(model, tok, "Once", 30, seed=4)
+    assert a == b and a != c
+
+
+def test_top_k_keeps_exactly_k_tokens() -> None:
+    logits_BV = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = filter_logits_BV(logits_BV, top_k=2).isfinite()
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    probs_BV = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits_BV = probs_BV.log()
+    assert filter_logits_BV(logits_BV, top_p=0.75).isfinite().tolist() == [[True, True, False, False]]
+    assert filter_logits_BV(logits_BV, top_p=0.8).isfinite().tolist() == [[True, True, False, False]]
+    assert filter_logits_BV(logits_BV, top_p=0.81).isfinite().tolist() == [[True, True, True, False]]
+    assert filter_logits_BV(logits_BV, top_p=0.1).isfinite().tolist() == [[True, False, False, False]]
+
+
+def test_top_k_1_sampling_equals_greedy(model) -> None:
+    tok = ByteTokenizer()
+    assert generate_text(model, tok, "The", 20, top_k=1, seed=1) == generate_text(model, tok, "The", 20, greedy=True)
+
+
+def test_next_token_table_lists_probabilities_in_order(model) -> None:
+    table = next_token_table(model, ByteTokenizer(), "Once upon", k=10)
+    probs = [p for _, p in table]
+    assert len(table) == 10 and probs == sorted(probs, reverse=True)
+    full = model(torch.tensor([list(b"Once upon")]))[0, -1].softmax(-1)
+    assert probs[0] == pytest.approx(full.max().item())
+
+
+def test_long_prompt_is_cropped_with_a_notice() -> None:
+    ids, notices = encode_prompt(ByteTokenizer(), "x" * 40, max_len=16)
+    assert len(ids) == 16 and "cropped to its last 16" in notices[0]
+
+
+def test_unencodable_prompt_characters_are_reported() -> None:
+    ids, notices = encode_prompt(CodepointTokenizer(), "“Hi”", max_len=16)
+    assert ids == [72, 105] and "'“'" in notices[0]
+    with pytest.raises(AttnlabError, match="no character the tokenizer can encode"):
+        encode_prompt(CodepointTokenizer(), "“”")
+    with pytest.raises(AttnlabError, match="empty prompt"):
+        encode_prompt(ByteTokenizer(), "")
