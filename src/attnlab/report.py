@@ -48,7 +48,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 $rows
 </table>
 <p class="verdict">$verdict</p>
+<p>Validation points during training use the first 65,536 tokens of the validation split; the table's
+final figure covers the whole split (or its first million characters).</p>
 <h2>Samples</h2>
+<p>Same prompts, same seed, temperature 0.8, top-k 40. The MLP sees only the last token of its context,
+so its continuation depends on nothing but the prompt's last character: prompts ending alike continue
+alike.</p>
 $samples
 </body>
 </html>
