@@ -15,6 +15,7 @@ from attnlab.models import (
     causal_mask_LK,
     preset_config,
 )
+from attnlab.models.hooks import Hook
 
 
 def _naive_attention_BLC(attn: CausalSelfAttention, x_BLC: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,9 @@ def test_explicit_attention_matches_a_loop_over_heads_and_positions() -> None:
     torch.manual_seed(0)
     attn = CausalSelfAttention(ModelConfig(emb_dim=32, n_heads=4, head_dim=5, attn_impl="explicit"))
     x_BLC = torch.randn(2, 9, 32)
-    out_BLC, weights_BHLL = attn(x_BLC, need_weights=True)
+    cache: dict[str, torch.Tensor] = {}
+    out_BLC = attn(x_BLC, Hook(cache=cache))
+    weights_BHLL = cache["weights_BHLK"]
     assert (out_BLC - _naive_attention_BLC(attn, x_BLC)).abs().max() < 1e-5
     assert weights_BHLL.shape == (2, 4, 9, 9)
     assert torch.allclose(weights_BHLL.sum(-1), torch.ones(2, 4, 9))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,160 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenizer)
+    """The model to look inside: a checkpoint, or with --random an untrained model of a preset."""
+    from .checkpoint import load_checkpoint
+    from .models import build_model, preset_config
+    from .tokenizers import ByteTokenizer
+    from .train import resolve_device
+
+    if args.random == bool(args.checkpoint):
+        raise AttnlabError("give a checkpoint, or --random --preset NAME for an untrained model (not both)")
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
+        return ckpt.model.eval(), ckpt.tokenizer
+    torch.manual_seed(args.seed)
+    tokenizer = ByteTokenizer()
+    cfg = preset_config(args.preset or "lab", model=args.model, n_vocab=tokenizer.n_vocab)
+    return build_model(cfg).to(device).eval(), tokenizer
+
+
+def _prompt_ids(tokenizer, prompt: str, max_len: int) -> list[int]:  # noqa: ANN001
+    from .generate import encode_prompt
+
+    ids, notices = encode_prompt(tokenizer, prompt, max_len)
+    for line in notices:
+        print(line, file=sys.stderr)
+    return ids
+
+
+def _need_transformer(model, what: str) -> None:  # noqa: ANN001
+    if model.config.model != "transformer":
+        raise AttnlabError(f"the MLP model has no {what}: use a transformer checkpoint or --model transformer")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .inspect.trace import format_trace, trace
+
+    model, tokenizer = _inspect_model(args)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
+    tr = trace(model, ids, [tokenizer.token_str(i) for i in ids])
+    print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
+    return 0
+
+
+def _parse_head(spec: str, model) -> tuple[int, int]:  # noqa: ANN001
+    layer, sep, head = spec.partition(".")
+    n_layers, n_heads = model.config.n_layers, model.config.n_heads
+    if not (sep and layer.isdigit() and head.isdigit()) or int(layer) >= n_layers or int(head) >= n_heads:
+        raise AttnlabError(
+            f"unknown head {spec!r}: give LAYER.HEAD with layer 0-{n_layers - 1} and head 0-{n_heads - 1}"
+        )
+    return int(layer), int(head)
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from .inspect.pictures import attention_figure
+
+    model, tokenizer = _inspect_model(args)
+    _need_transformer(model, "attention")
+    head = _parse_head(args.head, model) if args.head else None
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
+    out = attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(args.out), head)
+    print(out)
+    return 0
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from .inspect.pictures import displayable_tokens, embeddings_figure, nearest_neighbours
+
+    model, tokenizer = _inspect_model(args)
+    E_VC = model.embed.tok.weight.detach()
+    out = embeddings_figure(E_VC, tokenizer, Path(args.out))
+    shown = displayable_tokens(tokenizer)
+    queries = [i for i in tokenizer.encode(args.neighbours) if i in set(shown)]
+    table = nearest_neighbours(E_VC, tokenizer, queries, k=args.top, among=shown)
+    if args.format == "json":
+        print(json.dumps({"picture": str(out), "neighbours": table}))
+    else:
+        print(f"picture: {out}\nnearest neighbours by cosine similarity of the token embeddings:")
+        for token, near in table.items():
+            print(f"  {token!r:>6} -> " + "  ".join(f"{t!r} {s:.2f}" for t, s in near))
+    return 0
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    from .inspect.lens import next_tokens
+
+    model, tokenizer = _inspect_model(args)
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
+    result = next_tokens(model, tokenizer, ids, args.top, args.all_positions)
+    if args.format == "json":
+        print(json.dumps(result))
+        return 0
+    print(f"next token after {args.prompt[-40:]!r}:")
+    for row in result["next"]:
+        print(f"  {row['token']!r:>8}  {row['prob']:.4f}  " + "#" * round(40 * row["prob"]))
+    for pos in result.get("positions", []):
+        top = "  ".join(f"{r['token']!r} {r['prob']:.2f}" for r in pos["top"][:5])
+        print(f"  after {pos['position']:>3} {pos['token']!r:>6} (actual next {pos['actual_next']!r}): {top}")
+    return 0
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .inspect.lens import logit_lens
+
+    model, tokenizer = _inspect_model(args)
+    _need_transformer(model, "layers to read a logit lens from")
+    ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
+    rows = logit_lens(model, tokenizer, ids, args.top)
+    if args.format == "json":
+        print(json.dumps({"tokens": [tokenizer.token_str(i) for i in ids], "layers": rows}))
+        return 0
+    print(f"next token after {args.prompt[-40:]!r}, read from the residual stream after each layer:")
+    for row in rows:
+        print(f"  {row['layer']:>14}: " + "  ".join(f"{r['token']!r} {r['prob']:.2f}" for r in row["top"]))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve_checkpoint
+    from .inspect.params import format_params_table, params_report
+    from .models import PRESETS, ModelConfig, preset_config
+
+    if args.target in PRESETS:
+        cfg = preset_config(args.target, model=args.model)
+    else:
+        try:
+            path = resolve_checkpoint(args.target)
+        except AttnlabError:
+            raise AttnlabError(
+                f"{args.target!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder"
+            ) from None
+        try:
+            cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text())["model"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise AttnlabError(f"checkpoint {path} is corrupt or incomplete ({e})") from None
+    report = params_report(cfg, args.context)
+    print(json.dumps(report) if args.format == "json" else format_params_table(report))
+    return 0
+
+
+def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None:
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
+    p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
+    p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with --random")
+    p.add_argument("--seed", type=int, default=0, help="with --random: the initialisation seed")
+    p.add_argument("--device", default="cpu")
+    if prompt:
+        p.add_argument("--prompt", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -226,6 +381,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("trace", help="walk a prompt through the model step by step, with every shape")
+    _add_inspect_source(p)
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("attention", help="attention weights as heatmaps (PNG)")
+    _add_inspect_source(p)
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--head", default=None, help="LAYER.HEAD: one large panel for that head, e.g. 0.2")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("embeddings", help="2-D PCA picture of the token embeddings and nearest neighbours")
+    _add_inspect_source(p, prompt=False)
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--neighbours", default="aeiouAT.,! ", help="characters whose nearest neighbours to list")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_embeddings)
+
+    p = sub.add_parser("next", help="the most likely next tokens after a prompt")
+    _add_inspect_source(p)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--all-positions", action="store_true", help="also after every prefix of the prompt")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_next)
+
+    p = sub.add_parser("lens", help="logit lens: the next-token guess after each layer")
+    _add_inspect_source(p)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("params", help="parameters per component and FLOPs per token of a preset or checkpoint")
+    p.add_argument("target", metavar="PRESET_OR_CKPT", help="a preset name (gpt2, gpt3-175b, small...) or a checkpoint")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with a preset")
+    p.add_argument("--context", type=int, default=None, help="context length for the FLOPs (default: max_len)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_params)
     return parser
 
 
@@ -244,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"attnlab {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
+from ..errors import AttnlabError
 from .config import ModelConfig
+from .hooks import Hook, HookFn
 
 
 class LanguageModel(nn.Module):
@@ -35,6 +37,44 @@ class LanguageModel(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 0.02)
+
+    def hook_names(self) -> list[str]:
+        """Every hook point of this model, in forward order (the suffix is the symbolic shape)."""
+        cache: dict[str, torch.Tensor] = {}
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            self(torch.zeros(1, 1, dtype=torch.long, device=device), hook=Hook(cache=cache))
+        return list(cache)
+
+    def _check_names(self, names: list[str]) -> None:
+        known = set(self.hook_names())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise AttnlabError(f"unknown hook name {unknown[0]!r}; this model has: {', '.join(sorted(known))}")
+
+    def run_with_cache(
+        self, ids_BL: torch.Tensor, names: list[str] | None = None, fwd_hooks: list[tuple[str, HookFn]] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and every intermediate tensor by name (only `names` if given), after `fwd_hooks` edits."""
+        full: dict[str, torch.Tensor] = {}
+        logits_BLV = self.run_with_hooks(ids_BL, fwd_hooks, cache=full)
+        if names is not None:
+            self._check_names(names)
+            full = {n: full[n] for n in names}
+        return logits_BLV, full
+
+    def run_with_hooks(
+        self,
+        ids_BL: torch.Tensor,
+        fwd_hooks: list[tuple[str, HookFn]],
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """A forward in which each hook fn(tensor, name) may return a replacement for its tensor."""
+        self._check_names([name for name, _ in fwd_hooks])
+        hooks: dict[str, list[HookFn]] = {}
+        for name, fn in fwd_hooks:
+            hooks.setdefault(name, []).append(fn)
+        return self(ids_BL, hook=Hook(cache=cache, hooks=hooks))
 
     @torch.no_grad()
     def generate(

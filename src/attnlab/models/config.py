@@ -65,6 +65,8 @@ class ModelConfig:
 
 
 # Sizes per preset. The MLP uses the same emb_dim / n_hidden so the two models compare fairly.
+# The project's own presets leave n_vocab to the tokenizer (default 256, bytes); the published
+# architectures below carry their own n_vocab (GPT-2's BPE, 50257), which an explicit n_vocab overrides.
 PRESETS: dict[str, dict[str, Any]] = {
     # The lab's exact sizes: C=32, H=4, D=5, F=128, one block.
     "lab": dict(max_len=64, emb_dim=32, n_hidden=128, head_dim=5, n_heads=4, n_layers=1),
@@ -75,8 +77,53 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(max_len=512, emb_dim=768, n_hidden=3072, head_dim=64, n_heads=12, n_layers=12, dropout=0.1),
 }
 
+# GPT-2 (Radford et al. 2019), the sizes of the four released checkpoints (n_embd, n_layer, n_head in
+# their config.json): n_ctx 1024, head dim 64, MLP width 4 * d_model, vocabulary 50257.
+# With the tied head these give exactly 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200 parameters.
+_GPT2_SIZES = {
+    "gpt2": (768, 12, 12),
+    "gpt2-medium": (1024, 24, 16),
+    "gpt2-large": (1280, 36, 20),
+    "gpt2-xl": (1600, 48, 25),
+}
+for _name, (_c, _layers, _heads) in _GPT2_SIZES.items():
+    PRESETS[_name] = dict(
+        n_vocab=50257, max_len=1024, emb_dim=_c, n_hidden=4 * _c, head_dim=64, n_heads=_heads, n_layers=_layers
+    )
 
-def preset_config(name: str, model: str = "transformer", n_vocab: int = 256, **overrides: Any) -> ModelConfig:
+# GPT-3 (Brown et al. 2020, "Language Models are Few-Shot Learners", Table 2.1): n_layers, d_model,
+# n_heads, d_head as printed there; n_ctx 2048, d_ff = 4 * d_model, the GPT-2 vocabulary (50257).
+# Two rows of the table do not add up. 13B prints d_model = 5140 although 40 heads x 128 = 5120; the
+# table's 5140 is kept (head_dim is independent of emb_dim here, and the total stays within 0.5% of 13B).
+# XL prints 24 heads x 128 = 3072 attention channels for d_model = 2048: built literally that gives
+# 1.52B parameters, not the table's 1.3B. The 1.3B count needs H*D = d_model, as in every other row, so
+# gpt3-1.3b keeps d_head 128 with 16 heads (the shape of Megatron-LM's and GPT-Neo's 1.3B models).
+_GPT3_SIZES = {  # name: (n_layers, d_model, n_heads, d_head)
+    "gpt3-125m": (12, 768, 12, 64),
+    "gpt3-350m": (24, 1024, 16, 64),
+    "gpt3-760m": (24, 1536, 16, 96),
+    "gpt3-1.3b": (24, 2048, 16, 128),  # table: 24 heads; see above
+    "gpt3-2.7b": (32, 2560, 32, 80),
+    "gpt3-6.7b": (32, 4096, 32, 128),
+    "gpt3-13b": (40, 5140, 40, 128),
+    "gpt3-175b": (96, 12288, 96, 128),
+}
+for _name, (_layers, _c, _heads, _d) in _GPT3_SIZES.items():
+    PRESETS[_name] = dict(
+        n_vocab=50257, max_len=2048, emb_dim=_c, n_hidden=4 * _c, head_dim=_d, n_heads=_heads, n_layers=_layers
+    )
+del _name, _c, _layers, _heads, _d
+
+
+def preset_config(name: str, model: str = "transformer", n_vocab: int | None = None, **overrides: Any) -> ModelConfig:
+    """The config of a named preset; `n_vocab=None` keeps the preset's own vocabulary (else 256).
+
+    An explicit `n_vocab` (usually the tokenizer's) wins over the preset's, and `overrides` win over both
+    for every other field.
+    """
     if name not in PRESETS:
         raise AttnlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return ModelConfig(model=model, n_vocab=n_vocab, **{**PRESETS[name], **overrides})
+    values: dict[str, Any] = {"n_vocab": 256, **PRESETS[name], **overrides}
+    if n_vocab is not None:
+        values["n_vocab"] = n_vocab
+    return ModelConfig(model=model, **values)

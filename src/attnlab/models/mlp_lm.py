@@ -8,6 +8,7 @@ from torch import nn
 
 from .base import LanguageModel
 from .config import ModelConfig
+from .hooks import NO_HOOK, Hook
 from .layers import MLP
 
 
@@ -22,7 +23,7 @@ class FeedForwardLM(LanguageModel):
         self.mlp = MLP(cfg)
         self.init_weights()
 
-    def forward(self, ids_BL: torch.Tensor) -> torch.Tensor:
-        tok_BLC = self.embed.tok(ids_BL)
-        out_BLC = self.mlp(tok_BLC)
-        return F.linear(out_BLC, self.embed.tok.weight)  # logits_BLV, the tied LM head
+    def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
+        tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
+        out_BLC = self.mlp(tok_BLC, hook.scope("mlp."))
+        return hook("logits_BLV", F.linear(out_BLC, self.embed.tok.weight))  # the tied LM head

@@ -9,6 +9,7 @@ from torch import nn
 from ..errors import AttnlabError
 from .base import LanguageModel
 from .config import ModelConfig
+from .hooks import NO_HOOK, Hook
 from .layers import Block
 
 
@@ -44,23 +45,20 @@ class TransformerLM(LanguageModel):
         self.final_ln = nn.LayerNorm(cfg.emb_dim)
         self.init_weights()
 
-    def forward(self, ids_BL: torch.Tensor, need_weights: bool = False) -> torch.Tensor:
-        return self.forward_with_weights(ids_BL, need_weights)[0]
-
-    def forward_with_weights(
-        self, ids_BL: torch.Tensor, need_weights: bool = True
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Logits and, per layer, the attention weights_BHLL (None unless `need_weights`)."""
+    def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         L = ids_BL.shape[1]
         if L > self.config.max_len:
             raise AttnlabError(f"sequence of {L} tokens is longer than max_len={self.config.max_len}")
-        tok_BLC = self.embed.tok(ids_BL)
-        pos_LC = self.embed.pos(torch.arange(L, device=ids_BL.device))
-        x_BLC = self.drop(tok_BLC + pos_LC)
-        weights = []
-        for block in self.blocks:
-            x_BLC, weights_BHLL = block(x_BLC, need_weights)
-            weights.append(weights_BHLL)
-        final_BLC = self.final_ln(x_BLC)
-        logits_BLV = F.linear(final_BLC, self.embed.tok.weight)  # tied LM head
-        return logits_BLV, weights
+        tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
+        pos_LC = hook("embed.pos_LC", self.embed.pos(torch.arange(L, device=ids_BL.device)))
+        x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC + pos_LC))
+        for i, block in enumerate(self.blocks):
+            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."))
+        final_ln_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
+        return hook("logits_BLV", F.linear(final_ln_BLC, self.embed.tok.weight))  # the tied LM head
+
+    def forward_with_weights(self, ids_BL: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and each layer's attention weights_BHLK."""
+        names = [f"blocks.{i}.attn.weights_BHLK" for i in range(self.config.n_layers)]
+        logits_BLV, cache = self.run_with_cache(ids_BL, names=names)
+        return logits_BLV, [cache[n] for n in names]

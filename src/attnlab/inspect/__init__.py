@@ -1,0 +1,1 @@
+"""Looking inside models: parameter and FLOPs counts, traces, attention and embedding pictures."""

@@ -1,0 +1,62 @@
+"""Reading next-token distributions: after the prompt, at every position, and after every layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models import LanguageModel, TransformerLM
+from ..tokenizers import Tokenizer
+
+
+def _top(probs_V: torch.Tensor, tokenizer: Tokenizer, k: int) -> list[dict[str, Any]]:
+    top = torch.topk(probs_V, min(k, probs_V.numel()))
+    return [
+        {"token": tokenizer.token_str(i), "id": i, "prob": p}
+        for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
+
+
+@torch.no_grad()
+def next_tokens(
+    model: LanguageModel, tokenizer: Tokenizer, ids: list[int], k: int = 10, all_positions: bool = False
+) -> dict[str, Any]:
+    """Top-k next tokens after the prompt, and (optionally) after every prefix of it."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs_LV = model(torch.tensor([ids], device=device))[0].float().softmax(-1)
+    out: dict[str, Any] = {"tokens": [tokenizer.token_str(i) for i in ids], "next": _top(probs_LV[-1], tokenizer, k)}
+    if all_positions:
+        out["positions"] = [
+            {
+                "position": t,
+                "token": tokenizer.token_str(ids[t]),
+                "actual_next": tokenizer.token_str(ids[t + 1]) if t + 1 < len(ids) else None,
+                "top": _top(probs_LV[t], tokenizer, k),
+            }
+            for t in range(len(ids))
+        ]
+    return out
+
+
+@torch.no_grad()
+def logit_lens(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: int = 5) -> list[dict[str, Any]]:
+    """The next-token distribution read from the residual stream after each layer.
+
+    Each residual stream (the embeddings, then every block's output) goes through the final
+    LayerNorm and the tied LM head, as if the model stopped there (nostalgebraist's "logit lens").
+    The last row equals the model's own prediction.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    n = model.config.n_layers
+    names = ["embed.sum_BLC"] + [f"blocks.{i}.resid_post_BLC" for i in range(n)]
+    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=names)
+    rows = []
+    for label, name in zip(["embeddings"] + [f"after block {i}" for i in range(n)], names, strict=True):
+        resid_C = cache[name][0, -1]
+        logits_V = F.linear(model.final_ln(resid_C), model.embed.tok.weight)
+        rows.append({"layer": label, "name": name, "top": _top(logits_V.float().softmax(-1), tokenizer, k)})
+    return rows

@@ -1,0 +1,156 @@
+"""Pictures: attention weights as heatmaps, and the token embedding table in two dimensions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from ..tokenizers import Tokenizer
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    return out
+
+
+def attention_figure(
+    weights_LHQK: list[torch.Tensor], tokens: list[str], out: Path, head: tuple[int, int] | None = None
+) -> Path:
+    """One heatmap per layer x head (or one large panel for `head=(layer, head)`).
+
+    Rows are queries, columns keys; the colour is the weight (cividis, 0 to 1); cells above the
+    diagonal are masked by causality and left empty (white).
+    """
+    panels = [(layer, h) for layer in range(len(weights_LHQK)) for h in range(weights_LHQK[layer].shape[0])]
+    if head is not None:
+        panels = [head]
+    n_layers = 1 if head is not None else len(weights_LHQK)
+    n_heads = 1 if head is not None else weights_LHQK[0].shape[0]
+    L = len(tokens)
+    cell = 0.32 if head is None else 0.5
+    side = max(2.6, L * cell)
+    fig = Figure(figsize=(n_heads * side + 1.2, n_layers * side + 0.6), constrained_layout=True)
+    axes = np.atleast_2d(fig.subplots(n_layers, n_heads, squeeze=False))
+    norm = Normalize(vmin=0.0, vmax=1.0)
+    cmap = _cmap("cividis")
+    future_QK = np.triu(np.ones((L, L), dtype=bool), k=1)
+    labels = [t if t.strip() else repr(t)[1:-1] or "␣" for t in tokens]
+    labels = [t.replace(" ", "␣") for t in labels]
+    image = None
+    for ax, (layer, h) in zip(axes.flat, panels, strict=True):
+        w_QK = weights_LHQK[layer][h].float().cpu().numpy()
+        image = ax.imshow(np.ma.masked_array(w_QK, mask=future_QK), cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(f"layer {layer}, head {h}", fontsize=9)
+        font = 8 if L <= 24 else 6
+        ax.set_xticks(range(L), labels, rotation=90, fontsize=font)
+        ax.set_yticks(range(L), labels, fontsize=font)
+        ax.set_xlabel("key (attended to)", fontsize=8)
+        ax.set_ylabel("query (attending)", fontsize=8)
+    assert image is not None
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    fig.suptitle("attention weights (masked future keys left empty)", fontsize=10)
+    return _save(fig, out)
+
+
+def _cmap(name: str):  # noqa: ANN202 - a matplotlib Colormap
+    import matplotlib
+
+    return matplotlib.colormaps[name].with_extremes(bad="white")
+
+
+def displayable_tokens(tokenizer: Tokenizer) -> list[int]:
+    """Ids whose token is one printable character (or a newline): the ones worth drawing."""
+    ids = []
+    for i in range(tokenizer.n_vocab):
+        s = tokenizer.token_str(i)
+        if (len(s) == 1 and s.isprintable()) or s == "\\n":
+            ids.append(i)
+    return ids
+
+
+def pca_2d(E_NC: torch.Tensor) -> np.ndarray:
+    """Rows projected on their first two principal components."""
+    x = E_NC.detach().double().cpu().numpy()
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def _kind(ch: str) -> str:
+    if ch.islower():
+        return "lowercase"
+    if ch.isupper():
+        return "uppercase"
+    if ch.isdigit():
+        return "digit"
+    return "space and punctuation"
+
+
+def embeddings_figure(E_VC: torch.Tensor, tokenizer: Tokenizer, out: Path, ids: list[int] | None = None) -> Path:
+    """2-D PCA of the token embedding table, each token drawn as its character."""
+    ids = ids if ids is not None else displayable_tokens(tokenizer)
+    xy = pca_2d(E_VC[ids])
+    fig = Figure(figsize=(9, 8), constrained_layout=True)
+    ax = fig.subplots()
+    colours = {
+        "lowercase": "tab:blue",
+        "uppercase": "tab:orange",
+        "digit": "tab:green",
+        "space and punctuation": "tab:red",
+    }
+    labels = [tokenizer.token_str(i) for i in ids]
+    for kind, colour in colours.items():
+        sel = [j for j, s in enumerate(labels) if _kind(s) == kind]
+        if sel:
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=0, label=kind)  # invisible: sets limits and the legend
+            for j in sel:
+                text = {" ": "␣", "\\n": "⏎"}.get(labels[j], labels[j])
+                ax.text(
+                    xy[j, 0],
+                    xy[j, 1],
+                    text,
+                    color=colour,
+                    fontsize=11,
+                    ha="center",
+                    va="center",
+                    fontfamily="monospace",
+                )
+    ax.margins(0.08)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(f"token embeddings ({len(ids)} tokens, {E_VC.shape[1]} dims) projected by PCA")
+    ax.legend(
+        handles=[
+            _legend_patch(colour, kind) for kind, colour in colours.items() if any(_kind(s) == kind for s in labels)
+        ],
+        loc="best",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _legend_patch(colour: str, label: str):  # noqa: ANN202
+    from matplotlib.patches import Patch
+
+    return Patch(color=colour, label=label)
+
+
+def nearest_neighbours(
+    E_VC: torch.Tensor, tokenizer: Tokenizer, queries: list[int], k: int = 5, among: list[int] | None = None
+) -> dict[str, list[tuple[str, float]]]:
+    """For each query token, the k most similar tokens by cosine similarity of their embeddings."""
+    among = among if among is not None else displayable_tokens(tokenizer)
+    E_NC = torch.nn.functional.normalize(E_VC[among].detach().float(), dim=-1)
+    out = {}
+    for q in queries:
+        sims_N = E_NC @ torch.nn.functional.normalize(E_VC[q].detach().float(), dim=0)
+        order = [j for j in sims_N.argsort(descending=True).tolist() if among[j] != q][:k]
+        out[tokenizer.token_str(q)] = [(tokenizer.token_str(among[j]), round(sims_N[j].item(), 4)) for j in order]
+    return out

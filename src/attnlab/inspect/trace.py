@@ -1,0 +1,181 @@
+"""The lab's step-by-step walk through a model, recomputed from its parameters.
+
+Every step is computed here with plain tensor operations on the model's weights (not read back
+from the forward pass), then checked against the model's own activation cache. The final logits
+are compared with `model(ids)`: the walk is the model, written out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..models import FeedForwardLM, LanguageModel, TransformerLM
+from ..models.hooks import meaning, symbolic_shape
+from ..models.layers import causal_mask_LK
+
+
+@dataclass
+class Step:
+    name: str  # the hook name (the cache key) this step reproduces
+    tensor: torch.Tensor
+    meaning: str
+    cache_diff: float | None = None  # max |walk - model cache|
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "symbolic": symbolic_shape(self.name),
+            "shape": list(self.tensor.shape),
+            "meaning": self.meaning,
+            "cache_diff": self.cache_diff,
+        }
+
+
+@dataclass
+class Trace:
+    tokens: list[str]
+    steps: list[Step]
+    max_abs_diff: float  # max |walk logits - model(ids) logits|
+    heads: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "steps": [s.row() for s in self.steps],
+            "max_abs_diff": self.max_abs_diff,
+            "heads": self.heads,
+        }
+
+
+def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return x @ layer.weight.T + layer.bias
+
+
+def _layer_norm(x_BLC: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    mean_BL1 = x_BLC.mean(-1, keepdim=True)
+    var_BL1 = x_BLC.var(-1, keepdim=True, unbiased=False)
+    return (x_BLC - mean_BL1) / torch.sqrt(var_BL1 + ln.eps) * ln.weight + ln.bias
+
+
+@torch.no_grad()
+def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = None) -> Trace:
+    """Walk `ids` (one sequence) through `model` step by step."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids_BL = torch.tensor([ids], device=device)
+    steps: list[Step] = [Step("ids_BL", ids_BL, "token ids: the text after the tokenizer")]
+
+    def add(name: str, tensor: torch.Tensor, text: str | None = None) -> torch.Tensor:
+        steps.append(Step(name, tensor, text or meaning(name)))
+        return tensor
+
+    heads: list[dict[str, Any]] = []
+    E_VC = model.embed.tok.weight
+    tok_BLC = add("embed.tok_BLC", E_VC[ids_BL])
+    if isinstance(model, FeedForwardLM):
+        pre_BLF = add("mlp.pre_BLF", _linear(tok_BLC, model.mlp.fc_in))
+        hidden_BLF = add("mlp.hidden_BLF", pre_BLF.clamp_min(0))
+        x_BLC = add("mlp.out_BLC", _linear(hidden_BLF, model.mlp.fc_out))
+    else:
+        assert isinstance(model, TransformerLM)
+        B, L = ids_BL.shape
+        H, D = model.config.n_heads, model.config.head_dim
+        pos_LC = add("embed.pos_LC", model.embed.pos.weight[:L])
+        x_BLC = add("embed.sum_BLC", tok_BLC + pos_LC)
+        for i, block in enumerate(model.blocks):
+            p, attn = f"blocks.{i}.", block.attn
+            ln1_BLC = add(p + "ln1_BLC", _layer_norm(x_BLC, block.ln1))
+            q_BHLD = add(p + "attn.q_BHLD", _linear(ln1_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2))
+            k_BHKD = add(p + "attn.k_BHKD", _linear(ln1_BLC, attn.w_k).view(B, L, H, D).transpose(1, 2))
+            v_BHKD = add(p + "attn.v_BHKD", _linear(ln1_BLC, attn.w_v).view(B, L, H, D).transpose(1, 2))
+            scores_BHLK = add(p + "attn.scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
+            masked_BHLK = add(p + "attn.masked_BHLK", scores_BHLK.masked_fill(~causal_mask_LK(L, L, device), -math.inf))
+            exp_BHLK = torch.exp(masked_BHLK - masked_BHLK.amax(-1, keepdim=True))
+            weights_BHLK = add(p + "attn.weights_BHLK", exp_BHLK / exp_BHLK.sum(-1, keepdim=True))
+            z_BHLD = add(p + "attn.z_BHLD", weights_BHLK @ v_BHKD)
+            out_BLC = add(p + "attn.out_BLC", _linear(z_BHLD.transpose(1, 2).reshape(B, L, H * D), attn.w_o))
+            heads += _value_paths(i, attn, z_BHLD, out_BLC)
+            x_BLC = add(p + "resid_mid_BLC", x_BLC + out_BLC)
+            ln2_BLC = add(p + "ln2_BLC", _layer_norm(x_BLC, block.ln2))
+            pre_BLF = add(p + "mlp.pre_BLF", _linear(ln2_BLC, block.mlp.fc_in))
+            hidden_BLF = add(p + "mlp.hidden_BLF", pre_BLF.clamp_min(0))
+            mlp_BLC = add(p + "mlp.out_BLC", _linear(hidden_BLF, block.mlp.fc_out))
+            x_BLC = add(p + "resid_post_BLC", x_BLC + mlp_BLC)
+        x_BLC = add("final_ln_BLC", _layer_norm(x_BLC, model.final_ln))
+    logits_BLV = add("logits_BLV", x_BLC @ E_VC.T)
+    add("probs_BLV", logits_BLV.softmax(-1), "softmax of the logits: next-token probabilities")
+
+    _, cache = model.run_with_cache(ids_BL)
+    for step in steps:
+        if step.name in cache:
+            step.cache_diff = _max_diff(step.tensor, cache[step.name])
+    max_abs_diff = (logits_BLV - model(ids_BL)).abs().max().item()
+    return Trace(token_strs or [str(i) for i in ids], steps, max_abs_diff, heads)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    if not torch.equal(torch.isfinite(a), torch.isfinite(b)):
+        return math.inf
+    return (a[finite].double() - b[finite].double()).abs().max().item() if finite.any() else 0.0
+
+
+def _value_paths(layer: int, attn: torch.nn.Module, z_BHLD: torch.Tensor, out_BLC: torch.Tensor) -> list[dict]:
+    """Each head's value path: "value down" C -> D (its rows of w_v) and "value up" D -> C (its columns of w_o).
+
+    The attention output is the sum over heads of z_h @ W_up_h^T, plus the shared output bias; the
+    difference between that sum and the model's output is reported as `sum_diff`.
+    """
+    D = attn.head_dim
+    C = attn.w_o.weight.shape[0]
+    total_BLC = attn.w_o.bias.expand_as(out_BLC).clone()
+    rows = []
+    for h in range(attn.n_heads):
+        down_DC = attn.w_v.weight[h * D : (h + 1) * D]
+        up_CD = attn.w_o.weight[:, h * D : (h + 1) * D]
+        total_BLC += z_BHLD[:, h] @ up_CD.T
+        rows.append(
+            {
+                "layer": layer,
+                "head": h,
+                "value_down": {"shape": [C, D], "params": down_DC.numel() + D, "what": "C -> D: rows of w_v, + bias"},
+                "value_up": {"shape": [D, C], "params": up_CD.numel(), "what": "D -> C: columns of w_o"},
+            }
+        )
+    diff = (total_BLC - out_BLC).abs().max().item()
+    for row in rows:
+        row["sum_diff"] = diff
+    return rows
+
+
+def format_trace(tr: Trace, fmt: str = "table") -> str:
+    """The walk as an aligned text table or as Markdown."""
+    header = ["#", "name", "symbolic", "shape", "meaning"]
+    rows = [
+        [str(i), s.name, symbolic_shape(s.name), "x".join(map(str, s.tensor.shape)), s.meaning]
+        for i, s in enumerate(tr.steps)
+    ]
+    tokens = " ".join(repr(t) for t in tr.tokens)
+    heads = [
+        f"layer {h['layer']} head {h['head']}: value down {h['value_down']['shape'][0]}->{h['value_down']['shape'][1]}"
+        f" ({h['value_down']['params']:,} params), value up {h['value_up']['shape'][0]}->{h['value_up']['shape'][1]}"
+        f" ({h['value_up']['params']:,} params)"
+        for h in tr.heads
+    ]
+    check = f"max |walk logits - model(ids) logits| = {tr.max_abs_diff:.3g}"
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") if j else c for j, c in enumerate(r)) + " |" for r in rows]
+        extra = [f"- {h}" for h in heads]
+        return "\n".join([f"tokens: {tokens}", "", *lines, "", *extra, "", check])
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header) - 1)]
+
+    def fmt_row(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+
+    lines = [fmt_row(header), *(fmt_row(r) for r in rows)]
+    return "\n".join([f"tokens: {tokens}", "", *lines, "", *heads, "", check])

@@ -1,0 +1,103 @@
+"""Hook points: every intermediate tensor of a forward pass under a stable dotted name.
+
+A model's forward threads a `Hook` through its modules, and each module passes its tensors through
+`hook("q_BHLD", q_BHLD)`. The default `NO_HOOK` returns the tensor untouched (one cheap call), so a
+forward without hooks costs what it did before. An active `Hook` records tensors into a cache and
+lets hook functions replace them (zero a head, knock out position embeddings...).
+
+The name's suffix is the tensor's symbolic shape: `blocks.0.attn.q_BHLD` has dims (B, H, L, D).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+from ..errors import AttnlabError
+
+HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
+
+# What each hook point means, by its name without the block prefix; the README table is built from it.
+MEANINGS: dict[str, str] = {
+    "embed.tok_BLC": "token embeddings: one row of the embedding table per token",
+    "embed.pos_LC": "position embeddings: one learned vector per position",
+    "embed.sum_BLC": "token + position embeddings: the residual stream entering block 0",
+    "ln1_BLC": "LayerNorm of the residual stream, the attention's input",
+    "attn.q_BHLD": "queries: what each position looks for, per head",
+    "attn.k_BHKD": "keys: what each position offers to be found by, per head",
+    "attn.v_BHKD": "values: what each position passes on when attended to, per head",
+    "attn.scores_BHLK": "scores q.k / sqrt(D): how well each query matches each key",
+    "attn.masked_BHLK": "scores with future keys set to -inf (the causal mask)",
+    "attn.weights_BHLK": "attention weights: softmax over keys, each row sums to 1",
+    "attn.z_BHLD": "weighted sum of values, per head",
+    "attn.out_BLC": "heads concatenated and projected back to C by the output projection",
+    "resid_mid_BLC": "residual stream after adding the attention output",
+    "ln2_BLC": "LayerNorm of the residual stream, the MLP's input",
+    "mlp.pre_BLF": "MLP hidden layer before the ReLU",
+    "mlp.hidden_BLF": "MLP hidden layer after the ReLU",
+    "mlp.out_BLC": "MLP output, projected back to C",
+    "resid_post_BLC": "residual stream after adding the MLP output: the block's output",
+    "final_ln_BLC": "final LayerNorm of the residual stream",
+    "logits_BLV": "logits: one score per vocabulary entry for the next token",
+}
+
+
+def symbolic_shape(name: str) -> str:
+    """`blocks.0.attn.q_BHLD` -> "B H L D"."""
+    return " ".join(name.rsplit("_", 1)[1])
+
+
+def generic_name(name: str) -> str:
+    """`blocks.3.attn.q_BHLD` -> `attn.q_BHLD` (the key of MEANINGS)."""
+    return re.sub(r"^blocks\.\d+\.", "", name)
+
+
+def meaning(name: str) -> str:
+    return MEANINGS.get(generic_name(name), "")
+
+
+class Hook:
+    """Records and/or edits named tensors during one forward pass."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        cache: dict[str, torch.Tensor] | None = None,
+        hooks: dict[str, list[HookFn]] | None = None,
+        prefix: str = "",
+    ) -> None:
+        self.cache, self.hooks, self.prefix = cache, hooks or {}, prefix
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        full = self.prefix + name
+        for fn in self.hooks.get(full, ()):
+            out = fn(tensor, full)
+            if out is not None:
+                if out.shape != tensor.shape:
+                    raise AttnlabError(
+                        f"hook on {full} returned shape {tuple(out.shape)}, expected {tuple(tensor.shape)}"
+                    )
+                tensor = out
+        if self.cache is not None:
+            self.cache[full] = tensor.detach()
+        return tensor
+
+    def scope(self, prefix: str) -> Hook:
+        """The same cache and hooks, with names under `prefix` (e.g. "blocks.0.")."""
+        return Hook(self.cache, self.hooks, self.prefix + prefix)
+
+
+class _NoHook(Hook):
+    enabled = False
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def scope(self, prefix: str) -> Hook:
+        return self
+
+
+NO_HOOK: Hook = _NoHook()
