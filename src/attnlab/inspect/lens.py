@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
@@ -46,17 +45,18 @@ def logit_lens(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: in
     """The next-token distribution read from the residual stream after each layer.
 
     Each residual stream (the embeddings, then every block's output) goes through the final
-    LayerNorm and the tied LM head, as if the model stopped there (nostalgebraist's "logit lens").
+    norm and the LM head, as if the model stopped there (nostalgebraist's "logit lens").
     The last row equals the model's own prediction.
     """
     model.eval()
     device = next(model.parameters()).device
     n = model.config.n_layers
-    names = ["embed.sum_BLC"] + [f"blocks.{i}.resid_post_BLC" for i in range(n)]
+    out = "ln2_BLC" if model.config.norm_placement == "post" else "resid_post_BLC"  # each block's output
+    names = ["embed.sum_BLC"] + [f"blocks.{i}.{out}" for i in range(n)]
     _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=names)
     rows = []
     for label, name in zip(["embeddings"] + [f"after block {i}" for i in range(n)], names, strict=True):
         resid_C = cache[name][0, -1]
-        logits_V = F.linear(model.final_ln(resid_C), model.embed.tok.weight)
+        logits_V = model.unembed(model.final_ln(resid_C) if model.final_ln is not None else resid_C)
         rows.append({"layer": label, "name": name, "top": _top(logits_V.float().softmax(-1), tokenizer, k)})
     return rows

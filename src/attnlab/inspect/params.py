@@ -36,35 +36,56 @@ SCALING_START = 64  # the first context of the scaling table (or max_len, if tha
 SCALING_PAST_MAX_LEN = 2  # doublings past max_len shown in the scaling table
 
 
+def _linear(n_in: int, n_out: int, bias: bool) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _norm(cfg: ModelConfig) -> int:
+    """LayerNorm: weight (+ bias); RMSNorm: weight only."""
+    return cfg.emb_dim * (2 if cfg.norm == "layer" and cfg.norm_bias else 1)
+
+
+def _mlp_components(cfg: ModelConfig, prefix: str = "mlp.") -> dict[str, int]:
+    C, F = cfg.emb_dim, cfg.n_hidden
+    parts = {prefix + "fc_in": _linear(C, F, cfg.bias)}
+    if cfg.mlp == "swiglu":
+        parts[prefix + "fc_up"] = _linear(C, F, cfg.bias)
+    parts[prefix + "fc_out"] = _linear(F, C, cfg.bias)
+    return parts
+
+
 def _block_components(cfg: ModelConfig) -> dict[str, int]:
     """One block's parameters, by the module names inside `blocks.{i}` (weight + bias each)."""
-    C, F, HD = cfg.emb_dim, cfg.n_hidden, cfg.n_heads * cfg.head_dim
+    C, HD, GD = cfg.emb_dim, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     return {
-        "ln1": 2 * C,
-        "attn.w_q": C * HD + HD,
-        "attn.w_k": C * HD + HD,
-        "attn.w_v": C * HD + HD,
-        "attn.w_o": HD * C + C,
-        "ln2": 2 * C,
-        "mlp.fc_in": C * F + F,
-        "mlp.fc_out": F * C + C,
+        "ln1": _norm(cfg),
+        "attn.w_q": _linear(C, HD, cfg.bias),
+        "attn.w_k": _linear(C, GD, cfg.bias),  # grouped-query attention: fewer key/value heads
+        "attn.w_v": _linear(C, GD, cfg.bias),
+        "attn.w_o": _linear(HD, C, cfg.bias),
+        "ln2": _norm(cfg),
+        **_mlp_components(cfg),
     }
 
 
 def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Parameter count per named module, in model order; the values sum to the model's total.
 
-    `lm_head` is listed with 0: the output layer reuses `embed.tok.weight` (tied), so it adds nothing.
+    `lm_head` is 0 when tied: the output layer reuses `embed.tok.weight`, so it adds nothing.
     """
-    V, C, F = cfg.n_vocab, cfg.emb_dim, cfg.n_hidden
+    V, C = cfg.n_vocab, cfg.emb_dim
+    head = 0 if cfg.tie_embeddings else V * C
     if cfg.model == "mlp":
-        return {"embed.tok": V * C, "mlp.fc_in": C * F + F, "mlp.fc_out": F * C + C, "lm_head": 0}
-    counts = {"embed.tok": V * C, "embed.pos": cfg.max_len * C}
+        return {"embed.tok": V * C, **_mlp_components(cfg), "lm_head": head}
+    counts = {"embed.tok": V * C}
+    if cfg.positions == "learned":  # sinusoidal and rotary positions are computed, not learned
+        counts["embed.pos"] = cfg.max_len * C
     block = _block_components(cfg)
     for i in range(cfg.n_layers):
         counts.update({f"blocks.{i}.{part}": n for part, n in block.items()})
-    counts["final_ln"] = 2 * C
-    counts["lm_head"] = 0
+    if cfg.norm_placement == "pre":  # post-norm blocks end in their own norm
+        counts["final_ln"] = _norm(cfg)
+    counts["lm_head"] = head
     return counts
 
 
@@ -89,9 +110,11 @@ def group_totals(breakdown: dict[str, int]) -> dict[str, int]:
 def _flop_terms(cfg: ModelConfig, context: int) -> dict[str, int]:
     """Forward FLOPs per token split into the three terms of the module docstring."""
     C, F, V, HD = cfg.emb_dim, cfg.n_hidden, cfg.n_vocab, cfg.n_heads * cfg.head_dim
+    GD = cfg.kv_heads * cfg.head_dim
+    mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
     if cfg.model == "mlp":  # one token at a time: no attention, the context does not matter
-        return {"matmul": 2 * (C * F + F * C), "attention": 0, "lm_head": 2 * C * V}
-    matmul_params = cfg.n_layers * (4 * C * HD + 2 * C * F)
+        return {"matmul": 2 * mlp_matrices * C * F, "attention": 0, "lm_head": 2 * C * V}
+    matmul_params = cfg.n_layers * (2 * C * HD + 2 * C * GD + mlp_matrices * C * F)
     return {
         "matmul": 2 * matmul_params,
         "attention": 2 * cfg.n_layers * context * HD * 2,
@@ -153,22 +176,28 @@ def scaling_table(cfg: ModelConfig) -> list[dict[str, Any]]:
 
 def _shapes(cfg: ModelConfig) -> dict[str, str]:
     """A readable shape per component kind: `in x out + bias` for Linear, `rows x C` for embeddings."""
-    V, C, F, HD = cfg.n_vocab, cfg.emb_dim, cfg.n_hidden, cfg.n_heads * cfg.head_dim
-    shapes = {
+    V, C, F = cfg.n_vocab, cfg.emb_dim, cfg.n_hidden
+    HD, GD = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+
+    def lin(n_in: int, n_out: int) -> str:
+        return f"{n_in} x {n_out}" + (f" + {n_out}" if cfg.bias else "")
+
+    norm = f"{C} + {C}" if cfg.norm == "layer" and cfg.norm_bias else f"{C}"
+    return {
         "embed.tok": f"{V} x {C}",
         "embed.pos": f"{cfg.max_len} x {C}",
-        "ln1": f"{C} + {C}",
-        "attn.w_q": f"{C} x {HD} + {HD}",
-        "attn.w_k": f"{C} x {HD} + {HD}",
-        "attn.w_v": f"{C} x {HD} + {HD}",
-        "attn.w_o": f"{HD} x {C} + {C}",
-        "ln2": f"{C} + {C}",
-        "mlp.fc_in": f"{C} x {F} + {F}",
-        "mlp.fc_out": f"{F} x {C} + {C}",
-        "final_ln": f"{C} + {C}",
-        "lm_head": f"tied: embed.tok^T ({C} x {V})",
+        "ln1": norm,
+        "attn.w_q": lin(C, HD),
+        "attn.w_k": lin(C, GD),
+        "attn.w_v": lin(C, GD),
+        "attn.w_o": lin(HD, C),
+        "ln2": norm,
+        "mlp.fc_in": lin(C, F),
+        "mlp.fc_up": lin(C, F),
+        "mlp.fc_out": lin(F, C),
+        "final_ln": norm,
+        "lm_head": f"tied: embed.tok^T ({C} x {V})" if cfg.tie_embeddings else f"{C} x {V}",
     }
-    return shapes
 
 
 def params_report(cfg: ModelConfig, context: int | None = None) -> dict[str, Any]:
@@ -193,14 +222,16 @@ def params_report(cfg: ModelConfig, context: int | None = None) -> dict[str, Any
         "context": context,
         "scaling": scaling_table(cfg),
         "shapes": _shapes(cfg),
-        "tied_lm_head": True,
+        "tied_lm_head": cfg.tie_embeddings,
         "config": cfg.to_dict(),
     }
     if cfg.model == "transformer":
-        C, D = cfg.emb_dim, cfg.head_dim
+        C, D, b = cfg.emb_dim, cfg.head_dim, int(cfg.bias)
         report["per_layer"] = sum(_block_components(cfg).values())
-        # One head's slice of each projection (TransformerLens's W_Q[head] etc.); w_o's bias is shared.
-        report["per_head"] = {"attn.w_q": C * D + D, "attn.w_k": C * D + D, "attn.w_v": C * D + D, "attn.w_o": D * C}
+        # One head's slice of each projection (TransformerLens's W_Q[head] etc.); w_o's bias is shared,
+        # and with grouped-query attention one key/value head serves n_heads / n_kv_heads query heads.
+        one = C * D + b * D
+        report["per_head"] = {"attn.w_q": one, "attn.w_k": one, "attn.w_v": one, "attn.w_o": D * C}
     return report
 
 
@@ -254,7 +285,8 @@ def format_params_table(report: dict[str, Any]) -> str:
         rows.append([label, shape, f"{n:,}", f"x{times}", f"{n * times:,}", share(n * times)])
     rows.append(["total", "", "", "", f"{total:,}", "100.0%"])
     out += _table(["component", "shape (in x out + bias)", "params", "", "total", "share"], rows, {2, 3, 4, 5})
-    out.append(f"total: {total:,} parameters ({_human(total)}); lm_head is tied to embed.tok and adds 0")
+    tied = "; lm_head is tied to embed.tok and adds 0" if report["tied_lm_head"] else ""
+    out.append(f"total: {total:,} parameters ({_human(total)}){tied}")
     out.append(f"non-embedding (Kaplan's N): {report['non_embedding']:,} ({_human(report['non_embedding'])})")
     groups = ", ".join(f"{g} {n:,} ({share(n)})" for g, n in report["groups"].items())
     out.append(f"groups: {groups}")

@@ -15,7 +15,7 @@ import torch
 
 from ..models import FeedForwardLM, LanguageModel, TransformerLM
 from ..models.hooks import meaning, symbolic_shape
-from ..models.layers import causal_mask_LK
+from ..models.layers import RMSNorm
 
 
 @dataclass
@@ -52,13 +52,56 @@ class Trace:
 
 
 def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    return x @ layer.weight.T + layer.bias
+    return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0.0)
 
 
-def _layer_norm(x_BLC: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+def _norm(x_BLC: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """LayerNorm (x - mean) / sqrt(var + eps) * w + b, or RMSNorm x / sqrt(mean(x^2) + eps) * w."""
+    if isinstance(norm, RMSNorm):
+        return x_BLC / torch.sqrt(x_BLC.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
     mean_BL1 = x_BLC.mean(-1, keepdim=True)
     var_BL1 = x_BLC.var(-1, keepdim=True, unbiased=False)
-    return (x_BLC - mean_BL1) / torch.sqrt(var_BL1 + ln.eps) * ln.weight + ln.bias
+    out_BLC = (x_BLC - mean_BL1) / torch.sqrt(var_BL1 + norm.eps) * norm.weight
+    return out_BLC + norm.bias if norm.bias is not None else out_BLC
+
+
+def _activation(pre_BLF: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "gelu":  # GPT-2's tanh approximation
+        return 0.5 * pre_BLF * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre_BLF + 0.044715 * pre_BLF**3)))
+    if kind == "swiglu":  # SiLU(x) = x * sigmoid(x); the product with W3 x follows
+        return pre_BLF * torch.sigmoid(pre_BLF)
+    return pre_BLF.clamp_min(0)
+
+
+def _mlp_steps(add, p: str, x_BLC: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:  # noqa: ANN001
+    pre_BLF = add(p + "mlp.pre_BLF", _linear(x_BLC, mlp.fc_in))
+    hidden_BLF = _activation(pre_BLF, mlp.kind)
+    if mlp.fc_up is not None:
+        hidden_BLF = hidden_BLF * add(p + "mlp.up_BLF", _linear(x_BLC, mlp.fc_up))
+    hidden_BLF = add(p + "mlp.hidden_BLF", hidden_BLF)
+    return add(p + "mlp.out_BLC", _linear(hidden_BLF, mlp.fc_out))
+
+
+def _attention_steps(add, p: str, x_BLC: torch.Tensor, attn: torch.nn.Module, heads: list) -> torch.Tensor:  # noqa: ANN001
+    B, L, _ = x_BLC.shape
+    H, G, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q_BHLD = _linear(x_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2)
+    k_BGKD = _linear(x_BLC, attn.w_k).view(B, L, G, D).transpose(1, 2)
+    v_BGKD = _linear(x_BLC, attn.w_v).view(B, L, G, D).transpose(1, 2)
+    if attn.rope is not None:
+        q_BHLD, k_BGKD = attn.rope(q_BHLD), attn.rope(k_BGKD)
+    q_BHLD = add(p + "attn.q_BHLD", q_BHLD)
+    k_BHKD = add(p + "attn.k_BHKD", k_BGKD.repeat_interleave(H // G, dim=1))
+    v_BHKD = add(p + "attn.v_BHKD", v_BGKD.repeat_interleave(H // G, dim=1))
+    scores_BHLK = add(p + "attn.scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
+    future_LK = torch.ones(L, L, dtype=torch.bool, device=x_BLC.device).triu(1)
+    masked_BHLK = add(p + "attn.masked_BHLK", scores_BHLK.masked_fill(future_LK, -math.inf))
+    exp_BHLK = torch.exp(masked_BHLK - masked_BHLK.amax(-1, keepdim=True))
+    weights_BHLK = add(p + "attn.weights_BHLK", exp_BHLK / exp_BHLK.sum(-1, keepdim=True))
+    z_BHLD = add(p + "attn.z_BHLD", weights_BHLK @ v_BHKD)
+    out_BLC = add(p + "attn.out_BLC", _linear(z_BHLD.transpose(1, 2).reshape(B, L, H * D), attn.w_o))
+    heads += _value_paths(int(p.split(".")[1]), attn, z_BHLD, out_BLC)
+    return out_BLC
 
 
 @torch.no_grad()
@@ -74,39 +117,33 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
         return tensor
 
     heads: list[dict[str, Any]] = []
-    E_VC = model.embed.tok.weight
-    tok_BLC = add("embed.tok_BLC", E_VC[ids_BL])
+    cfg = model.config
+    x_BLC = add("embed.tok_BLC", model.embed.tok.weight[ids_BL])
     if isinstance(model, FeedForwardLM):
-        pre_BLF = add("mlp.pre_BLF", _linear(tok_BLC, model.mlp.fc_in))
-        hidden_BLF = add("mlp.hidden_BLF", pre_BLF.clamp_min(0))
-        x_BLC = add("mlp.out_BLC", _linear(hidden_BLF, model.mlp.fc_out))
+        x_BLC = _mlp_steps(add, "", x_BLC, model.mlp)
     else:
         assert isinstance(model, TransformerLM)
-        B, L = ids_BL.shape
-        H, D = model.config.n_heads, model.config.head_dim
-        pos_LC = add("embed.pos_LC", model.embed.pos.weight[:L])
-        x_BLC = add("embed.sum_BLC", tok_BLC + pos_LC)
+        L = ids_BL.shape[1]
+        if cfg.positions in ("learned", "sinusoidal"):
+            table_LC = model.embed.pos.weight if cfg.positions == "learned" else model.embed.pos_LC
+            x_BLC = x_BLC + add("embed.pos_LC", table_LC[:L])
+        x_BLC = add("embed.sum_BLC", x_BLC)
         for i, block in enumerate(model.blocks):
-            p, attn = f"blocks.{i}.", block.attn
-            ln1_BLC = add(p + "ln1_BLC", _layer_norm(x_BLC, block.ln1))
-            q_BHLD = add(p + "attn.q_BHLD", _linear(ln1_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2))
-            k_BHKD = add(p + "attn.k_BHKD", _linear(ln1_BLC, attn.w_k).view(B, L, H, D).transpose(1, 2))
-            v_BHKD = add(p + "attn.v_BHKD", _linear(ln1_BLC, attn.w_v).view(B, L, H, D).transpose(1, 2))
-            scores_BHLK = add(p + "attn.scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
-            masked_BHLK = add(p + "attn.masked_BHLK", scores_BHLK.masked_fill(~causal_mask_LK(L, L, device), -math.inf))
-            exp_BHLK = torch.exp(masked_BHLK - masked_BHLK.amax(-1, keepdim=True))
-            weights_BHLK = add(p + "attn.weights_BHLK", exp_BHLK / exp_BHLK.sum(-1, keepdim=True))
-            z_BHLD = add(p + "attn.z_BHLD", weights_BHLK @ v_BHKD)
-            out_BLC = add(p + "attn.out_BLC", _linear(z_BHLD.transpose(1, 2).reshape(B, L, H * D), attn.w_o))
-            heads += _value_paths(i, attn, z_BHLD, out_BLC)
-            x_BLC = add(p + "resid_mid_BLC", x_BLC + out_BLC)
-            ln2_BLC = add(p + "ln2_BLC", _layer_norm(x_BLC, block.ln2))
-            pre_BLF = add(p + "mlp.pre_BLF", _linear(ln2_BLC, block.mlp.fc_in))
-            hidden_BLF = add(p + "mlp.hidden_BLF", pre_BLF.clamp_min(0))
-            mlp_BLC = add(p + "mlp.out_BLC", _linear(hidden_BLF, block.mlp.fc_out))
-            x_BLC = add(p + "resid_post_BLC", x_BLC + mlp_BLC)
-        x_BLC = add("final_ln_BLC", _layer_norm(x_BLC, model.final_ln))
-    logits_BLV = add("logits_BLV", x_BLC @ E_VC.T)
+            p = f"blocks.{i}."
+            if cfg.norm_placement == "post":
+                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, x_BLC, block.attn, heads))
+                x_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
+                x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, x_BLC, block.mlp))
+                x_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
+            else:
+                ln1_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
+                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, ln1_BLC, block.attn, heads))
+                ln2_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
+                x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, ln2_BLC, block.mlp))
+        if model.final_ln is not None:
+            x_BLC = add("final_ln_BLC", _norm(x_BLC, model.final_ln))
+    W_U_VC = model.lm_head.weight if model.lm_head is not None else model.embed.tok.weight
+    logits_BLV = add("logits_BLV", x_BLC @ W_U_VC.T)
     add("probs_BLV", logits_BLV.softmax(-1), "softmax of the logits: next-token probabilities")
 
     _, cache = model.run_with_cache(ids_BL)
@@ -132,17 +169,23 @@ def _value_paths(layer: int, attn: torch.nn.Module, z_BHLD: torch.Tensor, out_BL
     """
     D = attn.head_dim
     C = attn.w_o.weight.shape[0]
-    total_BLC = attn.w_o.bias.expand_as(out_BLC).clone()
+    per_kv = attn.n_heads // attn.n_kv_heads  # query heads sharing one value head (1 without GQA)
+    total_BLC = torch.zeros_like(out_BLC) if attn.w_o.bias is None else attn.w_o.bias.expand_as(out_BLC).clone()
     rows = []
     for h in range(attn.n_heads):
-        down_DC = attn.w_v.weight[h * D : (h + 1) * D]
+        g = h // per_kv
+        down_DC = attn.w_v.weight[g * D : (g + 1) * D]
         up_CD = attn.w_o.weight[:, h * D : (h + 1) * D]
         total_BLC += z_BHLD[:, h] @ up_CD.T
         rows.append(
             {
                 "layer": layer,
                 "head": h,
-                "value_down": {"shape": [C, D], "params": down_DC.numel() + D, "what": "C -> D: rows of w_v, + bias"},
+                "value_down": {
+                    "shape": [C, D],
+                    "params": down_DC.numel() + (D if attn.w_v.bias is not None else 0),
+                    "what": "C -> D: rows of w_v (+ bias)" + (f", shared by {per_kv} heads" if per_kv > 1 else ""),
+                },
                 "value_up": {"shape": [D, C], "params": up_CD.numel(), "what": "D -> C: columns of w_o"},
             }
         )

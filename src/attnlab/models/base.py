@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AttnlabError
@@ -22,6 +23,19 @@ class LanguageModel(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LanguageModel:
         return cls(**{k: v for k, v in cfg.to_dict().items() if k != "model"})
+
+    def _make_embeddings(self) -> None:
+        """The token embedding, and an LM head of its own only when it is not tied to it."""
+        cfg = self.config
+        self.embed = nn.Module()
+        self.embed.tok = nn.Embedding(cfg.n_vocab, cfg.emb_dim)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.emb_dim, cfg.n_vocab, bias=False)
+
+    def unembed(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        """The LM head: logits_BLV = x_BLC @ W_E^T when tied (the lab's choice), else its own matrix."""
+        if self.lm_head is None:
+            return F.linear(x_BLC, self.embed.tok.weight)
+        return self.lm_head(x_BLC)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

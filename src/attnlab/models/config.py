@@ -10,6 +10,18 @@ from ..errors import AttnlabError
 
 MODEL_KINDS = ("mlp", "transformer")
 ATTN_IMPLS = ("sdpa", "explicit")
+NORMS = ("layer", "rms")
+NORM_PLACEMENTS = ("pre", "post")
+POSITIONS = ("learned", "sinusoidal", "rope", "none")
+MLPS = ("relu", "gelu", "swiglu")
+CHOICES = {
+    "model": MODEL_KINDS,
+    "attn_impl": ATTN_IMPLS,
+    "norm": NORMS,
+    "norm_placement": NORM_PLACEMENTS,
+    "positions": POSITIONS,
+    "mlp": MLPS,
+}
 
 
 @dataclass
@@ -24,20 +36,42 @@ class ModelConfig:
     n_layers: int = 1  # Transformer blocks
     dropout: float = 0.0  # on attention weights and residual branches (training only)
     attn_impl: str = "sdpa"  # "sdpa": F.scaled_dot_product_attention; "explicit": written out
+    # Block variants (defaults: GPT-2's choices, which are also the lab's).
+    norm: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (no mean subtraction, no bias)
+    norm_bias: bool = True  # LayerNorm with a bias (GPT-2) or without; RMSNorm never has one
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # "pre": x + f(norm(x)) (GPT-2); "post": norm(x + f(x)) (Vaswani et al. 2017)
+    positions: str = "learned"  # "learned", "sinusoidal" (2017), "rope" (rotary, on q and k), "none"
+    rope_theta: float = 10000.0  # RoPE base: angle of pair i is position * theta^(-2i/D)
+    mlp: str = "relu"  # "relu" (the lab), "gelu" (tanh approximation, GPT-2), "swiglu" (W2(SiLU(W1 x) * W3 x))
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads shared by n_heads / n_kv_heads queries (0 = n_heads)
+    bias: bool = True  # biases in the attention and MLP projections
+    tie_embeddings: bool = True  # LM head = token embedding^T (else its own V x C matrix)
 
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
     def validate(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise AttnlabError(f"model={self.model!r}: choose one of {', '.join(MODEL_KINDS)}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise AttnlabError(f"attn_impl={self.attn_impl!r}: choose one of {', '.join(ATTN_IMPLS)}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise AttnlabError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(choices)}")
         for name in ("n_vocab", "max_len", "emb_dim", "n_hidden", "head_dim", "n_heads", "n_layers"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"{name}={getattr(self, name)}: must be a positive integer")
         if not 0.0 <= self.dropout < 1.0:
             raise AttnlabError(f"dropout={self.dropout}: must be in [0, 1)")
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            raise AttnlabError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads} (0 = n_heads)")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise AttnlabError(f"head_dim={self.head_dim}: rotary positions rotate pairs, so head_dim must be even")
+        if self.positions == "sinusoidal" and self.emb_dim % 2:
+            raise AttnlabError(f"emb_dim={self.emb_dim}: sinusoidal positions pair sin/cos, so emb_dim must be even")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise AttnlabError("norm_eps and rope_theta must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,10 +92,18 @@ class ModelConfig:
             if key not in types:
                 raise AttnlabError(f"--set {key}=...: no such config field; fields: {', '.join(types)}")
             try:
-                values[key] = types[key](raw)
+                values[key] = _parse_bool(raw) if types[key] is bool else types[key](raw)
             except ValueError:
                 raise AttnlabError(f"--set {key}={raw}: expected a {types[key].__name__}") from None
         return ModelConfig(**values)
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 # Sizes per preset. The MLP uses the same emb_dim / n_hidden so the two models compare fairly.

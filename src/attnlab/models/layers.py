@@ -1,4 +1,9 @@
-"""The Transformer's parts: causal multi-head self-attention, the MLP, and the block around them."""
+"""The Transformer's parts: norms, positions, attention, the MLP, and the block around them.
+
+Every variant lives here once, chosen by the config (no copy of the model per variant):
+LayerNorm or RMSNorm, pre- or post-norm, learned / sinusoidal / rotary / no positions,
+ReLU / GELU / SwiGLU MLPs, multi-head or grouped-query attention, biases on or off.
+"""
 
 from __future__ import annotations
 
@@ -12,77 +17,172 @@ from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
 
 
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): LayerNorm without centring or bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        x32_BLC = x_BLC.float()
+        rms_BL1 = torch.rsqrt(x32_BLC.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32_BLC * rms_BL1).to(x_BLC.dtype) * self.weight
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.emb_dim, cfg.norm_eps)
+    return nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+
+def sinusoidal_positions_LC(L: int, C: int) -> torch.Tensor:
+    """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/C)), PE[p, 2i+1] = cos(p / 10000^(2i/C))."""
+    pos_L1 = torch.arange(L, dtype=torch.float64)[:, None]
+    freq_C2 = torch.pow(10000.0, -torch.arange(0, C, 2, dtype=torch.float64) / C)
+    pe_LC = torch.zeros(L, C, dtype=torch.float64)
+    pe_LC[:, 0::2] = torch.sin(pos_L1 * freq_C2)
+    pe_LC[:, 1::2] = torch.cos(pos_L1 * freq_C2)
+    return pe_LC.float()
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (Su et al. 2021): rotate pairs of q and k channels by position-dependent angles.
+
+    Channel i is paired with channel i + D/2 (the "rotate half" layout of GPT-NeoX and Llama), and
+    the pair rotates by angle position * theta^(-2i/D). Scores q.k then depend only on the offset
+    between the two positions.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq_D2 = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles_LD2 = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq_D2
+        angles_LD = torch.cat([angles_LD2, angles_LD2], dim=-1)
+        self.register_buffer("cos_LD", angles_LD.cos().float(), persistent=False)
+        self.register_buffer("sin_LD", angles_LD.sin().float(), persistent=False)
+
+    def forward(self, x_BHLD: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        L, half = x_BHLD.shape[-2], x_BHLD.shape[-1] // 2
+        cos_LD, sin_LD = self.cos_LD[offset : offset + L], self.sin_LD[offset : offset + L]
+        rotated_BHLD = torch.cat([-x_BHLD[..., half:], x_BHLD[..., :half]], dim=-1)
+        return x_BHLD * cos_LD.to(x_BHLD.dtype) + rotated_BHLD * sin_LD.to(x_BHLD.dtype)
+
+
 def causal_mask_LK(L: int, K: int, device: torch.device | str | None = None) -> torch.Tensor:
     """True where query i may attend to key j: j <= i (keys aligned to the end of the queries)."""
     return torch.ones(L, K, dtype=torch.bool, device=device).tril(diagonal=K - L)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with explicit Q, K, V and output projections.
+def attention(
+    q_BHLD: torch.Tensor,
+    k_BHKD: torch.Tensor,
+    v_BHKD: torch.Tensor,
+    mask_LK: torch.Tensor | None = None,
+    hook: Hook = NO_HOOK,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Scaled dot-product attention, written out: softmax(q k^T / sqrt(D) + mask) v.
 
-    `head_dim` (D) is independent of `emb_dim` (C): the projections map C -> H*D and back.
+    `mask_LK` is boolean (True = may attend) or additive (0 or -inf, added to the scores); None
+    means the causal mask.
+    """
+    L, K = q_BHLD.shape[-2], k_BHKD.shape[-2]
+    if mask_LK is None:
+        mask_LK = causal_mask_LK(L, K, q_BHLD.device)
+    scores_BHLK = hook("scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(q_BHLD.shape[-1]))
+    if mask_LK.dtype == torch.bool:
+        masked_BHLK = scores_BHLK.masked_fill(~mask_LK, float("-inf"))
+    else:
+        masked_BHLK = scores_BHLK + mask_LK
+    weights_BHLK = hook("weights_BHLK", hook("masked_BHLK", masked_BHLK).softmax(dim=-1))
+    return F.dropout(weights_BHLK, dropout_p) @ v_BHKD
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention with explicit Q, K, V and output projections.
+
+    `head_dim` (D) is independent of `emb_dim` (C): the projections map C -> H*D and back. With
+    `n_kv_heads` < `n_heads`, each key/value head serves n_heads / n_kv_heads query heads.
     Two paths give the same output: `F.scaled_dot_product_attention` (fast, the default) and the
-    written-out one (scores, causal mask, softmax, weighted sum), taken whenever hooks are active
-    so that the scores and weights can be read or edited.
+    written-out `attention`, taken whenever hooks are active so scores and weights can be read or edited.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.head_dim, self.impl = cfg.n_heads, cfg.head_dim, cfg.attn_impl
-        inner = cfg.n_heads * cfg.head_dim
-        self.w_q = nn.Linear(cfg.emb_dim, inner)
-        self.w_k = nn.Linear(cfg.emb_dim, inner)
-        self.w_v = nn.Linear(cfg.emb_dim, inner)
-        self.w_o = nn.Linear(inner, cfg.emb_dim)
+        self.n_heads, self.n_kv_heads, self.head_dim, self.impl = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.attn_impl
+        self.w_q = nn.Linear(cfg.emb_dim, cfg.n_heads * cfg.head_dim, bias=cfg.bias)
+        self.w_k = nn.Linear(cfg.emb_dim, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.w_v = nn.Linear(cfg.emb_dim, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.w_o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.emb_dim, bias=cfg.bias)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta) if cfg.positions == "rope" else None
         self.dropout = cfg.dropout
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         B, L, _ = x_BLC.shape
-        H, D = self.n_heads, self.head_dim
-        q_BHLD = hook("q_BHLD", self.w_q(x_BLC).view(B, L, H, D).transpose(1, 2))
-        k_BHKD = hook("k_BHKD", self.w_k(x_BLC).view(B, L, H, D).transpose(1, 2))
-        v_BHKD = hook("v_BHKD", self.w_v(x_BLC).view(B, L, H, D).transpose(1, 2))
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q_BHLD = self.w_q(x_BLC).view(B, L, H, D).transpose(1, 2)
+        k_BGKD = self.w_k(x_BLC).view(B, L, G, D).transpose(1, 2)
+        if self.rope is not None:
+            q_BHLD, k_BGKD = self.rope(q_BHLD), self.rope(k_BGKD)
+        v_BGKD = self.w_v(x_BLC).view(B, L, G, D).transpose(1, 2)
+        if G != H:  # grouped-query: each key/value head is shared by H / G consecutive query heads
+            k_BGKD, v_BGKD = k_BGKD.repeat_interleave(H // G, dim=1), v_BGKD.repeat_interleave(H // G, dim=1)
+        q_BHLD, k_BHKD, v_BHKD = hook("q_BHLD", q_BHLD), hook("k_BHKD", k_BGKD), hook("v_BHKD", v_BGKD)
         p_drop = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and not hook.enabled:
             z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
         else:
-            # Written out; hooks need this path, since SDPA never materialises scores or weights.
-            scores_BHLK = hook("scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
-            causal_LK = causal_mask_LK(L, k_BHKD.shape[2], x_BLC.device)
-            masked_BHLK = hook("masked_BHLK", scores_BHLK.masked_fill(~causal_LK, float("-inf")))
-            weights_BHLK = hook("weights_BHLK", masked_BHLK.softmax(dim=-1))
-            z_BHLD = F.dropout(weights_BHLK, p_drop) @ v_BHKD
+            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, hook=hook, dropout_p=p_drop)
         z_BHLD = hook("z_BHLD", z_BHLD)
         return hook("out_BLC", self.w_o(z_BHLD.transpose(1, 2).reshape(B, L, H * D)))
 
 
 class MLP(nn.Module):
-    """Linear C -> F, ReLU, Linear F -> C: the lab's feed-forward block."""
+    """The feed-forward block: W2(act(W1 x)) with ReLU (the lab) or GELU (GPT-2), or SwiGLU W2(SiLU(W1 x) * W3 x)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc_in = nn.Linear(cfg.emb_dim, cfg.n_hidden)
-        self.fc_out = nn.Linear(cfg.n_hidden, cfg.emb_dim)
+        self.kind = cfg.mlp
+        self.fc_in = nn.Linear(cfg.emb_dim, cfg.n_hidden, bias=cfg.bias)  # W1
+        self.fc_up = nn.Linear(cfg.emb_dim, cfg.n_hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None  # W3
+        self.fc_out = nn.Linear(cfg.n_hidden, cfg.emb_dim, bias=cfg.bias)  # W2
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         pre_BLF = hook("pre_BLF", self.fc_in(x_BLC))
-        hidden_BLF = hook("hidden_BLF", F.relu(pre_BLF))
-        return hook("out_BLC", self.fc_out(hidden_BLF))
+        if self.fc_up is not None:
+            hidden_BLF = F.silu(pre_BLF) * hook("up_BLF", self.fc_up(x_BLC))
+        elif self.kind == "gelu":
+            hidden_BLF = F.gelu(pre_BLF, approximate="tanh")
+        else:
+            hidden_BLF = F.relu(pre_BLF)
+        return hook("out_BLC", self.fc_out(hook("hidden_BLF", hidden_BLF)))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block: x + attn(ln1(x)), then + mlp(ln2(x))."""
+    """Pre-norm: x + attn(ln1(x)), then + mlp(ln2(.)).
+
+    Post-norm (Vaswani et al. 2017): ln1(x + attn(x)), then ln2(. + mlp(.)).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.emb_dim)
+        self.post_norm = cfg.norm_placement == "post"
+        self.ln1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.emb_dim)
+        self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
+        attn, mlp = hook.scope("attn."), hook.scope("mlp.")
+        if self.post_norm:
+            resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(x_BLC, attn)))
+            ln1_BLC = hook("ln1_BLC", self.ln1(resid_mid_BLC))
+            resid_post_BLC = hook("resid_post_BLC", ln1_BLC + self.drop(self.mlp(ln1_BLC, mlp)))
+            return hook("ln2_BLC", self.ln2(resid_post_BLC))
         ln1_BLC = hook("ln1_BLC", self.ln1(x_BLC))
-        resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(ln1_BLC, hook.scope("attn."))))
+        resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(ln1_BLC, attn)))
         ln2_BLC = hook("ln2_BLC", self.ln2(resid_mid_BLC))
-        return hook("resid_post_BLC", resid_mid_BLC + self.drop(self.mlp(ln2_BLC, hook.scope("mlp."))))
+        return hook("resid_post_BLC", resid_mid_BLC + self.drop(self.mlp(ln2_BLC, mlp)))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .base import LanguageModel
 from .config import ModelConfig
@@ -13,17 +11,15 @@ from .layers import MLP
 
 
 class FeedForwardLM(LanguageModel):
-    """Embedding -> MLP (Linear, ReLU, Linear) -> LM head tied to the embedding."""
+    """Embedding -> MLP (Linear, ReLU, Linear) -> LM head tied to the embedding (the lab's baseline)."""
 
     def __init__(self, n_vocab: int = 256, emb_dim: int = 32, n_hidden: int = 128, **config: object) -> None:
         super().__init__(ModelConfig(model="mlp", n_vocab=n_vocab, emb_dim=emb_dim, n_hidden=n_hidden, **config))
-        cfg = self.config
-        self.embed = nn.Module()
-        self.embed.tok = nn.Embedding(cfg.n_vocab, cfg.emb_dim)
-        self.mlp = MLP(cfg)
+        self._make_embeddings()
+        self.mlp = MLP(self.config)
         self.init_weights()
 
     def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
         out_BLC = self.mlp(tok_BLC, hook.scope("mlp."))
-        return hook("logits_BLV", F.linear(out_BLC, self.embed.tok.weight))  # the tied LM head
+        return hook("logits_BLV", self.unembed(out_BLC))

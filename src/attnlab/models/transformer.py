@@ -1,16 +1,15 @@
-"""The Transformer LM: token + position embeddings, pre-LN blocks, final LayerNorm, tied LM head."""
+"""The Transformer LM: token + position embeddings, blocks, final norm, LM head (tied by default)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AttnlabError
 from .base import LanguageModel
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
-from .layers import Block
+from .layers import Block, make_norm, sinusoidal_positions_LC
 
 
 class TransformerLM(LanguageModel):
@@ -37,25 +36,38 @@ class TransformerLM(LanguageModel):
             **config,
         )
         super().__init__(cfg)
-        self.embed = nn.Module()
-        self.embed.tok = nn.Embedding(cfg.n_vocab, cfg.emb_dim)
-        self.embed.pos = nn.Embedding(cfg.max_len, cfg.emb_dim)
+        self._make_embeddings()
+        if cfg.positions == "learned":
+            self.embed.pos = nn.Embedding(cfg.max_len, cfg.emb_dim)
+        elif cfg.positions == "sinusoidal":
+            self.embed.register_buffer("pos_LC", sinusoidal_positions_LC(cfg.max_len, cfg.emb_dim), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.final_ln = nn.LayerNorm(cfg.emb_dim)
+        # Post-norm blocks end in a norm already (the 2017 model has no final one).
+        self.final_ln = make_norm(cfg) if cfg.norm_placement == "pre" else None
         self.init_weights()
+
+    def _positions_LC(self, L: int, device: torch.device) -> torch.Tensor | None:
+        if self.config.positions == "learned":
+            return self.embed.pos(torch.arange(L, device=device))
+        if self.config.positions == "sinusoidal":
+            return self.embed.pos_LC[:L]
+        return None  # rope acts inside attention; none has no positions at all
 
     def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         L = ids_BL.shape[1]
         if L > self.config.max_len:
             raise AttnlabError(f"sequence of {L} tokens is longer than max_len={self.config.max_len}")
         tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
-        pos_LC = hook("embed.pos_LC", self.embed.pos(torch.arange(L, device=ids_BL.device)))
-        x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC + pos_LC))
+        pos_LC = self._positions_LC(L, ids_BL.device)
+        if pos_LC is not None:
+            tok_BLC = tok_BLC + hook("embed.pos_LC", pos_LC)
+        x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC))
         for i, block in enumerate(self.blocks):
             x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."))
-        final_ln_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
-        return hook("logits_BLV", F.linear(final_ln_BLC, self.embed.tok.weight))  # the tied LM head
+        if self.final_ln is not None:
+            x_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
+        return hook("logits_BLV", self.unembed(x_BLC))
 
     def forward_with_weights(self, ids_BL: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and each layer's attention weights_BHLK."""
