@@ -36,7 +36,9 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="builtin | tinystories | tinystories-full | PATH (default: builtin)")
-    p.add_argument("--tokenizer", default=None, help="bytes (default) | codepoint | char")
+    p.add_argument(
+        "--tokenizer", default=None, help="bytes (default) | codepoint | char | bpe:N (byte-level BPE with N tokens)"
+    )
     p.add_argument("--preset", default=None, help="model sizes: lab | small (default) | medium | large")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--max-time", type=float, default=None, help="training budget in seconds (per model)")
@@ -329,6 +331,19 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .interop import to_hf
+
+    out = Path(args.hf)
+    if out.exists() and any(out.iterdir()):
+        raise AttnlabError(f"{out} already exists and is not empty; choose a new folder for --hf")
+    hf = to_hf(load_checkpoint(args.checkpoint).model)
+    hf.save_pretrained(out)
+    print(f"wrote {out} ({type(hf).__name__}); load it with transformers' from_pretrained")
+    return 0
+
+
 def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
     p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
@@ -420,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None, help="context length for the FLOPs (default: max_len)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("--hf", required=True, metavar="OUT", help="the folder to write (GPT-2 or Llama format)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

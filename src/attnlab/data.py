@@ -246,7 +246,15 @@ def encode_split(split: TextSplit, tokenizer: Tokenizer, what: str) -> TokenStre
 
 
 def build_tokenizer(name: str, corpus: Corpus) -> Tokenizer:
-    """A tokenizer by name; `char` takes its vocabulary from the training split."""
+    """A tokenizer by name; `char` takes its vocabulary from the training split, `bpe:N` learns its merges there.
+
+    A trained BPE is cached under the cache folder (`$ATTNLAB_CACHE/bpe`), keyed by a hash of the
+    training text and the vocabulary size, so the next run on the same data loads it instead.
+    """
+    if name == "bpe" or name.startswith("bpe:"):
+        from .bpe import parse_bpe_spec, train_cached
+
+        return train_cached(corpus.train.chunks(), parse_bpe_spec(name), _cache_dir().parent / "bpe", notice)
     if name != "char":
         return make_tokenizer(name)
     chars: set[str] = set()

@@ -4,6 +4,7 @@
 - `codepoint`: the lab's tokenizer, `ord(ch)` per character; characters with `ord >= n_vocab` are
   dropped, and `unencodable` counts them so nothing disappears silently.
 - `char`: a vocabulary of the characters seen in a corpus, saved with the model.
+- `bpe:N`: byte-level BPE with N tokens learned from the training text (see `bpe.py`).
 
 Each tokenizer also encodes straight to a numpy array (`encode_array`), which is how corpora of
 many megabytes are tokenized in a fraction of a second.
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import AttnlabError
 
-TOKENIZER_NAMES = ("bytes", "codepoint", "char")
+TOKENIZER_NAMES = ("bytes", "codepoint", "char", "bpe:N")
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -31,6 +32,7 @@ class Tokenizer:
 
     name: str = ""
     n_vocab: int = 0
+    byte_level: bool = False  # True when ids stand for byte strings (bytes, BPE): see `decode_bytes`
 
     def encode_array(self, text: str) -> np.ndarray:
         raise NotImplementedError
@@ -40,6 +42,10 @@ class Tokenizer:
 
     def decode(self, ids: list[int] | np.ndarray) -> str:
         raise NotImplementedError
+
+    def decode_bytes(self, ids: list[int] | np.ndarray) -> bytes:
+        """The raw bytes the ids stand for (byte-level tokenizers only; may end inside a character)."""
+        raise NotImplementedError(f"{type(self).__name__} is not byte-level")
 
     def unencodable(self, text: str) -> Counter[str]:
         """Characters of `text` this tokenizer cannot represent (and so drops), with their counts."""
@@ -62,15 +68,19 @@ class Tokenizer:
 
 
 class StreamDecoder:
-    """Decodes a growing id sequence piece by piece (bytes need a UTF-8 incremental decoder)."""
+    """Decodes a growing id sequence piece by piece.
+
+    Byte-level tokenizers (bytes, BPE) go through a UTF-8 incremental decoder: a token that ends
+    inside a multi-byte character is held back until the rest of the character arrives.
+    """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if tokenizer.name == "bytes" else None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace") if tokenizer.byte_level else None
 
     def feed(self, ids: list[int]) -> str:
         if self._utf8 is not None:
-            return self._utf8.decode(bytes(ids))
+            return self._utf8.decode(self.tokenizer.decode_bytes(ids))
         return self.tokenizer.decode(ids)
 
     def flush(self) -> str:
@@ -82,12 +92,16 @@ class ByteTokenizer(Tokenizer):
 
     name = "bytes"
     n_vocab = 256
+    byte_level = True
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
+    def decode_bytes(self, ids: list[int] | np.ndarray) -> bytes:
+        return bytes(int(i) for i in ids)
+
     def decode(self, ids: list[int] | np.ndarray) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def token_str(self, i: int) -> str:
         return chr(i) if 32 <= i < 127 else {10: "\\n", 9: "\\t"}.get(i, f"<0x{i:02X}>")
@@ -160,7 +174,7 @@ class CharTokenizer(Tokenizer):
 
 
 def make_tokenizer(name: str, corpus_text: str | None = None) -> Tokenizer:
-    """Build a tokenizer by name; `char` needs the training text to build its vocabulary."""
+    """Build a tokenizer by name; `char` and `bpe:N` need the training text to build their vocabulary."""
     if name == "bytes":
         return ByteTokenizer()
     if name == "codepoint":
@@ -171,6 +185,13 @@ def make_tokenizer(name: str, corpus_text: str | None = None) -> Tokenizer:
         if corpus_text is None:
             raise AttnlabError("the char tokenizer needs a corpus to build its vocabulary")
         return CharTokenizer.from_text(corpus_text)
+    if name == "bpe" or name.startswith("bpe:"):
+        from .bpe import BPETokenizer, parse_bpe_spec  # bpe.py imports this module
+
+        vocab_size = parse_bpe_spec(name)
+        if corpus_text is None:
+            raise AttnlabError(f"the {name} tokenizer needs a corpus to learn its merges from")
+        return BPETokenizer.train(corpus_text, vocab_size)
     raise AttnlabError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZER_NAMES)}")
 
 
@@ -182,6 +203,10 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return CodepointTokenizer(int(d["n_vocab"]))
     if kind == "char":
         return CharTokenizer(d["chars"])
+    if kind == "bpe":
+        from .bpe import BPETokenizer
+
+        return BPETokenizer.from_dict(d)
     raise AttnlabError(f"unknown tokenizer kind {kind!r} in checkpoint")
 
 

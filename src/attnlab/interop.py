@@ -1,0 +1,266 @@
+"""Hugging Face `transformers` interop: GPT-2 and Llama checkpoints in and out of attnlab models.
+
+GPT-2 is attnlab's default block (pre-LayerNorm, learned positions, biases, tied head) with GELU;
+Llama is RMSNorm + rotary positions + SwiGLU + grouped-query attention, no biases, untied head.
+Both map onto the one `TransformerLM` by config and a plain state-dict copy:
+
+| attnlab (blocks.i.) | GPT2LMHeadModel (transformer.h.i.) | LlamaForCausalLM (model.layers.i.) |
+|---|---|---|
+| embed.tok | transformer.wte | model.embed_tokens |
+| embed.pos | transformer.wpe | (rotary) |
+| ln1 / ln2 | ln_1 / ln_2 | input_layernorm / post_attention_layernorm |
+| attn.w_q, w_k, w_v | attn.c_attn (fused; Conv1D, transposed) | self_attn.q_proj, k_proj, v_proj |
+| attn.w_o | attn.c_proj (Conv1D) | self_attn.o_proj |
+| mlp.fc_in / fc_up / fc_out | mlp.c_fc / - / c_proj (Conv1D) | mlp.gate_proj / up_proj / down_proj |
+| final_ln | transformer.ln_f | model.norm |
+| lm_head (untied only) | lm_head (tied) | lm_head |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import AttnlabError
+from .models import ModelConfig, TransformerLM, build_model
+
+GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
+
+
+def _load_hf(path_or_model: Any) -> Any:
+    if isinstance(path_or_model, str | Path):
+        path = Path(path_or_model).expanduser()
+        if not (path / "config.json").is_file():
+            raise AttnlabError(f"{path}: not a Hugging Face model folder (no config.json)")
+        from transformers import AutoModelForCausalLM
+
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+        except (OSError, ValueError, KeyError) as e:
+            raise AttnlabError(f"{path}: could not load with transformers ({str(e).splitlines()[0][:200]})") from None
+    return path_or_model
+
+
+def _rope_theta(hf_cfg: Any) -> float:
+    params = getattr(hf_cfg, "rope_parameters", None) or getattr(hf_cfg, "rope_scaling", None) or {}
+    if params.get("rope_type", params.get("type", "default")) != "default":
+        raise AttnlabError("rotary scaling (rope_type other than 'default') is not supported")
+    theta = getattr(hf_cfg, "rope_theta", None) or params.get("rope_theta")
+    return float(theta or 10000.0)
+
+
+def _gpt2_to_attnlab(hf: Any) -> TransformerLM:
+    c = hf.config
+    if c.activation_function not in GPT2_ACTIVATIONS:
+        raise AttnlabError(f"GPT-2 activation {c.activation_function!r} is not supported")
+    C, H = c.n_embd, c.n_head
+    cfg = ModelConfig(
+        n_vocab=c.vocab_size,
+        max_len=c.n_positions,
+        emb_dim=C,
+        n_hidden=c.n_inner or 4 * C,
+        head_dim=C // H,
+        n_heads=H,
+        n_layers=c.n_layer,
+        mlp=GPT2_ACTIVATIONS[c.activation_function],
+        norm_eps=c.layer_norm_epsilon,
+    )
+    sd = hf.state_dict()
+    out = {
+        "embed.tok.weight": sd["transformer.wte.weight"],
+        "embed.pos.weight": sd["transformer.wpe.weight"],
+        "final_ln.weight": sd["transformer.ln_f.weight"],
+        "final_ln.bias": sd["transformer.ln_f.bias"],
+    }
+    for i in range(c.n_layer):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
+            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"], sd[h + theirs + ".bias"]
+        # Conv1D stores (in, out): our Linear weights are the transposes; c_attn packs q, k, v side by side.
+        for j, name in enumerate(("w_q", "w_k", "w_v")):
+            out[b + f"attn.{name}.weight"] = sd[h + "attn.c_attn.weight"][:, j * C : (j + 1) * C].T
+            out[b + f"attn.{name}.bias"] = sd[h + "attn.c_attn.bias"][j * C : (j + 1) * C]
+        for ours, theirs in (("attn.w_o", "attn.c_proj"), ("mlp.fc_in", "mlp.c_fc"), ("mlp.fc_out", "mlp.c_proj")):
+            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"].T, sd[h + theirs + ".bias"]
+    model = build_model(cfg)
+    model.load_state_dict({k: v.detach().clone().contiguous() for k, v in out.items()})
+    return model
+
+
+LLAMA_NAMES = {
+    "attn.w_q": "self_attn.q_proj",
+    "attn.w_k": "self_attn.k_proj",
+    "attn.w_v": "self_attn.v_proj",
+    "attn.w_o": "self_attn.o_proj",
+    "mlp.fc_in": "mlp.gate_proj",
+    "mlp.fc_up": "mlp.up_proj",
+    "mlp.fc_out": "mlp.down_proj",
+    "ln1": "input_layernorm",
+    "ln2": "post_attention_layernorm",
+}
+
+
+def _llama_to_attnlab(hf: Any) -> TransformerLM:
+    c = hf.config
+    if c.hidden_act != "silu":
+        raise AttnlabError(f"Llama activation {c.hidden_act!r} is not supported (SwiGLU uses silu)")
+    if getattr(c, "attention_bias", False) != getattr(c, "mlp_bias", False):
+        raise AttnlabError("Llama with attention_bias != mlp_bias is not supported (one `bias` switch)")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = ModelConfig(
+        n_vocab=c.vocab_size,
+        max_len=c.max_position_embeddings,
+        emb_dim=c.hidden_size,
+        n_hidden=c.intermediate_size,
+        head_dim=head_dim,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads or 0,
+        n_layers=c.num_hidden_layers,
+        norm="rms",
+        norm_eps=c.rms_norm_eps,
+        positions="rope",
+        rope_theta=_rope_theta(c),
+        mlp="swiglu",
+        bias=bool(getattr(c, "attention_bias", False)),
+        tie_embeddings=bool(c.tie_word_embeddings),
+    )
+    if cfg.n_kv_heads == cfg.n_heads:
+        cfg.n_kv_heads = 0
+    sd = hf.state_dict()
+    out = {"embed.tok.weight": sd["model.embed_tokens.weight"], "final_ln.weight": sd["model.norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    for i in range(c.num_hidden_layers):
+        for ours, theirs in LLAMA_NAMES.items():
+            for part in ("weight", "bias"):
+                key = f"model.layers.{i}.{theirs}.{part}"
+                if key in sd:
+                    out[f"blocks.{i}.{ours}.{part}"] = sd[key]
+    model = build_model(cfg)
+    model.load_state_dict({k: v.detach().clone().contiguous() for k, v in out.items()})
+    return model
+
+
+def from_hf(path_or_model: Any) -> TransformerLM:
+    """An attnlab model from a `GPT2LMHeadModel` or `LlamaForCausalLM` (an object, or a local folder)."""
+    hf = _load_hf(path_or_model)
+    kind = getattr(hf.config, "model_type", None)
+    if kind == "gpt2":
+        model = _gpt2_to_attnlab(hf)
+    elif kind == "llama":
+        model = _llama_to_attnlab(hf)
+    else:
+        raise AttnlabError(f"model type {kind!r} is not supported: from_hf takes GPT-2 and Llama models")
+    return model.eval()
+
+
+def _family(cfg: ModelConfig) -> str:
+    gpt2 = (
+        cfg.norm == "layer"
+        and cfg.norm_bias
+        and cfg.norm_placement == "pre"
+        and cfg.positions == "learned"
+        and cfg.mlp in ("gelu", "relu")
+        and cfg.bias
+        and cfg.tie_embeddings
+        and cfg.kv_heads == cfg.n_heads
+        and cfg.n_heads * cfg.head_dim == cfg.emb_dim
+    )
+    if gpt2:
+        return "gpt2"
+    llama = cfg.norm == "rms" and cfg.norm_placement == "pre" and cfg.positions == "rope" and cfg.mlp == "swiglu"
+    if llama:
+        return "llama"
+    raise AttnlabError(
+        "this model has no transformers equivalent: export takes GPT-2-shaped models (norm=layer, positions=learned, "
+        "mlp=gelu|relu, bias, tied head, n_heads*head_dim=emb_dim) or Llama-shaped ones "
+        "(norm=rms, positions=rope, mlp=swiglu)"
+    )
+
+
+def to_hf(model: TransformerLM) -> Any:
+    """The same network as a `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied."""
+    if not isinstance(model, TransformerLM):
+        raise AttnlabError("only the Transformer exports to transformers (the MLP baseline has no equivalent)")
+    cfg = model.config
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if _family(cfg) == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf_cfg = GPT2Config(
+            vocab_size=cfg.n_vocab,
+            n_positions=cfg.max_len,
+            n_embd=cfg.emb_dim,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.n_hidden,
+            layer_norm_epsilon=cfg.norm_eps,
+            activation_function="gelu_new" if cfg.mlp == "gelu" else "relu",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=True,
+        )
+        out = {
+            "transformer.wte.weight": sd["embed.tok.weight"],
+            "transformer.wpe.weight": sd["embed.pos.weight"],
+            "transformer.ln_f.weight": sd["final_ln.weight"],
+            "transformer.ln_f.bias": sd["final_ln.bias"],
+        }
+        for i in range(cfg.n_layers):
+            h, b = f"transformer.h.{i}.", f"blocks.{i}."
+            for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
+                out[h + theirs + ".weight"], out[h + theirs + ".bias"] = (
+                    sd[b + ours + ".weight"],
+                    sd[b + ours + ".bias"],
+                )
+            out[h + "attn.c_attn.weight"] = torch.cat([sd[b + f"attn.{n}.weight"].T for n in ("w_q", "w_k", "w_v")], 1)
+            out[h + "attn.c_attn.bias"] = torch.cat([sd[b + f"attn.{n}.bias"] for n in ("w_q", "w_k", "w_v")])
+            for ours, theirs in (("attn.w_o", "attn.c_proj"), ("mlp.fc_in", "mlp.c_fc"), ("mlp.fc_out", "mlp.c_proj")):
+                out[h + theirs + ".weight"], out[h + theirs + ".bias"] = (
+                    sd[b + ours + ".weight"].T,
+                    sd[b + ours + ".bias"],
+                )
+        hf = GPT2LMHeadModel(hf_cfg)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hf_cfg = LlamaConfig(
+            vocab_size=cfg.n_vocab,
+            hidden_size=cfg.emb_dim,
+            intermediate_size=cfg.n_hidden,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            max_position_embeddings=cfg.max_len,
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            attention_bias=cfg.bias,
+            mlp_bias=cfg.bias,
+            tie_word_embeddings=cfg.tie_embeddings,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=None,
+        )
+        out = {
+            "model.embed_tokens.weight": sd["embed.tok.weight"],
+            "model.norm.weight": sd["final_ln.weight"],
+            "lm_head.weight": sd["lm_head.weight"] if not cfg.tie_embeddings else sd["embed.tok.weight"],
+        }
+        for i in range(cfg.n_layers):
+            for ours, theirs in LLAMA_NAMES.items():
+                for part in ("weight", "bias"):
+                    if f"blocks.{i}.{ours}.{part}" in sd:
+                        out[f"model.layers.{i}.{theirs}.{part}"] = sd[f"blocks.{i}.{ours}.{part}"]
+        hf = LlamaForCausalLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in out.items()}, strict=False)
+    missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    if missing or unexpected:
+        raise AttnlabError(f"export mapping incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf.config._attn_implementation = "eager"  # bit-comparable with attnlab's written-out attention
+    return hf.eval()
