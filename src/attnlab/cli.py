@@ -331,6 +331,37 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    overrides = _train_overrides(args)
+    for key in ("max_time", "steps", "seed", "device"):
+        overrides.pop(key, None)
+    max_time = args.max_time if args.max_time is not None else (None if args.steps else 60.0)
+    results = run_compare(
+        args.vary,
+        data=args.data or "builtin",
+        out=args.out,
+        max_time=max_time,
+        steps=args.steps,
+        preset=args.preset or "small",
+        tokenizer=args.tokenizer or "bytes",
+        seed=args.seed or 0,
+        device=args.device or "auto",
+        one_at_a_time=args.one_at_a_time,
+        train_overrides=overrides,
+    )
+    width = max(len(r["name"]) for r in results)
+    print(f"{'variant':{width}}  {'params':>10}  {'tokens/s':>9}  {'val bpc':>7}  best step")
+    for r in sorted(results, key=lambda r: r["val_bpc"]):
+        print(
+            f"{r['name']:{width}}  {r['params']:>10,}  {r['tokens_per_s']:>9,.0f}  {r['val_bpc']:>7.3f}  "
+            f"{r['best_step']:>9,}"
+        )
+    print(f"results: {Path(args.out) / 'results.json'}\nreport: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .interop import to_hf
@@ -435,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=None, help="context length for the FLOPs (default: max_len)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("compare", help="train variants (--vary FIELD=v1,v2) with the same data, seed and budget")
+    p.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="FIELD=v1,v2",
+        help="a config field and its values; FIELD1:FIELD2=a1:b1,a2:b2 moves fields together",
+    )
+    p.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="vary each --vary alone around the preset instead of the grid of all combinations",
+    )
+    _add_train_options(p)
+    p.add_argument("--out", default="runs/compare", help="run folder (default: runs/compare)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
