@@ -149,6 +149,7 @@ def run_compare(
                 "train_time_s": final["elapsed_s"],
             }
         )
+        done[key] = results[-1]
         curves[name] = rows
         samples[name] = generate_text(model, prepared.tokenizer, prompt, 160, temperature=0.8, top_k=40, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
