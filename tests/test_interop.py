@@ -14,10 +14,10 @@ from attnlab import from_hf, to_hf  # noqa: E402
 V = 120
 
 
-def _gpt2(activation: str = "gelu_new"):
+def _gpt2(activation: str = "gelu_new", vocab_size: int = V):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        vocab_size=V,
+        vocab_size=vocab_size,
         n_positions=48,
         n_embd=32,
         n_layer=2,
@@ -146,3 +146,28 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path: Path, capsys) -
     save_checkpoint(lab, build_model(preset_config("lab")), ByteTokenizer())
     code, _, err = run_cli(["export", str(lab), "--hf", str(tmp_path / "x")], capsys)
     assert code == 2 and "no transformers equivalent" in err and not (tmp_path / "x").exists()
+
+
+def test_a_converted_gpt2_with_its_bpe_files_can_be_traced_like_any_checkpoint(tmp_path: Path, capsys) -> None:
+    """The README's recipe for looking inside GPT-2: from_hf + the GPT-2 tokenizer files -> a checkpoint."""
+    import json
+
+    from attnlab.bpe import BPETokenizer
+    from attnlab.checkpoint import save_checkpoint
+
+    from .conftest import run_cli
+
+    bpe = BPETokenizer.train("Once upon a time there was a little cat. " * 30, vocab_size=280)
+    bpe.save_gpt2_files(tmp_path / "tok")
+    tok = BPETokenizer.from_gpt2_files(tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt")
+    model = from_hf(_gpt2(vocab_size=tok.n_vocab))
+    save_checkpoint(tmp_path / "gpt2", model, tok)
+    code, out, err = run_cli(
+        ["trace", str(tmp_path / "gpt2"), "--prompt", "Once upon a time", "--format", "json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["max_abs_diff"] < 1e-4
+    code, _, err = run_cli(
+        ["attention", str(tmp_path / "gpt2"), "--prompt", "Once upon", "--out", str(tmp_path / "a.png")], capsys
+    )
+    assert code == 0 and (tmp_path / "a.png").stat().st_size > 10_000
