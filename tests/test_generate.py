@@ -78,3 +78,50 @@ def test_unencodable_prompt_characters_are_reported() -> None:
         encode_prompt(CodepointTokenizer(), "“”")
     with pytest.raises(AttnlabError, match="empty prompt"):
         encode_prompt(ByteTokenizer(), "")
+
+
+KV_VARIANTS = [
+    {},
+    {"positions": "rope", "mlp": "swiglu", "n_kv_heads": 2, "norm": "rms", "head_dim": 8},
+    {"positions": "sinusoidal", "norm_placement": "post"},
+    {"positions": "none", "tie_embeddings": False},
+]
+
+
+@pytest.mark.parametrize("variant", KV_VARIANTS)
+def test_kv_cache_generation_equals_generation_without_it_past_max_len(variant: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", n_layers=2, max_len=16, **variant)).eval()
+    ids_BL = torch.randint(0, 256, (2, 5))
+    cached = model.generate(ids_BL, 40, greedy=True, kv_cache=True)  # 45 tokens: the window slides past 16
+    plain = model.generate(ids_BL, 40, greedy=True, kv_cache=False)
+    assert torch.equal(cached, plain)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(
+        model.generate(ids_BL, 40, top_k=20, generator=g1, kv_cache=True),
+        model.generate(ids_BL, 40, top_k=20, generator=g2, kv_cache=False),
+    )
+
+
+def test_kv_cache_runs_one_position_per_new_token_until_the_window_is_full() -> None:
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", max_len=16)).eval()
+    lengths = []
+    handle = model.embed.tok.register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
+    model.generate(torch.zeros(1, 6, dtype=torch.long), 14, greedy=True, kv_cache=True)
+    handle.remove()
+    # the 6-token prompt once, then one position per token; at 16 tokens the window slides (rebuilt: 16)
+    assert lengths == [6] + [1] * 10 + [16] * 3
+
+
+def test_cached_logits_equal_the_full_forward() -> None:
+    from attnlab.models.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", n_layers=2, max_len=16)).eval()
+    ids_BL = torch.randint(0, 256, (1, 12))
+    cache = KVCache(2)
+    prefix_BLV = model(ids_BL[:, :7], kv_cache=cache)
+    steps = [model(ids_BL[:, t : t + 1], kv_cache=cache) for t in range(7, 12)]
+    full_BLV = model(ids_BL)
+    assert (torch.cat([prefix_BLV, *steps], dim=1) - full_BLV).abs().max() < 1e-5

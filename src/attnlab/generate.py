@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import torch
 
 from .errors import AttnlabError
-from .models import LanguageModel
+from .models import LanguageModel, TransformerLM
+from .models.kv_cache import KVCache
 from .tokenizers import Tokenizer
 
 
@@ -47,17 +48,34 @@ def stream_tokens(
     top_p: float | None = None,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    kv_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token ids_B1, one step at a time; the context is the last max_len tokens."""
+    """Yield the next token ids_B1, one step at a time. The model always sees the last max_len tokens.
+
+    With `kv_cache` (Transformer only), the context is run once and each new token then costs one
+    position; once the sequence is longer than max_len the window slides, and since every cached
+    key depends on the positions before it, the cache is rebuilt from the new window at each step
+    (exactly what generation without the cache computes).
+    """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     if ids_BL.shape[1] == 0:
         raise AttnlabError("empty prompt: give at least one token of text")
     was_training = model.training
     model.eval()
     max_len = model.config.max_len
+    use_cache = kv_cache and isinstance(model, TransformerLM)
+    cache = KVCache(model.config.n_layers) if use_cache else None
     try:
+        next_B1 = None
         for _ in range(max_new_tokens):
-            logits_BV = model(ids_BL[:, -max_len:])[:, -1, :].float()
+            if not use_cache:
+                logits_BV = model(ids_BL[:, -max_len:])[:, -1, :]
+            elif next_B1 is not None and cache.length < max_len:
+                logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
+            else:  # the prompt, or a window that slid: (re)fill the cache from the whole context
+                cache = KVCache(model.config.n_layers)
+                logits_BV = model(ids_BL[:, -max_len:], kv_cache=cache)[:, -1, :]
+            logits_BV = logits_BV.float()
             if greedy:
                 next_B1 = logits_BV.argmax(dim=-1, keepdim=True)
             else:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
+from .kv_cache import LayerCache
 
 
 class RMSNorm(nn.Module):
@@ -119,22 +120,30 @@ class CausalSelfAttention(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta) if cfg.positions == "rope" else None
         self.dropout = cfg.dropout
 
-    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, kv: LayerCache | None = None) -> torch.Tensor:
         B, L, _ = x_BLC.shape
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        offset = kv.offset if kv is not None else 0  # position of x's first token
         q_BHLD = self.w_q(x_BLC).view(B, L, H, D).transpose(1, 2)
         k_BGKD = self.w_k(x_BLC).view(B, L, G, D).transpose(1, 2)
         if self.rope is not None:
-            q_BHLD, k_BGKD = self.rope(q_BHLD), self.rope(k_BGKD)
+            q_BHLD, k_BGKD = self.rope(q_BHLD, offset), self.rope(k_BGKD, offset)
         v_BGKD = self.w_v(x_BLC).view(B, L, G, D).transpose(1, 2)
+        if kv is not None:  # generation: earlier positions' keys and values come from the cache
+            k_BGKD, v_BGKD = kv.append(k_BGKD, v_BGKD)
         if G != H:  # grouped-query: each key/value head is shared by H / G consecutive query heads
             k_BGKD, v_BGKD = k_BGKD.repeat_interleave(H // G, dim=1), v_BGKD.repeat_interleave(H // G, dim=1)
         q_BHLD, k_BHKD, v_BHKD = hook("q_BHLD", q_BHLD), hook("k_BHKD", k_BGKD), hook("v_BHKD", v_BGKD)
         p_drop = self.dropout if self.training else 0.0
+        K = k_BHKD.shape[2]
         if self.impl == "sdpa" and not hook.enabled:
-            z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
+            if K == L:
+                z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
+            else:  # new queries after cached keys: the mask's diagonal moves right by K - L
+                mask_LK = causal_mask_LK(L, K, x_BLC.device)
+                z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, attn_mask=mask_LK, dropout_p=p_drop)
         else:
-            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, hook=hook, dropout_p=p_drop)
+            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, causal_mask_LK(L, K, x_BLC.device), hook, p_drop)
         z_BHLD = hook("z_BHLD", z_BHLD)
         return hook("out_BLC", self.w_o(z_BHLD.transpose(1, 2).reshape(B, L, H * D)))
 
@@ -175,14 +184,14 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, kv: LayerCache | None = None) -> torch.Tensor:
         attn, mlp = hook.scope("attn."), hook.scope("mlp.")
         if self.post_norm:
-            resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(x_BLC, attn)))
+            resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(x_BLC, attn, kv)))
             ln1_BLC = hook("ln1_BLC", self.ln1(resid_mid_BLC))
             resid_post_BLC = hook("resid_post_BLC", ln1_BLC + self.drop(self.mlp(ln1_BLC, mlp)))
             return hook("ln2_BLC", self.ln2(resid_post_BLC))
         ln1_BLC = hook("ln1_BLC", self.ln1(x_BLC))
-        resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(ln1_BLC, attn)))
+        resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self.attn(ln1_BLC, attn, kv)))
         ln2_BLC = hook("ln2_BLC", self.ln2(resid_mid_BLC))
         return hook("resid_post_BLC", resid_mid_BLC + self.drop(self.mlp(ln2_BLC, mlp)))

@@ -9,6 +9,7 @@ from ..errors import AttnlabError
 from .base import LanguageModel
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
+from .kv_cache import KVCache, LayerCache
 from .layers import Block, make_norm, sinusoidal_positions_LC
 
 
@@ -47,24 +48,29 @@ class TransformerLM(LanguageModel):
         self.final_ln = make_norm(cfg) if cfg.norm_placement == "pre" else None
         self.init_weights()
 
-    def _positions_LC(self, L: int, device: torch.device) -> torch.Tensor | None:
+    def _positions_LC(self, start: int, L: int, device: torch.device) -> torch.Tensor | None:
         if self.config.positions == "learned":
-            return self.embed.pos(torch.arange(L, device=device))
+            return self.embed.pos(torch.arange(start, start + L, device=device))
         if self.config.positions == "sinusoidal":
-            return self.embed.pos_LC[:L]
+            return self.embed.pos_LC[start : start + L]
         return None  # rope acts inside attention; none has no positions at all
 
-    def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
+    def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see generate)."""
+        start = kv_cache.length if kv_cache is not None else 0
         L = ids_BL.shape[1]
-        if L > self.config.max_len:
-            raise AttnlabError(f"sequence of {L} tokens is longer than max_len={self.config.max_len}")
+        if start + L > self.config.max_len:
+            raise AttnlabError(f"sequence of {start + L} tokens is longer than max_len={self.config.max_len}")
         tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
-        pos_LC = self._positions_LC(L, ids_BL.device)
+        pos_LC = self._positions_LC(start, L, ids_BL.device)
         if pos_LC is not None:
             tok_BLC = tok_BLC + hook("embed.pos_LC", pos_LC)
         x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC))
         for i, block in enumerate(self.blocks):
-            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."))
+            kv = LayerCache(kv_cache, i) if kv_cache is not None else None
+            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), kv)
+        if kv_cache is not None:
+            kv_cache.length += L
         if self.final_ln is not None:
             x_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
         return hook("logits_BLV", self.unembed(x_BLC))
