@@ -47,10 +47,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 | mps")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("fp32", "bf16", "fp16"),
+        help="autocast precision (default fp32; bf16 is ~100x slower on CPUs without bf16 units)",
+    )
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("steps", "max_time", "batch_size", "lr", "eval_every", "seed", "device")
+    names = ("steps", "max_time", "batch_size", "lr", "eval_every", "seed", "device", "dtype", "compile")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -362,6 +369,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import markdown_table, run_bench
+
+    modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.compile]
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.format == "json" else print
+    result = run_bench(
+        preset=args.preset,
+        devices=[args.device] if args.device else None,
+        compile_modes=modes,
+        dtypes=tuple(args.dtypes.split(",")),
+        batch_size=args.batch_size,
+        budget_s=args.budget,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        log=log,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        Path(args.out).with_suffix(".md").write_text(markdown_table(result) + "\n")
+    print(json.dumps(result) if args.format == "json" else "\n" + markdown_table(result))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .interop import to_hf
@@ -483,6 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--out", default="runs/compare", help="run folder (default: runs/compare)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("bench", help="training and generation speed: eager vs compiled, fp32 vs bf16, KV cache")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--device", default=None, help="one device (default: every available one)")
+    p.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager and/or torch.compile")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--budget", type=float, default=5.0, help="seconds of timed steps per training row")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=None, help="default: fill the context (max_len - prompt)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--out", default=None, help="also write JSON here (and a Markdown table beside it)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")

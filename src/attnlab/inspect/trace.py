@@ -118,7 +118,8 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
 
     heads: list[dict[str, Any]] = []
     cfg = model.config
-    x_BLC = add("embed.tok_BLC", model.embed.tok.weight[ids_BL])
+    scale = math.sqrt(cfg.emb_dim) if cfg.positions == "sinusoidal" else 1.0  # the 2017 paper's scaling
+    x_BLC = add("embed.tok_BLC", model.embed.tok.weight[ids_BL] * scale)
     if isinstance(model, FeedForwardLM):
         x_BLC = _mlp_steps(add, "", x_BLC, model.mlp)
     else:

@@ -21,7 +21,7 @@ HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 
 # What each hook point means, by its name without the block prefix; the README table is built from it.
 MEANINGS: dict[str, str] = {
-    "embed.tok_BLC": "token embeddings: one row of the embedding table per token",
+    "embed.tok_BLC": "token embeddings: one row of the embedding table per token (x sqrt(C) with sinusoidal positions)",
     "embed.pos_LC": "position embeddings: one learned vector per position",
     "embed.sum_BLC": "token + position embeddings: the residual stream entering block 0",
     "ln1_BLC": "norm of the residual stream, the attention's input (post-norm: of the attention's sum)",

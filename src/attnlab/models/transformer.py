@@ -61,7 +61,12 @@ class TransformerLM(LanguageModel):
         L = ids_BL.shape[1]
         if start + L > self.config.max_len:
             raise AttnlabError(f"sequence of {start + L} tokens is longer than max_len={self.config.max_len}")
-        tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
+        tok_BLC = self.embed.tok(ids_BL)
+        if self.config.positions == "sinusoidal":
+            # As in Vaswani et al. 2017: token embeddings scaled by sqrt(C), so the fixed sin/cos table
+            # (entries up to 1) does not drown them (they start at std 0.02).
+            tok_BLC = tok_BLC * self.config.emb_dim**0.5
+        tok_BLC = hook("embed.tok_BLC", tok_BLC)
         pos_LC = self._positions_LC(start, L, ids_BL.device)
         if pos_LC is not None:
             tok_BLC = tok_BLC + hook("embed.pos_LC", pos_LC)

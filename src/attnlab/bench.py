@@ -1,0 +1,183 @@
+"""`attnlab bench`: training and generation speed, and how close training gets to the machine's peak.
+
+Training: tokens/s and ms/step for eager vs `torch.compile` and fp32 vs bf16 (autocast) on each
+device; MFU = achieved FLOP/s (tokens/s x training FLOPs per token, from `attnlab params`) divided
+by the peak measured here with one large fp32 matmul. Generation: tokens/s with and without the
+KV cache. All rows of one run are measured on the same machine state, so their ratios are what to
+compare (this CPU's speed changes by up to 2x from one minute to the next).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import AttnlabError
+from .inspect.params import flops_per_token
+from .models import build_model, preset_config
+from .train import TrainConfig, autocast_context, make_optimizer, resolve_device
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: str, min_repeats: int, budget_s: float) -> list[float]:
+    """Seconds per call: at least `min_repeats` calls, more while under `budget_s`."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return times
+
+
+def peak_matmul_flops(device: str, n: int = 2048, budget_s: float = 2.0) -> float:
+    """FLOP/s of an n x n fp32 matmul (best of several): the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    (a @ b).sum().item()
+    times = _timed(lambda: a @ b, device, 3, budget_s)
+    return 2 * n**3 / min(times)
+
+
+def bench_train(
+    preset: str, device: str, compile_model: bool, dtype: str, batch_size: int, peak: float, budget_s: float
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    cfg = preset_config(preset)
+    model = build_model(cfg).to(device)
+    tcfg = TrainConfig(steps=1, batch_size=batch_size, dtype=dtype, device=device)
+    optimizer = make_optimizer(model, tcfg, device)
+    forward = torch.compile(model) if compile_model else model
+    x_BL = torch.randint(0, cfg.n_vocab, (batch_size, cfg.max_len), device=device)
+    y_BL = torch.randint(0, cfg.n_vocab, (batch_size, cfg.max_len), device=device)
+
+    def step() -> None:
+        with autocast_context(device, dtype):
+            loss = F.cross_entropy(forward(x_BL).flatten(0, 1).float(), y_BL.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    t0 = time.perf_counter()
+    for _ in range(2):  # warm-up (and, with compile, the compilation itself)
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    times = _timed(step, device, 3, budget_s)
+    sec = statistics.median(times)
+    tokens_per_s = batch_size * cfg.max_len / sec
+    achieved = tokens_per_s * flops_per_token(cfg)["train"]
+    return {
+        "device": device,
+        "compile": compile_model,
+        "dtype": dtype,
+        "tokens_per_s": tokens_per_s,
+        "ms_per_step": 1000 * sec,
+        "mfu": achieved / peak,
+        "achieved_flops": achieved,
+        "steps_timed": len(times),
+        "warmup_s": warmup_s,
+        "batch_size": batch_size,
+        "context": cfg.max_len,
+    }
+
+
+@torch.no_grad()
+def bench_generate(preset: str, device: str, kv_cache: bool, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build_model(preset_config(preset)).to(device).eval()
+    ids_BL = torch.randint(0, model.config.n_vocab, (1, prompt_len), device=device)
+    model.generate(ids_BL, 4, greedy=True, kv_cache=kv_cache)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    model.generate(ids_BL, new_tokens, greedy=True, kv_cache=kv_cache)
+    _sync(device)
+    sec = time.perf_counter() - t0
+    return {
+        "device": device,
+        "kv_cache": kv_cache,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "max_len": model.config.max_len,
+        "tokens_per_s": new_tokens / sec,
+    }
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def run_bench(
+    preset: str = "small",
+    devices: list[str] | None = None,
+    compile_modes: tuple[bool, ...] = (False, True),
+    dtypes: tuple[str, ...] = ("fp32", "bf16"),
+    batch_size: int = 16,
+    budget_s: float = 5.0,
+    prompt_len: int = 16,
+    new_tokens: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every combination of device x compile x dtype for training, then generation with and without the cache."""
+    devices = [resolve_device(d) for d in devices] if devices else available_devices()
+    result: dict[str, Any] = {"preset": preset, "train": [], "generate": [], "peak_matmul_flops": {}}
+    cfg = preset_config(preset)
+    if prompt_len >= cfg.max_len:
+        raise AttnlabError(f"--prompt-len {prompt_len}: must be shorter than max_len={cfg.max_len}")
+    new_tokens = new_tokens or cfg.max_len - prompt_len  # by default the cache never has to slide
+    for device in devices:
+        peak = peak_matmul_flops(device)
+        result["peak_matmul_flops"][device] = peak
+        log(f"{device}: peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
+        for compile_model in compile_modes:
+            for dtype in dtypes:
+                row = bench_train(preset, device, compile_model, dtype, batch_size, peak, budget_s)
+                result["train"].append(row)
+                log(
+                    f"  train compile={compile_model} {dtype}: {row['tokens_per_s']:,.0f} tokens/s, "
+                    f"{row['ms_per_step']:.1f} ms/step, MFU {100 * row['mfu']:.1f}%"
+                )
+        for kv in (True, False):
+            row = bench_generate(preset, device, kv, prompt_len, new_tokens)
+            result["generate"].append(row)
+            log(
+                f"  generate kv_cache={kv}: {row['tokens_per_s']:,.0f} tokens/s "
+                f"({prompt_len}-token prompt, {new_tokens} new tokens)"
+            )
+    # The contract's single figure: the peak of the first (main) device.
+    result["peak_matmul_flops_by_device"] = result["peak_matmul_flops"]
+    result["peak_matmul_flops"] = result["peak_matmul_flops"][devices[0]]
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines = ["| device | compile | dtype | tokens/s | ms/step | MFU |", "|---|---|---|---:|---:|---:|"]
+    for r in result["train"]:
+        lines.append(
+            f"| {r['device']} | {r['compile']} | {r['dtype']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['ms_per_step']:.1f} | {100 * r['mfu']:.1f}% |"
+        )
+    lines += ["", "| device | KV cache | prompt | new tokens | tokens/s |", "|---|---|---:|---:|---:|"]
+    for r in result["generate"]:
+        lines.append(
+            f"| {r['device']} | {r['kv_cache']} | {r['prompt_len']} | {r['new_tokens']} | {r['tokens_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Mixed precision, torch.compile and the bench command, at tiny sizes (bf16 matmuls are ~100x slower
+than fp32 on CPUs without bf16 units; the figures themselves live in benchmarks/, not here)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.bench import run_bench
+from attnlab.data import prepare_data
+from attnlab.models import build_model, preset_config
+from attnlab.train import TrainConfig, train
+
+from .conftest import run_cli
+
+
+def _losses(path: Path) -> list[float]:
+    return [json.loads(x)["train_loss"] for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_autocast_training_learns_and_keeps_fp32_weights(dtype: str, corpus_file: Path, tmp_path: Path) -> None:
+    prepared = prepare_data(str(corpus_file))
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", max_len=16, emb_dim=16, n_hidden=32, head_dim=4))
+    result = train(
+        model,
+        prepared.tokenizer,
+        prepared.train,
+        prepared.valid,
+        TrainConfig(steps=60, batch_size=4, eval_every=1000, dtype=dtype, final_eval_chars=2000),
+        tmp_path,
+    )
+    losses = _losses(tmp_path)
+    assert losses[-2] < losses[0] - 1.0 and result.final.bpc < 6.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(corpus_file: Path, tmp_path: Path) -> None:
+    prepared = prepare_data(str(corpus_file))
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(preset_config("lab", max_len=16))
+        train(
+            model,
+            prepared.tokenizer,
+            prepared.train,
+            prepared.valid,
+            TrainConfig(steps=20, batch_size=4, log_every=5, eval_every=1000, compile=compiled, final_eval_chars=2000),
+            tmp_path / str(compiled),
+        )
+        runs[compiled] = _losses(tmp_path / str(compiled))
+    assert runs[True] == pytest.approx(runs[False], abs=1e-4)
+
+
+def test_bench_reports_every_row_of_the_contract() -> None:
+    result = run_bench(
+        preset="lab",
+        devices=["cpu"],
+        compile_modes=(False,),
+        dtypes=("fp32", "bf16"),
+        batch_size=4,
+        budget_s=0.2,
+        new_tokens=20,
+        log=lambda m: None,
+    )
+    assert result["peak_matmul_flops"] > 1e9
+    assert [(r["device"], r["compile"], r["dtype"]) for r in result["train"]] == [
+        ("cpu", False, "fp32"),
+        ("cpu", False, "bf16"),
+    ]
+    for r in result["train"]:
+        assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and 0 < r["mfu"] < 1
+        assert r["tokens_per_s"] == pytest.approx(4 * 64 / (r["ms_per_step"] / 1000))
+    assert [r["kv_cache"] for r in result["generate"]] == [True, False]
+    assert all(r["new_tokens"] == 20 and r["prompt_len"] == 16 and r["tokens_per_s"] > 0 for r in result["generate"])
+
+
+def test_bench_cli_json(tmp_path: Path, capsys) -> None:
+    code, out, _ = run_cli(
+        [
+            "bench",
+            "--preset",
+            "lab",
+            "--device",
+            "cpu",
+            "--compile",
+            "off",
+            "--dtypes",
+            "fp32",
+            "--budget",
+            "0.1",
+            "--new-tokens",
+            "10",
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "b.json"),
+        ],
+        capsys,
+    )
+    result = json.loads(out)
+    assert code == 0 and set(result) >= {"train", "generate", "peak_matmul_flops"}
+    assert set(result["train"][0]) >= {"device", "compile", "dtype", "tokens_per_s", "ms_per_step", "mfu"}
+    assert set(result["generate"][0]) >= {"kv_cache", "prompt_len", "new_tokens", "tokens_per_s"}
+    assert json.loads((tmp_path / "b.json").read_text()) == result and (tmp_path / "b.md").exists()
+
+
+def test_bad_dtype_is_a_clear_error(capsys) -> None:
+    code, _, err = run_cli(["train", "--dtype", "fp8", "--steps", "1", "--out", "x"], capsys)
+    assert code == 2 and "invalid choice" in err
