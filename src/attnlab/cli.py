@@ -35,14 +35,17 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, help="builtin | tinystories | tinystories-full | PATH (default: builtin)")
+    p.add_argument(
+        "--data", default=None, help="builtin | tinystories | tinystories-full | PATH | FILE.bin (default: builtin)"
+    )
     p.add_argument(
         "--tokenizer", default=None, help="bytes (default) | codepoint | char | bpe:N (byte-level BPE with N tokens)"
     )
     p.add_argument("--preset", default=None, help="model sizes: lab | small (default) | medium | large")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--max-time", type=float, default=None, help="training budget in seconds (per model)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step and process (default 16)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
     p.add_argument("--seed", type=int, default=None)
@@ -57,33 +60,38 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("steps", "max_time", "batch_size", "lr", "eval_every", "seed", "device", "dtype", "compile")
+    names = ("steps", "max_time", "batch_size", "grad_accum", "lr", "eval_every", "seed", "device", "dtype", "compile")
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+def _run_options(args: argparse.Namespace, default_max_time: float) -> dict[str, Any]:
+    """The options `lab` and `compare` share; the default time budget applies when no --steps is given."""
+    overrides = _train_overrides(args)
+    for key in ("max_time", "steps", "seed", "device"):
+        overrides.pop(key, None)
+    return {
+        "data": args.data or "builtin",
+        "out": args.out,
+        "max_time": args.max_time if args.max_time is not None else (None if args.steps else default_max_time),
+        "steps": args.steps,
+        "preset": args.preset or "small",
+        "tokenizer": args.tokenizer or "bytes",
+        "seed": args.seed or 0,
+        "device": args.device or "auto",
+        "train_overrides": overrides,
+    }
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from .lab import DEFAULT_MAX_TIME, run_lab, summary
 
-    overrides = _train_overrides(args)
-    for key in ("max_time", "steps", "seed", "device"):
-        overrides.pop(key, None)
-    max_time = args.max_time if args.max_time is not None else (None if args.steps else DEFAULT_MAX_TIME)
-    metrics = run_lab(
-        data=args.data or "builtin",
-        out=args.out,
-        max_time=max_time,
-        preset=args.preset or "small",
-        tokenizer=args.tokenizer or "bytes",
-        seed=args.seed or 0,
-        device=args.device or "auto",
-        steps=args.steps,
-        train_overrides=overrides,
-    )
+    metrics = run_lab(**_run_options(args, DEFAULT_MAX_TIME))
     print(summary(metrics, Path(args.out)))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .checkpoint import load_checkpoint
     from .data import check_length, notice, prepare_data
     from .models import build_model, preset_config
@@ -91,12 +99,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     sets = _parse_sets(args.set)
+    rank_device = distributed.init_from_env()  # set under torchrun: this process's device
     if args.resume:
         ckpt = load_checkpoint(out, with_state=True)
         state = ckpt.state
         if "train" not in state:
             raise AttnlabError(f"{ckpt.path}: has no training state to resume from")
         tcfg = TrainConfig.from_dict({**state["train"], **_train_overrides(args)})
+        saved_world, world = state.get("world_size", 1), distributed.world_size()
+        if saved_world != world and args.batch_size is None:
+            # Keep the global batch of the saved run: batch_size x processes x grad_accum.
+            global_batch = tcfg.batch_size * saved_world
+            if global_batch % world:
+                raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
+            tcfg.batch_size = global_batch // world
         device = resolve_device(tcfg.device)
         model, tokenizer = ckpt.model.to(device), ckpt.tokenizer
         data = args.data or state.get("data", {}).get("source", "builtin")
@@ -106,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg.validate()
         device = resolve_device(tcfg.device)
         tokenizer, data = args.tokenizer or "bytes", args.data or "builtin"
-    tcfg.device = device
+    tcfg.device = device = rank_device or device
     tcfg.validate()
     prepared = prepare_data(data, tokenizer)
     if not args.resume:
@@ -117,20 +133,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         notice("notice: --preset and --set are ignored with --resume (the checkpoint's config is used)")
     check_length(prepared.train, model.config.max_len, "the training split")
     info = {"data": prepared.info(), "preset": args.preset or "small"}
-    notice(f"training a {model.config.model} of {model.num_params():,} parameters on {device}")
-    train(
-        model,
-        prepared.tokenizer,
-        prepared.train,
-        prepared.valid,
-        tcfg,
-        out,
-        run_info=info,
-        resume_state=ckpt.state if args.resume else None,
-        resume_tensors=ckpt.tensors if args.resume else None,
-        desc=model.config.model,
-    )
-    print(f"checkpoint: {out / 'checkpoint'}\nmetrics: {out / 'metrics.jsonl'}")
+    model = model.to(device)
+    world = distributed.world_size()
+    if distributed.is_main():
+        where = f"{world} processes, global batch {tcfg.batch_size * world * tcfg.grad_accum}" if world > 1 else device
+        notice(f"training a {model.config.model} of {model.num_params():,} parameters on {where}")
+    try:
+        train(
+            model,
+            prepared.tokenizer,
+            prepared.train,
+            prepared.valid,
+            tcfg,
+            out,
+            run_info=info,
+            resume_state=ckpt.state if args.resume else None,
+            resume_tensors=ckpt.tensors if args.resume else None,
+            desc=model.config.model,
+        )
+    finally:
+        distributed.shutdown()
+    if distributed.rank() == 0:
+        print(f"checkpoint: {out / 'checkpoint'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 
 
@@ -341,23 +365,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import run_compare
 
-    overrides = _train_overrides(args)
-    for key in ("max_time", "steps", "seed", "device"):
-        overrides.pop(key, None)
-    max_time = args.max_time if args.max_time is not None else (None if args.steps else 60.0)
-    results = run_compare(
-        args.vary,
-        data=args.data or "builtin",
-        out=args.out,
-        max_time=max_time,
-        steps=args.steps,
-        preset=args.preset or "small",
-        tokenizer=args.tokenizer or "bytes",
-        seed=args.seed or 0,
-        device=args.device or "auto",
-        one_at_a_time=args.one_at_a_time,
-        train_overrides=overrides,
-    )
+    results = run_compare(args.vary, one_at_a_time=args.one_at_a_time, **_run_options(args, 60.0))
     width = max(len(r["name"]) for r in results)
     print(f"{'variant':{width}}  {'params':>10}  {'tokens/s':>9}  {'val bpc':>7}  best step")
     for r in sorted(results, key=lambda r: r["val_bpc"]):
@@ -390,6 +398,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2))
         Path(args.out).with_suffix(".md").write_text(markdown_table(result) + "\n")
     print(json.dumps(result) if args.format == "json" else "\n" + markdown_table(result))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    meta = prepare(args.source, args.out, args.tokenizer)
+    for split in ("train", "valid"):
+        part, where = meta[split], Path(args.out).parent / meta[split]["file"]
+        print(f"{split}: {part['tokens']:,} tokens ({part['chars']:,} characters) in {where}")
+    print(f"train with: attnlab train --data {args.out} ...")
     return 0
 
 
@@ -527,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", default=None, help="also write JSON here (and a Markdown table beside it)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token files (resumable)")
+    p.add_argument("source", metavar="SRC", help="a .txt file, a folder with train.txt (+ valid.txt), tinystories...")
+    p.add_argument("--out", required=True, metavar="FILE.bin", help="train tokens; FILE.valid.bin and FILE.json beside")
+    p.add_argument("--tokenizer", default="bytes", help="bytes (default) | codepoint | char | bpe:N")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")

@@ -321,6 +321,10 @@ class Prepared:
 
 def prepare_data(source: str, tokenizer: str | Tokenizer = "bytes") -> Prepared:
     """Load a `--data` source and tokenize both splits (a checkpoint's tokenizer can be passed in)."""
+    if source.endswith(".bin"):  # token files written by `attnlab prepare`: nothing to tokenize
+        from .prepare import load_prepared
+
+        return load_prepared(source)
     corpus = load_corpus(source)
     tok = build_tokenizer(tokenizer, corpus) if isinstance(tokenizer, str) else tokenizer
     train = encode_split(corpus.train, tok, f"{source} train")

@@ -51,6 +51,26 @@ def _rope_theta(hf_cfg: Any) -> float:
     return float(theta or 10000.0)
 
 
+def _gpt2_names(n_layers: int) -> list[tuple[str, str, bool]]:
+    """(attnlab key, GPT-2 key, transposed) for every tensor but the fused q/k/v; Conv1D stores (in, out)."""
+    names = [
+        ("embed.tok.weight", "transformer.wte.weight", False),
+        ("embed.pos.weight", "transformer.wpe.weight", False),
+        ("final_ln.weight", "transformer.ln_f.weight", False),
+        ("final_ln.bias", "transformer.ln_f.bias", False),
+    ]
+    for i in range(n_layers):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
+            names += [(f"{b}{ours}.{part}", f"{h}{theirs}.{part}", False) for part in ("weight", "bias")]
+        for ours, theirs in (("attn.w_o", "attn.c_proj"), ("mlp.fc_in", "mlp.c_fc"), ("mlp.fc_out", "mlp.c_proj")):
+            names += [
+                (f"{b}{ours}.weight", f"{h}{theirs}.weight", True),
+                (f"{b}{ours}.bias", f"{h}{theirs}.bias", False),
+            ]
+    return names
+
+
 def _gpt2_to_attnlab(hf: Any) -> TransformerLM:
     c = hf.config
     if c.activation_function not in GPT2_ACTIVATIONS:
@@ -68,22 +88,13 @@ def _gpt2_to_attnlab(hf: Any) -> TransformerLM:
         norm_eps=c.layer_norm_epsilon,
     )
     sd = hf.state_dict()
-    out = {
-        "embed.tok.weight": sd["transformer.wte.weight"],
-        "embed.pos.weight": sd["transformer.wpe.weight"],
-        "final_ln.weight": sd["transformer.ln_f.weight"],
-        "final_ln.bias": sd["transformer.ln_f.bias"],
-    }
+    out = {ours: sd[theirs].T if transposed else sd[theirs] for ours, theirs, transposed in _gpt2_names(c.n_layer)}
     for i in range(c.n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"], sd[h + theirs + ".bias"]
-        # Conv1D stores (in, out): our Linear weights are the transposes; c_attn packs q, k, v side by side.
+        # c_attn packs q, k, v side by side (Conv1D: in x 3C); our Linear weights are their transposes.
+        fused_W, fused_b = sd[f"transformer.h.{i}.attn.c_attn.weight"], sd[f"transformer.h.{i}.attn.c_attn.bias"]
         for j, name in enumerate(("w_q", "w_k", "w_v")):
-            out[b + f"attn.{name}.weight"] = sd[h + "attn.c_attn.weight"][:, j * C : (j + 1) * C].T
-            out[b + f"attn.{name}.bias"] = sd[h + "attn.c_attn.bias"][j * C : (j + 1) * C]
-        for ours, theirs in (("attn.w_o", "attn.c_proj"), ("mlp.fc_in", "mlp.c_fc"), ("mlp.fc_out", "mlp.c_proj")):
-            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"].T, sd[h + theirs + ".bias"]
+            out[f"blocks.{i}.attn.{name}.weight"] = fused_W[:, j * C : (j + 1) * C].T
+            out[f"blocks.{i}.attn.{name}.bias"] = fused_b[j * C : (j + 1) * C]
     model = build_model(cfg)
     model.load_state_dict({k: v.detach().clone().contiguous() for k, v in out.items()})
     return model
@@ -205,26 +216,11 @@ def to_hf(model: TransformerLM) -> Any:
             eos_token_id=0,
             tie_word_embeddings=True,
         )
-        out = {
-            "transformer.wte.weight": sd["embed.tok.weight"],
-            "transformer.wpe.weight": sd["embed.pos.weight"],
-            "transformer.ln_f.weight": sd["final_ln.weight"],
-            "transformer.ln_f.bias": sd["final_ln.bias"],
-        }
+        out = {theirs: sd[ours].T if transposed else sd[ours] for ours, theirs, transposed in _gpt2_names(cfg.n_layers)}
         for i in range(cfg.n_layers):
-            h, b = f"transformer.h.{i}.", f"blocks.{i}."
-            for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-                out[h + theirs + ".weight"], out[h + theirs + ".bias"] = (
-                    sd[b + ours + ".weight"],
-                    sd[b + ours + ".bias"],
-                )
-            out[h + "attn.c_attn.weight"] = torch.cat([sd[b + f"attn.{n}.weight"].T for n in ("w_q", "w_k", "w_v")], 1)
-            out[h + "attn.c_attn.bias"] = torch.cat([sd[b + f"attn.{n}.bias"] for n in ("w_q", "w_k", "w_v")])
-            for ours, theirs in (("attn.w_o", "attn.c_proj"), ("mlp.fc_in", "mlp.c_fc"), ("mlp.fc_out", "mlp.c_proj")):
-                out[h + theirs + ".weight"], out[h + theirs + ".bias"] = (
-                    sd[b + ours + ".weight"].T,
-                    sd[b + ours + ".bias"],
-                )
+            b, h = f"blocks.{i}.attn.", f"transformer.h.{i}.attn.c_attn."
+            out[h + "weight"] = torch.cat([sd[f"{b}{n}.weight"].T for n in ("w_q", "w_k", "w_v")], dim=1)
+            out[h + "bias"] = torch.cat([sd[f"{b}{n}.bias"] for n in ("w_q", "w_k", "w_v")])
         hf = GPT2LMHeadModel(hf_cfg)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM

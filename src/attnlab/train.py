@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from .data import Batches, TokenStream, check_length, notice
 from .errors import AttnlabError
@@ -45,7 +46,8 @@ def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManag
 class TrainConfig:
     steps: int | None = None  # optimizer steps; the cosine schedule ends here
     max_time: float | None = None  # seconds of training (evaluation not counted); whichever ends first
-    batch_size: int = 16  # sequences per step (each max_len tokens)
+    batch_size: int = 16  # sequences per step and process (each max_len tokens)
+    grad_accum: int = 1  # micro-batches per step: global batch = batch_size x processes x grad_accum
     lr: float = 4e-3  # peak learning rate after warm-up
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
@@ -70,7 +72,7 @@ class TrainConfig:
             raise AttnlabError(f"--steps {self.steps}: must be >= 1")
         if self.max_time is not None and self.max_time <= 0:
             raise AttnlabError(f"--max-time {self.max_time}: must be > 0 seconds")
-        for name in ("batch_size", "eval_every", "log_every", "eval_tokens"):
+        for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if not self.lr > 0:
@@ -230,7 +232,10 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint"
     log_path = out_dir / "metrics.jsonl"
-    batches = Batches(train_stream.tokens, max_len, tcfg.batch_size, tcfg.seed + 1, device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    per_rank = tcfg.batch_size * tcfg.grad_accum
+    # Every process draws the same global batch and trains on its slice: results do not depend on `world`.
+    batches = Batches(train_stream.tokens, max_len, per_rank * world, tcfg.seed + 1, device)
     optimizer = make_optimizer(model, tcfg, device)
     step, elapsed, tokens_seen, loss_sum, loss_count = 0, 0.0, 0, 0.0, 0
     if resume_state is not None:
@@ -244,20 +249,23 @@ def train(
         if torch.cuda.is_available() and "rng.cuda" in resume_tensors:
             torch.cuda.set_rng_state(resume_tensors["rng.cuda"])
         # Drop log rows written after the checkpoint, so the log reads as one uninterrupted run.
-        if log_path.exists():
+        if main and log_path.exists():
             rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if r["step"] <= step and not r.get("final")]
             log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    elif log_path.exists():
+    elif main and log_path.exists():
         log_path.unlink()
     log: list[dict[str, Any]] = []
 
     def write_row(row: dict[str, Any]) -> None:
         log.append(row)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def save() -> Path:
+        if not main:
+            return ckpt_path
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
         if device.startswith("cuda"):
@@ -270,6 +278,7 @@ def train(
             "last_train_loss": last_train_loss,
             "next_eval_s": next_eval_s,
             "train": asdict(tcfg),
+            "world_size": world,
             "optimizer": opt_meta,
             **(run_info or {}),
         }
@@ -284,33 +293,49 @@ def train(
         return max(parts)
 
     min_lr = tcfg.lr * tcfg.min_lr_ratio
-    forward = torch.compile(model) if tcfg.compile else model  # checkpoints keep saving `model` itself
+    ddp = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+        )
+    forward = ddp or model
+    forward = torch.compile(forward) if tcfg.compile else forward  # checkpoints keep saving `model` itself
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
     last_train_loss = resume_state.get("last_train_loss") if resume_state else None
     next_eval_s = resume_state.get("next_eval_s", 0.0) if resume_state else (tcfg.eval_every_s or 0.0)
     model.train()
-    bar = tqdm(total=tcfg.steps, initial=step, desc=desc, unit="step", disable=None, file=sys.stderr)
+    bar = tqdm(total=tcfg.steps, initial=step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr)
     with _StopFlag() as flag:
-        while budget_left() and not flag.stop:
+        while distributed.all_agree(budget_left() and not flag.stop, device):
             t0 = time.perf_counter()
             lr = cosine_lr(step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x_BL, y_BL = batches.next()
-            with autocast_context(device, tcfg.dtype):
-                logits_BLV = forward(x_BL)
-            loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), y_BL.flatten())
+            x_GL, y_GL = batches.next()  # the global batch; this process takes rows [rank * per_rank, ...)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss_value = 0.0
+            for a in range(tcfg.grad_accum):
+                x_BL = x_GL[mine][a * tcfg.batch_size : (a + 1) * tcfg.batch_size]
+                y_BL = y_GL[mine][a * tcfg.batch_size : (a + 1) * tcfg.batch_size]
+                last = a == tcfg.grad_accum - 1
+                with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+                    with autocast_context(device, tcfg.dtype):
+                        logits_BLV = forward(x_BL)
+                    loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), y_BL.flatten()) / tcfg.grad_accum
+                    scaler.scale(loss).backward()
+                loss_value += loss.item()  # also waits for the device, so the timing below is honest
+            loss_value = distributed.mean_across(loss_value, device)  # the mean over the global batch
             if tcfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            loss_value = loss.item()  # also waits for the device, so the timing below is honest
             elapsed += time.perf_counter() - t0
             step += 1
-            tokens_seen += x_BL.numel()
+            tokens_seen += x_GL.numel()
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             tok_s = tokens_seen / max(elapsed, 1e-9)
             bar.update(1)
@@ -328,7 +353,7 @@ def train(
                     "tokens_per_s": round(tok_s, 1),
                 }
                 last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
-            if is_eval and budget_left():
+            if is_eval and budget_left() and main:
                 ev = evaluate(model, valid_stream, max_tokens=tcfg.eval_tokens)
                 row.update(val_loss=ev.loss, val_bpc=ev.bpc)
                 bar.write(
@@ -343,8 +368,9 @@ def train(
             if callback is not None and callback(step, row):
                 flag.stop = True
         bar.close()
-        if flag.stop and budget_left():
+        if not distributed.all_agree(not (flag.stop and budget_left()), device):
             path = save()
+            distributed.barrier()
             raise TrainingInterrupted(step, path)
     final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
     tok_s = tokens_seen / max(elapsed, 1e-9)
@@ -360,8 +386,10 @@ def train(
     }
     write_row(final_row)
     path = save()
-    notice(
-        f"{desc}: {step} steps in {elapsed:.1f} s ({tok_s:,.0f} tokens/s); final validation "
-        f"{final.loss:.4f} nats/token = {final.bpc:.4f} bits/char over {final.chars:,} chars"
-    )
+    distributed.barrier()
+    if main:
+        notice(
+            f"{desc}: {step} steps in {elapsed:.1f} s ({tok_s:,.0f} tokens/s); final validation "
+            f"{final.loss:.4f} nats/token = {final.bpc:.4f} bits/char over {final.chars:,} chars"
+        )
     return TrainResult(model, step, elapsed, tok_s, final, path, log)

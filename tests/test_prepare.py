@@ -1,0 +1,103 @@
+"""`attnlab prepare`: token files equal to tokenizing the whole text, split at a story boundary,
+resumable after an interruption, and trainable with --data FILE.bin."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attnlab.prepare as prep
+from attnlab.data import SEPARATOR, prepare_data
+from attnlab.errors import AttnlabError
+
+from .conftest import TINY, run_cli
+
+
+def _all_tokens(prepared) -> np.ndarray:
+    return np.concatenate([np.asarray(prepared.train.tokens), np.asarray(prepared.valid.tokens)])
+
+
+def test_prepared_tokens_are_the_whole_text_split_at_a_story_boundary(corpus_file: Path, tmp_path: Path) -> None:
+    meta = prep.prepare(str(corpus_file), tmp_path / "c.bin")
+    prepared = prepare_data(str(tmp_path / "c.bin"))
+    text = corpus_file.read_text()
+    assert bytes(_all_tokens(prepared).astype(np.uint8)) == text.encode()
+    train_text = bytes(np.asarray(prepared.train.tokens).astype(np.uint8)).decode()
+    assert train_text.endswith(f"\n{SEPARATOR}\n") and 0.89 < len(train_text) / len(text) < 0.93
+    assert isinstance(prepared.train.tokens, np.memmap) and meta["train"]["chars"] == len(train_text)
+    assert json.loads((tmp_path / "c.json").read_text())["tokenizer"] == {"kind": "bytes"}
+
+
+def test_an_interrupted_prepare_continues_where_it_stopped(
+    corpus_file: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(prep, "CHUNK_BYTES", 20_000)
+    real_chunks = prep._chunks
+
+    def dying(*args):
+        for n, chunk in enumerate(real_chunks(*args)):
+            if n == 3:
+                raise KeyboardInterrupt  # Ctrl-C after three chunks were written
+            yield chunk
+
+    monkeypatch.setattr(prep, "_chunks", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare(str(corpus_file), tmp_path / "c.bin")
+    assert (tmp_path / "c.bin.progress.json").exists() and not (tmp_path / "c.bin").exists()
+    monkeypatch.setattr(prep, "_chunks", real_chunks)
+    prep.prepare(str(corpus_file), tmp_path / "c.bin")
+    import re
+
+    at = re.search(r"continuing train at byte ([\d,]+) \(([\d,]+) tokens", capsys.readouterr().err)
+    assert at and 55_000 < int(at[1].replace(",", "")) <= 60_000  # three chunks of <= 20,000 bytes, cut at newlines
+    assert at[1] == at[2]  # bytes tokenizer: one token per byte
+    assert bytes(_all_tokens(prepare_data(str(tmp_path / "c.bin"))).astype(np.uint8)) == corpus_file.read_bytes()
+
+
+def test_prepare_with_a_learned_tokenizer_round_trips(corpus_file: Path, tmp_path: Path) -> None:
+    prep.prepare(str(corpus_file), tmp_path / "c.bin", "bpe:400")
+    prepared = prepare_data(str(tmp_path / "c.bin"))
+    assert prepared.tokenizer.n_vocab == 400 and prepared.train.tokens.dtype == np.uint16
+    assert prepared.tokenizer.decode(_all_tokens(prepared)) == corpus_file.read_text()
+
+
+def test_prepare_a_folder_with_train_and_valid(tmp_path: Path, stories: list[str]) -> None:
+    from attnlab.data import join_stories
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.txt").write_text(join_stories(stories[:40]))
+    (tmp_path / "d" / "valid.txt").write_text(join_stories(stories[40:45]))
+    prep.prepare(str(tmp_path / "d"), tmp_path / "t.bin", "char")
+    prepared = prepare_data(str(tmp_path / "t.bin"))
+    assert prepared.tokenizer.decode(np.asarray(prepared.valid.tokens)) == join_stories(stories[40:45])
+
+
+def test_train_on_prepared_token_files(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["prepare", str(corpus_file), "--out", str(tmp_path / "c.bin")], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(
+        ["train", *TINY, "--data", str(tmp_path / "c.bin"), "--steps", "20", "--out", str(tmp_path / "run")], capsys
+    )
+    assert code == 0, err
+    final = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["final"] and final["val_bpc"] < 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{corpus}", "--out", "{tmp}/x.txt"], "ending in .bin"),
+        (["{tmp}/missing.txt", "--out", "{tmp}/x.bin"], "no such file"),
+    ],
+)
+def test_prepare_bad_input(args, message, corpus_file: Path, tmp_path: Path, capsys) -> None:
+    args = [a.replace("{corpus}", str(corpus_file)).replace("{tmp}", str(tmp_path)) for a in args]
+    code, _, err = run_cli(["prepare", *args], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bin_without_metadata_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.bin").write_bytes(b"\x00\x01")
+    with pytest.raises(AttnlabError, match="attnlab prepare"):
+        prepare_data(str(tmp_path / "x.bin"))
