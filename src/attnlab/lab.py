@@ -48,7 +48,7 @@ def run_lab(
         tcfg = TrainConfig(steps=steps, max_time=max_time, seed=seed, device=device, **(train_overrides or {}))
         if max_time and "eval_every" not in (train_overrides or {}):
             tcfg.eval_every_s = max_time / 12  # a dozen points on each validation curve
-        budget = " / ".join([f"{max_time:g} s"] * bool(max_time) + [f"{steps} steps"] * bool(steps))
+        budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
         notice(f"lab: training the {kind} ({model.num_params():,} parameters) for {budget} on {device}")
         result = train(
             model,
