@@ -137,8 +137,8 @@ class CausalSelfAttention(nn.Module):
         p_drop = self.dropout if self.training else 0.0
         K = k_BHKD.shape[2]
         if self.impl == "sdpa" and not hook.enabled:
-            if K == L:
-                z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
+            if K == L or L == 1:  # one new query may attend to every cached key: no mask at all
+                z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=L > 1)
             else:  # new queries after cached keys: the mask's diagonal moves right by K - L
                 mask_LK = causal_mask_LK(L, K, x_BLC.device)
                 z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, attn_mask=mask_LK, dropout_p=p_drop)
