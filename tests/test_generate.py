@@ -23,11 +23,29 @@ def test_greedy_generation_is_the_argmax_chain(model) -> None:
     assert torch.equal(out_BL, expected)
 
 
-def test_generation_past_max_len_keeps_the_last_max_len_tokens(model) -> None:
-    out_BL = model.generate(torch.tensor([[65] * 10]), 20, greedy=True)
+def test_generation_past_max_len_with_slide_1_keeps_the_last_max_len_tokens(model) -> None:
+    out_BL = model.generate(torch.tensor([[65] * 10]), 20, greedy=True, slide=1)
     assert out_BL.shape == (1, 30)
-    last = model(out_BL[:, -17:-1])[:, -1].argmax(-1)
-    assert out_BL[0, -1] == last[0]
+    for n in range(17, 30):  # every token was predicted from exactly the 16 tokens before it
+        assert out_BL[0, n] == model(out_BL[:, n - 16 : n])[0, -1].argmax()
+
+
+def test_full_window_moves_by_slide_tokens(model) -> None:
+    """max_len 16, slide 4: the 17th token's prediction sees the last 13 tokens, the window then grows to 16."""
+    out_BL = model.generate(torch.tensor([[65] * 10]), 30, greedy=True, slide=4, kv_cache=False)
+    start, moves = 0, 0
+    for n in range(10, 40):
+        if n - start > 16:
+            start, moves = n - 16 - 1 + 4, moves + 1
+        assert (13 if moves else 10) <= n - start <= 16
+        assert out_BL[0, n] == model(out_BL[:, start:n])[0, -1].argmax()
+    assert moves == 6  # at 17, 21, 25, 29, 33 and 37 tokens
+
+
+@pytest.mark.parametrize("slide", [0, 17])
+def test_slide_outside_1_to_max_len_is_refused(model, slide: int) -> None:
+    with pytest.raises(AttnlabError, match="--slide"):
+        model.generate(torch.tensor([[65]]), 3, slide=slide)
 
 
 def test_sampling_is_reproducible_for_a_seed(model) -> None:
@@ -85,21 +103,23 @@ KV_VARIANTS = [
     {"positions": "rope", "mlp": "swiglu", "n_kv_heads": 2, "norm": "rms", "head_dim": 8},
     {"positions": "sinusoidal", "norm_placement": "post"},
     {"positions": "none", "tie_embeddings": False},
+    {"positions": "rope", "bias": False, "n_kv_heads": 1, "head_dim": 6},
 ]
 
 
+@pytest.mark.parametrize("slide", [1, None])
 @pytest.mark.parametrize("variant", KV_VARIANTS)
-def test_kv_cache_generation_equals_generation_without_it_past_max_len(variant: dict) -> None:
+def test_kv_cache_generation_equals_generation_without_it_past_max_len(variant: dict, slide: int | None) -> None:
     torch.manual_seed(0)
     model = build_model(preset_config("lab", n_layers=2, max_len=16, **variant)).eval()
     ids_BL = torch.randint(0, 256, (2, 5))
-    cached = model.generate(ids_BL, 40, greedy=True, kv_cache=True)  # 45 tokens: the window slides past 16
-    plain = model.generate(ids_BL, 40, greedy=True, kv_cache=False)
+    cached = model.generate(ids_BL, 40, greedy=True, kv_cache=True, slide=slide)  # 45 tokens: past max_len 16
+    plain = model.generate(ids_BL, 40, greedy=True, kv_cache=False, slide=slide)
     assert torch.equal(cached, plain)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(
-        model.generate(ids_BL, 40, top_k=20, generator=g1, kv_cache=True),
-        model.generate(ids_BL, 40, top_k=20, generator=g2, kv_cache=False),
+        model.generate(ids_BL, 40, top_k=20, generator=g1, kv_cache=True, slide=slide),
+        model.generate(ids_BL, 40, top_k=20, generator=g2, kv_cache=False, slide=slide),
     )
 
 
@@ -108,10 +128,11 @@ def test_kv_cache_runs_one_position_per_new_token_until_the_window_is_full() -> 
     model = build_model(preset_config("lab", max_len=16)).eval()
     lengths = []
     handle = model.embed.tok.register_forward_hook(lambda mod, args, out: lengths.append(args[0].shape[1]))
-    model.generate(torch.zeros(1, 6, dtype=torch.long), 14, greedy=True, kv_cache=True)
+    model.generate(torch.zeros(1, 6, dtype=torch.long), 20, greedy=True, kv_cache=True, slide=4)
     handle.remove()
-    # the 6-token prompt once, then one position per token; at 16 tokens the window slides (rebuilt: 16)
-    assert lengths == [6] + [1] * 10 + [16] * 3
+    # the 6-token prompt once, then one position per token; past 16 tokens the window moves by 4
+    # and the cache is rebuilt from the 13 tokens left, then grows one position at a time again
+    assert lengths == [6] + [1] * 10 + [13] + [1] * 3 + [13] + [1] * 3 + [13]
 
 
 def test_cached_logits_equal_the_full_forward() -> None:
@@ -120,7 +141,7 @@ def test_cached_logits_equal_the_full_forward() -> None:
     torch.manual_seed(0)
     model = build_model(preset_config("lab", n_layers=2, max_len=16)).eval()
     ids_BL = torch.randint(0, 256, (1, 12))
-    cache = KVCache(2)
+    cache = KVCache(2, 16)
     prefix_BLV = model(ids_BL[:, :7], kv_cache=cache)
     steps = [model(ids_BL[:, t : t + 1], kv_cache=cache) for t in range(7, 12)]
     full_BLV = model(ids_BL)

@@ -96,9 +96,14 @@ def bench_train(
 
 
 @torch.no_grad()
-def bench_generate(preset: str, device: str, kv_cache: bool, prompt_len: int, new_tokens: int) -> dict[str, Any]:
+def bench_generate(
+    preset: str, device: str, kv_cache: bool, prompt_len: int, new_tokens: int, max_len: int
+) -> dict[str, Any]:
+    """Greedy generation tokens/s at batch 1, the preset's shape with context `max_len`."""
+    from .generate import default_slide
+
     torch.manual_seed(0)
-    model = build_model(preset_config(preset)).to(device).eval()
+    model = build_model(preset_config(preset, max_len=max_len)).to(device).eval()
     ids_BL = torch.randint(0, model.config.n_vocab, (1, prompt_len), device=device)
     model.generate(ids_BL, 4, greedy=True, kv_cache=kv_cache)  # warm-up
     _sync(device)
@@ -111,7 +116,8 @@ def bench_generate(preset: str, device: str, kv_cache: bool, prompt_len: int, ne
         "kv_cache": kv_cache,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "max_len": model.config.max_len,
+        "max_len": max_len,
+        "slide": default_slide(max_len),
         "tokens_per_s": new_tokens / sec,
     }
 
@@ -133,16 +139,15 @@ def run_bench(
     batch_size: int = 16,
     budget_s: float = 5.0,
     prompt_len: int = 16,
-    new_tokens: int | None = None,
+    new_tokens: int = 500,
+    gen_max_len: int = 256,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every combination of device x compile x dtype for training, then generation with and without the cache."""
     devices = [resolve_device(d) for d in devices] if devices else available_devices()
     result: dict[str, Any] = {"preset": preset, "train": [], "generate": [], "peak_matmul_flops": {}}
-    cfg = preset_config(preset)
-    if prompt_len >= cfg.max_len:
-        raise AttnlabError(f"--prompt-len {prompt_len}: must be shorter than max_len={cfg.max_len}")
-    new_tokens = new_tokens or cfg.max_len - prompt_len  # by default the cache never has to slide
+    if not 0 < prompt_len <= gen_max_len:
+        raise AttnlabError(f"--prompt-len {prompt_len}: must be between 1 and --gen-max-len ({gen_max_len})")
     for device in devices:
         peak = peak_matmul_flops(device)
         result["peak_matmul_flops"][device] = peak
@@ -156,11 +161,11 @@ def run_bench(
                     f"{row['ms_per_step']:.1f} ms/step, MFU {100 * row['mfu']:.1f}%"
                 )
         for kv in (True, False):
-            row = bench_generate(preset, device, kv, prompt_len, new_tokens)
+            row = bench_generate(preset, device, kv, prompt_len, new_tokens, gen_max_len)
             result["generate"].append(row)
             log(
                 f"  generate kv_cache={kv}: {row['tokens_per_s']:,.0f} tokens/s "
-                f"({prompt_len}-token prompt, {new_tokens} new tokens)"
+                f"({prompt_len}-token prompt, {new_tokens} new tokens, max_len {gen_max_len})"
             )
     # The contract's single figure: the peak of the first (main) device.
     result["peak_matmul_flops_by_device"] = result["peak_matmul_flops"]
@@ -175,9 +180,14 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"| {r['device']} | {r['compile']} | {r['dtype']} | {r['tokens_per_s']:,.0f} | "
             f"{r['ms_per_step']:.1f} | {100 * r['mfu']:.1f}% |"
         )
-    lines += ["", "| device | KV cache | prompt | new tokens | tokens/s |", "|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| device | KV cache | max_len | prompt | new tokens | tokens/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in result["generate"]:
         lines.append(
-            f"| {r['device']} | {r['kv_cache']} | {r['prompt_len']} | {r['new_tokens']} | {r['tokens_per_s']:,.0f} |"
+            f"| {r['device']} | {r['kv_cache']} | {r['max_len']} | {r['prompt_len']} | {r['new_tokens']} | "
+            f"{r['tokens_per_s']:,.0f} |"
         )
     return "\n".join(lines)

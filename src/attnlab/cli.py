@@ -181,6 +181,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.top_p,
         args.greedy,
         gen,
+        kv_cache=not args.no_kv_cache,
+        slide=args.slide,
     ):
         sys.stdout.write(decoder.feed(next_B1[0].tolist()))
         sys.stdout.flush()
@@ -391,6 +393,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         budget_s=args.budget,
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,
+        gen_max_len=args.gen_max_len,
         log=log,
     )
     if args.out:
@@ -462,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--slide",
+        type=int,
+        default=None,
+        help="tokens the context window moves once it is full (default max_len/4; 1 = always the last max_len)",
+    )
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token (slower)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
 
@@ -542,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--budget", type=float, default=5.0, help="seconds of timed steps per training row")
     p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=None, help="default: fill the context (max_len - prompt)")
+    p.add_argument("--new-tokens", type=int, default=500)
+    p.add_argument("--gen-max-len", type=int, default=256, help="context length of the generation rows")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--out", default=None, help="also write JSON here (and a Markdown table beside it)")
     p.set_defaults(func=cmd_bench)

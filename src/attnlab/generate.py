@@ -38,7 +38,18 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
         raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
 
 
-@torch.no_grad()
+def default_slide(max_len: int) -> int:
+    """How far the context window moves once it is full: a quarter of max_len.
+
+    Each move costs one forward of the remaining window (to rebuild the KV cache), so sliding by a
+    quarter keeps generation past max_len as cheap as before it, while every token still sees at
+    least three quarters of max_len. `slide=1` is the exact "last max_len tokens" window, at the
+    price of rebuilding the cache for every new token.
+    """
+    return max(1, max_len // 4)
+
+
+@torch.inference_mode()
 def stream_tokens(
     model: LanguageModel,
     ids_BL: torch.Tensor,
@@ -49,32 +60,44 @@ def stream_tokens(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     kv_cache: bool = True,
+    slide: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token ids_B1, one step at a time. The model always sees the last max_len tokens.
+    """Yield the next token ids_B1, one step at a time.
 
-    With `kv_cache` (Transformer only), the context is run once and each new token then costs one
-    position; once the sequence is longer than max_len the window slides, and since every cached
-    key depends on the positions before it, the cache is rebuilt from the new window at each step
-    (exactly what generation without the cache computes).
+    The model sees a window of at most max_len tokens. When a new token would make it longer, the
+    window's start moves forward by `slide` tokens (default: `default_slide`), and the context
+    is the tokens from that start on. With `kv_cache` (Transformer only) the window is run once
+    and each new token then costs one position; when the window moves, every cached key would
+    change (it depends on the tokens before it in the window), so the cache is rebuilt from the
+    new window. The window does not depend on `kv_cache`: with and without it, generation computes
+    the same logits, and the cache only makes it faster.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     if ids_BL.shape[1] == 0:
         raise AttnlabError("empty prompt: give at least one token of text")
+    max_len = model.config.max_len
+    slide = default_slide(max_len) if slide is None else slide
+    if not 1 <= slide <= max_len:
+        raise AttnlabError(f"--slide {slide}: must be between 1 and max_len={max_len}")
     was_training = model.training
     model.eval()
-    max_len = model.config.max_len
     use_cache = kv_cache and isinstance(model, TransformerLM)
-    cache = KVCache(model.config.n_layers) if use_cache else None
+    cache: KVCache | None = None
+    start = max(0, ids_BL.shape[1] - max_len)  # the window's first token
     try:
         next_B1 = None
         for _ in range(max_new_tokens):
+            n = ids_BL.shape[1]
+            moved = n - start > max_len
+            if moved:
+                start = n - max_len - 1 + slide
             if not use_cache:
-                logits_BV = model(ids_BL[:, -max_len:])[:, -1, :]
-            elif next_B1 is not None and cache.length < max_len:
+                logits_BV = model(ids_BL[:, start:])[:, -1, :]
+            elif cache is not None and not moved:
                 logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
-            else:  # the prompt, or a window that slid: (re)fill the cache from the whole context
-                cache = KVCache(model.config.n_layers)
-                logits_BV = model(ids_BL[:, -max_len:], kv_cache=cache)[:, -1, :]
+            else:  # the prompt, or a window that moved: (re)fill the cache from the whole window
+                cache = KVCache(model.config.n_layers, max_len)
+                logits_BV = model(ids_BL[:, start:], kv_cache=cache)[:, -1, :]
             logits_BV = logits_BV.float()
             if greedy:
                 next_B1 = logits_BV.argmax(dim=-1, keepdim=True)

@@ -124,11 +124,18 @@ class CausalSelfAttention(nn.Module):
         B, L, _ = x_BLC.shape
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         offset = kv.offset if kv is not None else 0  # position of x's first token
-        q_BHLD = self.w_q(x_BLC).view(B, L, H, D).transpose(1, 2)
-        k_BGKD = self.w_k(x_BLC).view(B, L, G, D).transpose(1, 2)
-        if self.rope is not None:
-            q_BHLD, k_BGKD = self.rope(q_BHLD, offset), self.rope(k_BGKD, offset)
-        v_BGKD = self.w_v(x_BLC).view(B, L, G, D).transpose(1, 2)
+        if kv is not None and not hook.enabled:  # decoding: one matmul for q, k and v (see fused_qkv)
+            qkv_BNLD = F.linear(x_BLC, *kv.fused_qkv(self.w_q, self.w_k, self.w_v)).view(B, L, H + 2 * G, D)
+            qkv_BNLD = qkv_BNLD.transpose(1, 2)
+            if self.rope is not None:  # q and k heads rotated in one go
+                qkv_BNLD = torch.cat([self.rope(qkv_BNLD[:, : H + G], offset), qkv_BNLD[:, H + G :]], dim=1)
+            q_BHLD, k_BGKD, v_BGKD = qkv_BNLD.split([H, G, G], dim=1)
+        else:
+            q_BHLD = self.w_q(x_BLC).view(B, L, H, D).transpose(1, 2)
+            k_BGKD = self.w_k(x_BLC).view(B, L, G, D).transpose(1, 2)
+            if self.rope is not None:
+                q_BHLD, k_BGKD = self.rope(q_BHLD, offset), self.rope(k_BGKD, offset)
+            v_BGKD = self.w_v(x_BLC).view(B, L, G, D).transpose(1, 2)
         if kv is not None:  # generation: earlier positions' keys and values come from the cache
             k_BGKD, v_BGKD = kv.append(k_BGKD, v_BGKD)
         if G != H:  # grouped-query: each key/value head is shared by H / G consecutive query heads
@@ -182,7 +189,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, kv: LayerCache | None = None) -> torch.Tensor:
         attn, mlp = hook.scope("attn."), hook.scope("mlp.")

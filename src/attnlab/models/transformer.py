@@ -9,7 +9,7 @@ from ..errors import AttnlabError
 from .base import LanguageModel
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
-from .kv_cache import KVCache, LayerCache
+from .kv_cache import KVCache
 from .layers import Block, make_norm, sinusoidal_positions_LC
 
 
@@ -72,8 +72,8 @@ class TransformerLM(LanguageModel):
             tok_BLC = tok_BLC + hook("embed.pos_LC", pos_LC)
         x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC))
         for i, block in enumerate(self.blocks):
-            kv = LayerCache(kv_cache, i) if kv_cache is not None else None
-            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), kv)
+            kv = kv_cache.layers[i] if kv_cache is not None else None
+            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}.") if hook.enabled else hook, kv)
         if kv_cache is not None:
             kv_cache.length += L
         if self.final_ln is not None:
