@@ -43,8 +43,11 @@ def test_training_loss_drops_well_below_uniform(corpus_file: Path, tmp_path: Pat
     assert all("train_loss" in r for r in rows)
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(corpus_file: Path, tmp_path: Path) -> None:
-    tcfg = dict(steps=40, batch_size=8, eval_every=10, log_every=5)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(
+    corpus_file: Path, tmp_path: Path, optimizer: str
+) -> None:
+    tcfg = dict(steps=40, batch_size=8, eval_every=10, log_every=5, optimizer=optimizer)
     prepared, model = _setup(corpus_file)
     train(model, prepared.tokenizer, prepared.train, prepared.valid, TrainConfig(**tcfg), tmp_path / "a")
 

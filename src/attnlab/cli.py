@@ -57,10 +57,28 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="autocast precision (default fp32; bf16 is ~100x slower on CPUs without bf16 units)",
     )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument(
+        "--optimizer",
+        default=None,
+        choices=("adamw", "muon"),
+        help="adamw (default) | muon: Muon for the hidden weight matrices, AdamW for the rest",
+    )
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("steps", "max_time", "batch_size", "grad_accum", "lr", "eval_every", "seed", "device", "dtype", "compile")
+    names = (
+        "steps",
+        "max_time",
+        "batch_size",
+        "grad_accum",
+        "lr",
+        "eval_every",
+        "seed",
+        "device",
+        "dtype",
+        "compile",
+        "optimizer",
+    )
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 

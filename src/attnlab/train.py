@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, optim
 from .checkpoint import optimizer_from_flat, optimizer_to_flat, save_checkpoint
 from .data import Batches, TokenStream, check_length, notice
 from .errors import AttnlabError
 from .models import LanguageModel
+from .optim import MuonWithAdamW
 from .tokenizers import Tokenizer
 
 LN2 = math.log(2)
@@ -64,6 +65,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "fp32"  # "bf16" / "fp16": autocast the forward (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the model (pays off on GPUs; about 1.0x on small CPU models)
+    optimizer: str = "adamw"  # "muon": Muon for the hidden weight matrices, AdamW for the rest (see optim)
 
     def validate(self) -> None:
         if self.steps is None and self.max_time is None:
@@ -77,6 +79,8 @@ class TrainConfig:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if not self.lr > 0:
             raise AttnlabError(f"--lr {self.lr}: must be > 0")
+        if self.optimizer not in optim.OPTIMIZERS:
+            raise AttnlabError(f"--optimizer {self.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}")
         if self.dtype not in DTYPES:
             raise AttnlabError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
 
@@ -177,12 +181,8 @@ class TrainResult:
     log: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if device.startswith("cuda") else {}
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), **fused)
+def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.Optimizer | MuonWithAdamW:
+    return optim.make_optimizer(model, tcfg.optimizer, tcfg.lr, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2), device)
 
 
 class _StopFlag:
