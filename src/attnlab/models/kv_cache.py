@@ -9,8 +9,12 @@ the whole cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
-from torch import nn
+
+T = TypeVar("T")
 
 
 class KVCache:
@@ -43,7 +47,7 @@ class LayerCache:
 
     def __init__(self, cache: KVCache, layer: int) -> None:
         self.cache, self.layer = cache, layer
-        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.derived: dict[str, Any] = {}
 
     @property
     def offset(self) -> int:
@@ -52,15 +56,12 @@ class LayerCache:
     def append(self, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.append(self.layer, k_BGLD, v_BGLD)
 
-    def fused_qkv(self, w_q: nn.Linear, w_k: nn.Linear, w_v: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """W_q, W_k, W_v stacked into one matrix (and bias), built once per generation.
+    def cached(self, name: str, make: Callable[[], T]) -> T:
+        """`make()` computed once per cache: weights derived for decoding (e.g. the stacked q/k/v matrix).
 
-        A decoding step multiplies a single token, where the cost of a matmul is its launch rather
-        than its arithmetic: one (3 H D x C) product instead of three halves the step's matmul count.
-        The weights do not change while a cache lives (generation runs without gradients).
+        A cache lives for one generation, which runs without gradients, so the weights cannot change
+        under it; a decoding step then skips rebuilding them.
         """
-        if self.qkv is None:
-            weight = torch.cat([w_q.weight, w_k.weight, w_v.weight])
-            bias = torch.cat([w_q.bias, w_k.bias, w_v.bias]) if w_q.bias is not None else None
-            self.qkv = (weight, bias)
-        return self.qkv
+        if name not in self.derived:
+            self.derived[name] = make()
+        return self.derived[name]
