@@ -10,7 +10,7 @@ shape on the same text:
   these 2 cores is 12,000-14,000 tokens/s.
 - `attnlab`: `attnlab.train.train` itself (batches, AdamW, clipping, logging) on a `TransformerLM`
   of that shape, twice: with the reference's architecture (GELU MLP, no biases, learned positions),
-  and with the `small` preset's blocks (ReLU MLP, biases, rotary positions).
+  and with the `small` preset's blocks (ReLU MLP, biases).
 Rounds alternate reference / attnlab (this CPU changes speed by up to 2x from minute to minute);
 the table reports medians over rounds and the ratio of the medians.
 
@@ -135,7 +135,7 @@ def main() -> None:
         "attnlab, reference architecture": preset_config(
             "small", n_vocab=n_vocab, **SHAPE, head_dim=32, positions="learned", mlp="gelu", bias=False, norm_bias=False
         ),
-        # attnlab's own choices at that shape: the `small` preset's ReLU MLP, biases and rotary positions
+        # attnlab's own choices at that shape: the `small` preset's ReLU MLP (the lab's) and biases
         "attnlab, small preset blocks": preset_config("small", n_vocab=n_vocab, **SHAPE, head_dim=32),
     }
 

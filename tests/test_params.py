@@ -126,7 +126,7 @@ def test_scaling_table_doubles_the_context_past_max_len_and_scores_grow_quadrati
 
 def test_report_groups_add_up_and_the_report_is_plain_json() -> None:
     report = params_report(preset_config("small"))
-    assert sum(report["groups"].values()) == report["total"] == 826_112  # rotary positions: no position table
+    assert sum(report["groups"].values()) == report["total"] == 842_496
     assert report["per_layer"] * 4 + report["groups"]["embeddings"] + 2 * 128 == report["total"]
     assert report["context"] == 128 and report["config"]["emb_dim"] == 128
     assert json.loads(json.dumps(report)) == report

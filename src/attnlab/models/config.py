@@ -112,9 +112,9 @@ def _parse_bool(raw: str) -> bool:
 PRESETS: dict[str, dict[str, Any]] = {
     # The lab's exact sizes: C=32, H=4, D=5, F=128, one block.
     "lab": dict(max_len=64, emb_dim=32, n_hidden=128, head_dim=5, n_heads=4, n_layers=1),
-    # The best model for about 10 minutes on 2 CPU cores. Rotary positions: in 60 s on TinyStories they
-    # beat learned ones by 0.3 bits per character (README, `attnlab compare`).
-    "small": dict(max_len=128, emb_dim=128, n_hidden=512, head_dim=32, n_heads=4, n_layers=4, positions="rope"),
+    # The best model for about 10 minutes on 2 CPU cores, in the lab's architecture (learned positions:
+    # `attnlab lab` trains it). `--set positions=rope` and `--optimizer muon` make it learn faster (README).
+    "small": dict(max_len=128, emb_dim=128, n_hidden=512, head_dim=32, n_heads=4, n_layers=4),
     # GPU sizes (nanoGPT's Shakespeare-char model and a GPT-2-small shape).
     "medium": dict(max_len=256, emb_dim=384, n_hidden=1536, head_dim=64, n_heads=6, n_layers=6, dropout=0.1),
     "large": dict(max_len=512, emb_dim=768, n_hidden=3072, head_dim=64, n_heads=12, n_layers=12, dropout=0.1),
