@@ -32,9 +32,8 @@ def plain_forward(model: TransformerLM, ids_BL: torch.Tensor) -> torch.Tensor:
     for block in model.blocks:
         a = block.attn
         h_BLC = block.ln1(x_BLC)
-        q = a.w_q(h_BLC).view(B, L, a.n_heads, a.head_dim).transpose(1, 2)
-        k = a.w_k(h_BLC).view(B, L, a.n_heads, a.head_dim).transpose(1, 2)
-        v = a.w_v(h_BLC).view(B, L, a.n_heads, a.head_dim).transpose(1, 2)
+        qkv_BLX = F.linear(h_BLC, *a.qkv_weights())
+        q, k, v = (t.view(B, L, a.n_heads, a.head_dim).transpose(1, 2) for t in qkv_BLX.chunk(3, dim=-1))
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x_BLC = x_BLC + a.w_o(z.transpose(1, 2).reshape(B, L, -1))
         x_BLC = x_BLC + block.mlp.fc_out(F.relu(block.mlp.fc_in(block.ln2(x_BLC))))

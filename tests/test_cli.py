@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnlab import generate_text, load_checkpoint
 
@@ -53,6 +54,20 @@ def test_generate_prints_a_continuation(run_dir: Path, capsys) -> None:
     assert code == 0 and out == expected + "\n"  # streamed piece by piece, same text as the API
     code, greedy, _ = run_cli([*args, "--greedy"], capsys)
     assert code == 0 and greedy != out
+
+
+def test_generate_past_max_len_is_the_same_with_and_without_the_kv_cache(run_dir: Path, capsys) -> None:
+    args = ["generate", str(run_dir / "r"), "--prompt", "Once upon a time", "--max-new-tokens", "80", "--greedy"]
+    outs = {}
+    for slide in ("1", "8"):
+        code, cached, _ = run_cli([*args, "--slide", slide], capsys)
+        code2, plain, _ = run_cli([*args, "--slide", slide, "--no-kv-cache"], capsys)
+        assert code == code2 == 0 and cached == plain  # 96 tokens in a 32-token context
+        outs[slide] = cached
+    ckpt = load_checkpoint(run_dir / "r")
+    ids = ckpt.tokenizer.encode("Once upon a time")
+    expected = ckpt.model.generate(torch.tensor([ids]), 80, greedy=True, slide=1)[0, len(ids) :].tolist()
+    assert outs["1"] == ckpt.tokenizer.decode(expected) + "\n"
 
 
 def test_generate_crops_long_prompt_with_notice(run_dir: Path, capsys) -> None:
@@ -115,6 +130,8 @@ def test_resume_continues_to_more_steps(run_dir: Path, capsys, tmp_path: Path) -
         (["generate", "{run}", "--prompt", "x", "--top-p", "1.5"], "--top-p 1.5"),
         (["generate", "{run}", "--prompt", "x", "--top-k", "0"], "--top-k 0"),
         (["generate", "{run}", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
+        (["generate", "{run}", "--prompt", "x", "--slide", "0"], "--slide 0"),
+        (["train", "--optimizer", "sgd", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
         (["generate", "{corrupt}", "--prompt", "x"], "corrupt or incomplete"),
         (["eval", "{run}", "--data", "missing.txt"], "no such file or folder"),
         (["eval", "{nothing}", "--data", "builtin"], "no such checkpoint"),

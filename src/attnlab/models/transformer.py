@@ -48,9 +48,9 @@ class TransformerLM(LanguageModel):
         self.final_ln = make_norm(cfg) if cfg.norm_placement == "pre" else None
         self.init_weights()
 
-    def _positions_LC(self, start: int, L: int, device: torch.device) -> torch.Tensor | None:
-        if self.config.positions == "learned":
-            return self.embed.pos(torch.arange(start, start + L, device=device))
+    def _positions_LC(self, start: int, L: int) -> torch.Tensor | None:
+        if self.config.positions == "learned":  # rows start..start+L of the table (a slice: no lookup needed)
+            return self.embed.pos.weight[start : start + L]
         if self.config.positions == "sinusoidal":
             return self.embed.pos_LC[start : start + L]
         return None  # rope acts inside attention; none has no positions at all
@@ -67,7 +67,7 @@ class TransformerLM(LanguageModel):
             # (entries up to 1) does not drown them (they start at std 0.02).
             tok_BLC = tok_BLC * self.config.emb_dim**0.5
         tok_BLC = hook("embed.tok_BLC", tok_BLC)
-        pos_LC = self._positions_LC(start, L, ids_BL.device)
+        pos_LC = self._positions_LC(start, L)
         if pos_LC is not None:
             tok_BLC = tok_BLC + hook("embed.pos_LC", pos_LC)
         x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC))
