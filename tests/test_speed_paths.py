@@ -76,7 +76,7 @@ def test_bench_reports_every_row_of_the_contract() -> None:
     for r in result["train"]:
         assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and 0 < r["mfu"] < 1
         assert r["tokens_per_s"] == pytest.approx(4 * 64 / (r["ms_per_step"] / 1000))
-    assert [r["kv_cache"] for r in result["generate"]] == [True, False]
+    assert [(r["kv_cache"], r["compile"]) for r in result["generate"]] == [(True, False), (False, False)]
     for r in result["generate"]:  # 36 tokens in a 24-token context: the window moves
         assert (r["new_tokens"], r["prompt_len"], r["max_len"], r["slide"]) == (20, 16, 24, 6)
         assert r["tokens_per_s"] > 0
@@ -115,3 +115,14 @@ def test_bench_cli_json(tmp_path: Path, capsys) -> None:
 def test_bad_dtype_is_a_clear_error(capsys) -> None:
     code, _, err = run_cli(["train", "--dtype", "fp8", "--steps", "1", "--out", "x"], capsys)
     assert code == 2 and "invalid choice" in err
+
+
+@pytest.mark.slow
+def test_compiled_decoding_generates_the_eager_tokens() -> None:
+    """Greedy tokens through the compiled decoding step equal eager ones, far past max_len (window moves)."""
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", n_layers=2, max_len=16)).eval()
+    ids_BL = torch.randint(0, 256, (1, 5))
+    eager = model.generate(ids_BL, 40, greedy=True)
+    assert torch.equal(model.generate(ids_BL, 40, greedy=True, compile=True), eager)
+    assert "_compiled_decoder" not in "".join(model.state_dict())  # the compiled wrapper is not a submodule

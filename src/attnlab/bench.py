@@ -97,28 +97,42 @@ def bench_train(
 
 @torch.no_grad()
 def bench_generate(
-    preset: str, device: str, kv_cache: bool, prompt_len: int, new_tokens: int, max_len: int
+    preset: str,
+    device: str,
+    kv_cache: bool,
+    prompt_len: int,
+    new_tokens: int,
+    max_len: int,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
-    """Greedy generation tokens/s at batch 1, the preset's shape with context `max_len`."""
+    """Greedy generation tokens/s at batch 1, the preset's shape with context `max_len`.
+
+    The warm-up is one whole generation of the same length, so that with `compile_model` every graph
+    the run needs (prefill, decoding, a fresh cache after each window move) is compiled before timing.
+    """
     from .generate import default_slide
 
     torch.manual_seed(0)
     model = build_model(preset_config(preset, max_len=max_len)).to(device).eval()
     ids_BL = torch.randint(0, model.config.n_vocab, (1, prompt_len), device=device)
-    model.generate(ids_BL, 4, greedy=True, kv_cache=kv_cache)  # warm-up
-    _sync(device)
     t0 = time.perf_counter()
-    model.generate(ids_BL, new_tokens, greedy=True, kv_cache=kv_cache)
+    model.generate(ids_BL, new_tokens if compile_model else 4, greedy=True, kv_cache=kv_cache, compile=compile_model)
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.generate(ids_BL, new_tokens, greedy=True, kv_cache=kv_cache, compile=compile_model)
     _sync(device)
     sec = time.perf_counter() - t0
     return {
         "device": device,
         "kv_cache": kv_cache,
+        "compile": compile_model,
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
         "max_len": max_len,
         "slide": default_slide(max_len),
         "tokens_per_s": new_tokens / sec,
+        "warmup_s": warmup_s,
     }
 
 
@@ -160,11 +174,12 @@ def run_bench(
                     f"  train compile={compile_model} {dtype}: {row['tokens_per_s']:,.0f} tokens/s, "
                     f"{row['ms_per_step']:.1f} ms/step, MFU {100 * row['mfu']:.1f}%"
                 )
-        for kv in (True, False):
-            row = bench_generate(preset, device, kv, prompt_len, new_tokens, gen_max_len)
+        gen_modes = [(True, c) for c in compile_modes] + [(False, False)]  # the cache's step is what compiles
+        for kv, compile_model in gen_modes:
+            row = bench_generate(preset, device, kv, prompt_len, new_tokens, gen_max_len, compile_model)
             result["generate"].append(row)
             log(
-                f"  generate kv_cache={kv}: {row['tokens_per_s']:,.0f} tokens/s "
+                f"  generate kv_cache={kv} compile={compile_model}: {row['tokens_per_s']:,.0f} tokens/s "
                 f"({prompt_len}-token prompt, {new_tokens} new tokens, max_len {gen_max_len})"
             )
     # The contract's single figure: the peak of the first (main) device.
@@ -182,12 +197,12 @@ def markdown_table(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| device | KV cache | max_len | prompt | new tokens | tokens/s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| device | KV cache | compile | max_len | prompt | new tokens | tokens/s |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in result["generate"]:
         lines.append(
-            f"| {r['device']} | {r['kv_cache']} | {r['max_len']} | {r['prompt_len']} | {r['new_tokens']} | "
-            f"{r['tokens_per_s']:,.0f} |"
+            f"| {r['device']} | {r['kv_cache']} | {r['compile']} | {r['max_len']} | {r['prompt_len']} | "
+            f"{r['new_tokens']} | {r['tokens_per_s']:,.0f} |"
         )
     return "\n".join(lines)

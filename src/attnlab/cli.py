@@ -201,6 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         gen,
         kv_cache=not args.no_kv_cache,
         slide=args.slide,
+        compile=args.compile,
     ):
         sys.stdout.write(decoder.feed(next_B1[0].tolist()))
         sys.stdout.flush()
@@ -490,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokens the context window moves once it is full (default max_len/4; 1 = always the last max_len)",
     )
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token (slower)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the decoding step (faster after a ~10-20 s compile)"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -38,6 +38,19 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
         raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
 
 
+def compiled_decoder(model: LanguageModel) -> Callable[..., torch.Tensor]:
+    """The model's forward through `torch.compile`, for one-token steps over a KV cache; made once per model.
+
+    A decoding step is ~100 tiny ops whose cost is their dispatch, not their arithmetic: compiled
+    (dynamic shapes, so the growing cache does not recompile; a C++ wrapper instead of Python),
+    they run as a few fused kernels.
+    """
+    if "_compiled_decoder" not in model.__dict__:
+        # Kept in __dict__, not as a submodule attribute: the compiled wrapper must not join state_dict.
+        model.__dict__["_compiled_decoder"] = torch.compile(model, dynamic=True, options={"cpp_wrapper": True})
+    return model.__dict__["_compiled_decoder"]
+
+
 def default_slide(max_len: int) -> int:
     """How far the context window moves once it is full: a quarter of max_len.
 
@@ -61,6 +74,7 @@ def stream_tokens(
     generator: torch.Generator | None = None,
     kv_cache: bool = True,
     slide: int | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids_B1, one step at a time.
 
@@ -70,7 +84,8 @@ def stream_tokens(
     and each new token then costs one position; when the window moves, every cached key would
     change (it depends on the tokens before it in the window), so the cache is rebuilt from the
     new window. The window does not depend on `kv_cache`: with and without it, generation computes
-    the same logits, and the cache only makes it faster.
+    the same logits, and the cache only makes it faster. `compile` runs the one-token steps through
+    `compiled_decoder` (a first call compiles for ~10-20 s).
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     if ids_BL.shape[1] == 0:
@@ -82,6 +97,7 @@ def stream_tokens(
     was_training = model.training
     model.eval()
     use_cache = kv_cache and isinstance(model, TransformerLM)
+    decode = compiled_decoder(model) if compile and use_cache else model
     cache: KVCache | None = None
     start = max(0, ids_BL.shape[1] - max_len)  # the window's first token
     try:
@@ -94,7 +110,7 @@ def stream_tokens(
             if not use_cache:
                 logits_BV = model(ids_BL[:, start:])[:, -1, :]
             elif cache is not None and not moved:
-                logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
+                logits_BV = decode(next_B1, kv_cache=cache)[:, -1, :]
             else:  # the prompt, or a window that moved: (re)fill the cache from the whole window
                 cache = KVCache(model.config.n_layers, max_len)
                 logits_BV = model(ids_BL[:, start:], kv_cache=cache)[:, -1, :]

@@ -102,11 +102,14 @@ class LanguageModel(nn.Module):
         generator: torch.Generator | None = None,
         kv_cache: bool = True,
         slide: int | None = None,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Append `max_new_tokens` sampled tokens to each row of ids_BL; returns the whole sequence."""
         from ..generate import stream_tokens
 
         new = list(
-            stream_tokens(self, ids_BL, max_new_tokens, temperature, top_k, top_p, greedy, generator, kv_cache, slide)
+            stream_tokens(
+                self, ids_BL, max_new_tokens, temperature, top_k, top_p, greedy, generator, kv_cache, slide, compile
+            )
         )
         return torch.cat([ids_BL, *new], dim=1) if new else ids_BL
