@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import AttnlabError
+from .optim import OPTIMIZERS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -60,7 +61,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--optimizer",
         default=None,
-        choices=("adamw", "muon"),
+        choices=OPTIMIZERS,
         help="adamw (default) | muon: Muon for the hidden weight matrices, AdamW for the rest",
     )
 

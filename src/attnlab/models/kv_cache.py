@@ -29,9 +29,7 @@ class KVCache:
 
     def append(self, layer: int, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add this step's keys and values for `layer`; return all of them so far (B, G, K, D)."""
-        end = self.length + k_BGLD.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, {end} asked for")
+        end = self.length + k_BGLD.shape[2]  # <= max_len: TransformerLM.forward refuses longer sequences
         if self.k[layer] is None:
             B, G, _, D = k_BGLD.shape
             self.k[layer] = k_BGLD.new_empty(B, G, self.max_len, D)

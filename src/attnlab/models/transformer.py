@@ -73,7 +73,7 @@ class TransformerLM(LanguageModel):
         x_BLC = hook("embed.sum_BLC", self.drop(tok_BLC))
         for i, block in enumerate(self.blocks):
             kv = kv_cache.layers[i] if kv_cache is not None else None
-            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}.") if hook.enabled else hook, kv)
+            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), kv)
         if kv_cache is not None:
             kv_cache.length += L
         if self.final_ln is not None:
