@@ -112,6 +112,14 @@ def test_bench_cli_json(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "b.json").read_text()) == result and (tmp_path / "b.md").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--prompt-len", "0"], "--prompt-len 0"), (["--new-tokens", "-1"], "--new-tokens -1")]
+)
+def test_bench_bad_numbers_are_clear_errors(args: list[str], message: str, capsys) -> None:
+    code, _, err = run_cli(["bench", "--preset", "lab", *args], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_dtype_is_a_clear_error(capsys) -> None:
     code, _, err = run_cli(["train", "--dtype", "fp8", "--steps", "1", "--out", "x"], capsys)
     assert code == 2 and "invalid choice" in err

@@ -162,6 +162,8 @@ def run_bench(
     result: dict[str, Any] = {"preset": preset, "train": [], "generate": [], "peak_matmul_flops": {}}
     if not 0 < prompt_len <= gen_max_len:
         raise AttnlabError(f"--prompt-len {prompt_len}: must be between 1 and --gen-max-len ({gen_max_len})")
+    if new_tokens < 1:
+        raise AttnlabError(f"--new-tokens {new_tokens}: must be >= 1")
     for device in devices:
         peak = peak_matmul_flops(device)
         result["peak_matmul_flops"][device] = peak
