@@ -126,10 +126,11 @@ def test_bad_dtype_is_a_clear_error(capsys) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_decoding_generates_the_eager_tokens() -> None:
+@pytest.mark.parametrize("variant", [{}, {"positions": "rope", "n_kv_heads": 2, "head_dim": 4}])
+def test_compiled_decoding_generates_the_eager_tokens(variant: dict) -> None:
     """Greedy tokens through the compiled decoding step equal eager ones, far past max_len (window moves)."""
     torch.manual_seed(0)
-    model = build_model(preset_config("lab", n_layers=2, max_len=16)).eval()
+    model = build_model(preset_config("lab", n_layers=2, max_len=16, **variant)).eval()
     ids_BL = torch.randint(0, 256, (1, 5))
     eager = model.generate(ids_BL, 40, greedy=True)
     assert torch.equal(model.generate(ids_BL, 40, greedy=True, compile=True), eager)

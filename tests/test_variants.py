@@ -18,6 +18,7 @@ from attnlab.models.layers import (
     Block,
     RMSNorm,
     RotaryEmbedding,
+    attend_one_query,
     attention,
     causal_mask_LK,
     sinusoidal_positions_LC,
@@ -192,6 +193,15 @@ def test_attention_takes_a_boolean_or_an_additive_mask() -> None:
     assert torch.allclose(attention(q, k, v), ref, atol=1e-6)
     full = attention(q, k, v, torch.ones(5, 5, dtype=torch.bool))
     assert torch.allclose(full, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
+def test_one_query_attention_equals_sdpa_over_every_key() -> None:
+    """The compiled decoding step's attention (one new query, all cached keys) is SDPA's."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert attend_one_query(q, k, v).shape == (2, 3, 1, 8)
+    assert torch.allclose(attend_one_query(q, k, v), ref, atol=1e-6)
 
 
 def test_config_with_variants_round_trips_through_json() -> None:
