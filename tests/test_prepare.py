@@ -89,9 +89,11 @@ def test_train_on_prepared_token_files(corpus_file: Path, tmp_path: Path, capsys
     [
         (["{corpus}", "--out", "{tmp}/x.txt"], "ending in .bin"),
         (["{tmp}/missing.txt", "--out", "{tmp}/x.bin"], "no such file"),
+        (["{tmp}/empty.txt", "--out", "{tmp}/x.bin"], "the file is empty"),
     ],
 )
 def test_prepare_bad_input(args, message, corpus_file: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty.txt").write_text("")
     args = [a.replace("{corpus}", str(corpus_file)).replace("{tmp}", str(tmp_path)) for a in args]
     code, _, err = run_cli(["prepare", *args], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1

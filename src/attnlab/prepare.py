@@ -47,6 +47,8 @@ def _byte_ranges(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """(train, valid) byte ranges of one file: validation starts at the first story (or line) boundary
     after 90% of the file, found without reading the file into memory."""
     size = path.stat().st_size
+    if size == 0:
+        raise AttnlabError(f"{path}: the file is empty; give a text with at least a few stories")
     with open(path, "rb") as f:
         f.seek(int(size * (1 - VALID_FRACTION)))
         window = f.read(1 << 20)
