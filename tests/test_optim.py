@@ -65,6 +65,24 @@ def test_muon_state_dict_numbers_parameters_across_both_halves() -> None:
             assert torch.equal(torch.as_tensor(again.state[p][key]), torch.as_tensor(value)), key
 
 
+def test_a_cpu_muon_checkpoint_resumes_with_torch_muon() -> None:
+    """Float32Muon's state (CPU) loads into torch.optim.Muon (what CUDA uses), which then steps."""
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab"))
+    cpu_opt = make_optimizer(model, "muon", 1e-3, 0.1, (0.9, 0.99), "cpu")
+    model(torch.randint(0, 256, (2, 8))).sum().backward()
+    cpu_opt.step()
+    hidden, io, vectors = split_params(model)
+    torch_muon = torch.optim.Muon(hidden, lr=1e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    adamw = torch.optim.AdamW([{"params": io}, {"params": vectors, "weight_decay": 0.0}], betas=(0.9, 0.99))
+    gpu_like = MuonWithAdamW(torch_muon, adamw)
+    gpu_like.load_state_dict(cpu_opt.state_dict())
+    assert torch.equal(gpu_like.state[hidden[0]]["momentum_buffer"], cpu_opt.state[hidden[0]]["momentum_buffer"])
+    before = hidden[0].detach().clone()
+    gpu_like.step()  # reads nesterov, ns_steps, ... which Float32Muon's groups never had
+    assert not torch.equal(hidden[0], before)
+
+
 def test_muon_training_learns_at_least_as_fast_as_adamw(corpus_file: Path, tmp_path: Path) -> None:
     """At this tiny size both reach the bigram plateau; the gap at real sizes is in benchmarks/optimizers.py."""
     prepared = prepare_data(str(corpus_file))

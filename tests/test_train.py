@@ -15,7 +15,7 @@ from attnlab.errors import AttnlabError
 from attnlab.models import build_model, preset_config
 from attnlab.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, train
 
-from .conftest import TINY
+from .conftest import TINY, run_cli
 
 
 def _rows(out: Path) -> list[dict]:
@@ -173,6 +173,22 @@ def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
 
 
 @pytest.mark.slow
+def test_resume_runs_on_this_machine_not_on_the_saved_runs_device(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    """A run saved on a GPU (state says cuda:0) resumes on a CPU-only machine without --device."""
+    args = ["train", "--preset", "lab", "--data", str(corpus_file), "--out", str(tmp_path / "r")]
+    code, _, err = run_cli([*args, "--steps", "2"], capsys)
+    assert code == 0, err
+    state_path = tmp_path / "r" / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["train"]["device"] = "cuda:0"
+    state_path.write_text(json.dumps(state))
+    code, _, err = run_cli([*args, "--steps", "4", "--resume"], capsys)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert code == 0, err
+    assert f"on {expected}" in err
+    assert load_checkpoint(tmp_path / "r", with_state=True).state["step"] == 4
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches_the_uninterrupted_run(corpus_file: Path, tmp_path: Path) -> None:
     args = [
         "train",

@@ -25,7 +25,7 @@ from .train import TrainConfig, autocast_context, make_optimizer, resolve_device
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # that GPU: with no argument, only the current one
     elif device == "mps":
         torch.mps.synchronize()
 

@@ -124,7 +124,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = ckpt.state
         if "train" not in state:
             raise AttnlabError(f"{ckpt.path}: has no training state to resume from")
-        tcfg = TrainConfig.from_dict({**state["train"], **_train_overrides(args)})
+        # The device is this machine's choice (or --device), not the saved run's: a run saved on a GPU
+        # resumes on a CPU-only machine, and a CPU run resumed on a GPU machine uses the GPU.
+        tcfg = TrainConfig.from_dict({**state["train"], "device": "auto", **_train_overrides(args)})
         saved_world, world = state.get("world_size", 1), distributed.world_size()
         if saved_world != world and args.batch_size is None:
             # Keep the global batch of the saved run: batch_size x processes x grad_accum.

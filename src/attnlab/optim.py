@@ -117,10 +117,16 @@ class MuonWithAdamW:
             mine = groups[: len(part.param_groups)]
             groups = groups[len(part.param_groups) :]
             n = sum(len(g["params"]) for g in mine)
+            # Saved values win, but keys only this implementation has stay: a checkpoint from Float32Muon
+            # (CPU) resumes with torch.optim.Muon (CUDA), which also reads nesterov, ns_steps, ...
+            merged = [
+                {**now, **g, "params": [i - offset for i in g["params"]]}
+                for now, g in zip(part.param_groups, mine, strict=False)  # a count mismatch: torch says so below
+            ]
             part.load_state_dict(
                 {
                     "state": {int(i) - offset: s for i, s in sd["state"].items() if offset <= int(i) < offset + n},
-                    "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine],
+                    "param_groups": merged,
                 }
             )
             offset += n

@@ -246,8 +246,8 @@ def train(
         optimizer.load_state_dict(optimizer_from_flat(resume_tensors, resume_state["optimizer"]))
         batches.load_state_dict(resume_tensors["rng.batches"])
         torch.set_rng_state(resume_tensors["rng.torch"])
-        if torch.cuda.is_available() and "rng.cuda" in resume_tensors:
-            torch.cuda.set_rng_state(resume_tensors["rng.cuda"])
+        if device.startswith("cuda") and "rng.cuda" in resume_tensors:
+            torch.cuda.set_rng_state(resume_tensors["rng.cuda"], device)  # this run's GPU, not the current one
         # Drop log rows written after the checkpoint, so the log reads as one uninterrupted run.
         if main and log_path.exists():
             rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -269,7 +269,7 @@ def train(
         opt_tensors, opt_meta = optimizer_to_flat(optimizer)
         tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
         if device.startswith("cuda"):
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         state = {
             "step": step,
             "elapsed_s": elapsed,
@@ -280,6 +280,7 @@ def train(
             "train": asdict(tcfg),
             "world_size": world,
             "optimizer": opt_meta,
+            "grad_scaler": scaler.state_dict(),  # fp16's loss scale and its growth counter ({} when unused)
             **(run_info or {}),
         }
         return save_checkpoint(ckpt_path, model, tokenizer, state, tensors)
@@ -303,6 +304,8 @@ def train(
     forward = ddp or model
     forward = torch.compile(forward) if tcfg.compile else forward  # checkpoints keep saving `model` itself
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
+    if resume_state and resume_state.get("grad_scaler") and scaler.is_enabled():
+        scaler.load_state_dict(resume_state["grad_scaler"])
     last_train_loss = resume_state.get("last_train_loss") if resume_state else None
     next_eval_s = resume_state.get("next_eval_s", 0.0) if resume_state else (tcfg.eval_every_s or 0.0)
     model.train()
