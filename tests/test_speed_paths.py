@@ -73,8 +73,11 @@ def test_bench_reports_every_row_of_the_contract() -> None:
         ("cpu", False, "fp32"),
         ("cpu", False, "bf16"),
     ]
+    peaks = result["peak_matmul_flops_by_dtype"]["cpu"]
+    assert set(peaks) == {"fp32", "bf16"} and result["peak_matmul_flops"] == max(peaks.values())
     for r in result["train"]:
         assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and 0 < r["mfu"] < 1
+        assert r["mfu"] == pytest.approx(r["achieved_flops"] / result["peak_matmul_flops"])
         assert r["tokens_per_s"] == pytest.approx(4 * 64 / (r["ms_per_step"] / 1000))
     assert [(r["kv_cache"], r["compile"]) for r in result["generate"]] == [(True, False), (False, False)]
     for r in result["generate"]:  # 36 tokens in a 24-token context: the window moves
@@ -113,7 +116,12 @@ def test_bench_cli_json(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"), [(["--prompt-len", "0"], "--prompt-len 0"), (["--new-tokens", "-1"], "--new-tokens -1")]
+    ("args", "message"),
+    [
+        (["--prompt-len", "0"], "--prompt-len 0"),
+        (["--new-tokens", "-1"], "--new-tokens -1"),
+        (["--dtypes", "fp32,fp8"], "unknown dtype 'fp8'"),
+    ],
 )
 def test_bench_bad_numbers_are_clear_errors(args: list[str], message: str, capsys) -> None:
     code, _, err = run_cli(["bench", "--preset", "lab", *args], capsys)

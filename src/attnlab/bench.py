@@ -2,8 +2,8 @@
 
 Training: tokens/s and ms/step for eager vs `torch.compile` and fp32 vs bf16 (autocast) on each
 device; MFU = achieved FLOP/s (tokens/s x training FLOPs per token, from `attnlab params`) divided
-by the peak measured here with one large fp32 matmul. Generation: tokens/s with and without the
-KV cache. All rows of one run are measured on the same machine state, so their ratios are what to
+by the device's peak, its best rate measured here with one large matmul per dtype. Generation: tokens/s with and
+without the KV cache. All rows of one run are measured on the same machine state, so their ratios are what to
 compare (this CPU's speed changes by up to 2x from one minute to the next).
 """
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .errors import AttnlabError
 from .inspect.params import flops_per_token
 from .models import build_model, preset_config
-from .train import TrainConfig, autocast_context, make_optimizer, resolve_device
+from .train import DTYPES, TrainConfig, autocast_context, make_optimizer, resolve_device
 
 
 def _sync(device: str) -> None:
@@ -44,9 +44,16 @@ def _timed(fn: Callable[[], Any], device: str, min_repeats: int, budget_s: float
     return times
 
 
-def peak_matmul_flops(device: str, n: int = 2048, budget_s: float = 2.0) -> float:
-    """FLOP/s of an n x n fp32 matmul (best of several): the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def peak_matmul_flops(device: str, dtype: str = "fp32", n: int | None = None, budget_s: float = 2.0) -> float:
+    """FLOP/s of an n x n matmul in `dtype` (best of several).
+
+    n is 2048, or 512 for bf16/fp16 on CPU, where those matmuls usually run ~100x slower than fp32
+    and 2048 would take seconds each.
+    """
+    if n is None:
+        n = 512 if dtype != "fp32" and device == "cpu" else 2048
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     (a @ b).sum().item()
     times = _timed(lambda: a @ b, device, 3, budget_s)
     return 2 * n**3 / min(times)
@@ -55,6 +62,7 @@ def peak_matmul_flops(device: str, n: int = 2048, budget_s: float = 2.0) -> floa
 def bench_train(
     preset: str, device: str, compile_model: bool, dtype: str, batch_size: int, peak: float, budget_s: float
 ) -> dict[str, Any]:
+    """Training tokens/s, ms/step and MFU against `peak`, the device's best matmul FLOP/s."""
     torch.manual_seed(0)
     cfg = preset_config(preset)
     model = build_model(cfg).to(device)
@@ -160,14 +168,23 @@ def run_bench(
     """Every combination of device x compile x dtype for training, then generation with and without the cache."""
     devices = [resolve_device(d) for d in devices] if devices else available_devices()
     result: dict[str, Any] = {"preset": preset, "train": [], "generate": [], "peak_matmul_flops": {}}
+    result["peak_matmul_flops_by_dtype"] = {}
     if not 0 < prompt_len <= gen_max_len:
         raise AttnlabError(f"--prompt-len {prompt_len}: must be between 1 and --gen-max-len ({gen_max_len})")
     if new_tokens < 1:
         raise AttnlabError(f"--new-tokens {new_tokens}: must be >= 1")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise AttnlabError(f"--dtypes: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     for device in devices:
-        peak = peak_matmul_flops(device)
+        # MFU is against the device's best matmul rate in any dtype (as in the PaLM and nanoGPT papers'
+        # use of a GPU's bf16 peak): an fp32 run on a GPU leaves its bf16 tensor cores idle, and its
+        # MFU says so; on a CPU without bf16 units, fp32 is the best and bf16 runs read low.
+        peaks = {dtype: peak_matmul_flops(device, dtype) for dtype in dict.fromkeys(("fp32", *dtypes))}
+        peak = max(peaks.values())
         result["peak_matmul_flops"][device] = peak
-        log(f"{device}: peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
+        result["peak_matmul_flops_by_dtype"][device] = peaks
+        log(f"{device}: peak matmul " + ", ".join(f"{dt} {p / 1e9:,.1f}" for dt, p in peaks.items()) + " GFLOP/s")
         for compile_model in compile_modes:
             for dtype in dtypes:
                 row = bench_train(preset, device, compile_model, dtype, batch_size, peak, budget_s)
