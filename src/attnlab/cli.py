@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     sets = _parse_sets(args.set)
-    rank_device = distributed.init_from_env()  # set under torchrun: this process's device
+    rank_device = distributed.init_from_env(args.device or "auto")  # set under torchrun: this process's device
     if args.resume:
         ckpt = load_checkpoint(out, with_state=True)
         state = ckpt.state

@@ -13,12 +13,15 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_env() -> str | None:
-    """Join the process group `torchrun` describes in the environment; returns this rank's device."""
+def init_from_env(device: str = "auto") -> str | None:
+    """Join the process group `torchrun` describes in the environment; returns this rank's device.
+
+    Each rank takes the GPU of its local rank (nccl) unless `device` asks for the CPU (gloo).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
