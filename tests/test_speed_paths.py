@@ -1,6 +1,7 @@
 """Mixed precision, torch.compile and the bench command, at tiny sizes (bf16 matmuls are ~100x slower
 than fp32 on CPUs without bf16 units; the figures themselves live in benchmarks/, not here)."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -143,3 +144,8 @@ def test_compiled_decoding_generates_the_eager_tokens(variant: dict) -> None:
     eager = model.generate(ids_BL, 40, greedy=True)
     assert torch.equal(model.generate(ids_BL, 40, greedy=True, compile=True), eager)
     assert "_compiled_decoder" not in "".join(model.state_dict())  # the compiled wrapper is not a submodule
+    twin = copy.deepcopy(model)  # a copy decodes with its own weights, not its original's
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(-1.5)
+    assert torch.equal(twin.generate(ids_BL, 20, greedy=True, compile=True), twin.generate(ids_BL, 20, greedy=True))
