@@ -3,6 +3,7 @@ than fp32 on CPUs without bf16 units; the figures themselves live in benchmarks/
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from attnlab.bench import run_bench
 from attnlab.data import prepare_data
-from attnlab.models import build_model, preset_config
+from attnlab.models import build_model, layers, preset_config
+from attnlab.models.layers import attend_one_query
 from attnlab.train import TrainConfig, train
 
 from .conftest import run_cli
@@ -121,7 +123,7 @@ def test_bench_cli_json(tmp_path: Path, capsys) -> None:
     [
         (["--prompt-len", "0"], "--prompt-len 0"),
         (["--new-tokens", "-1"], "--new-tokens -1"),
-        (["--dtypes", "fp32,fp8"], "unknown dtype 'fp8'"),
+        (["--dtypes", "fp32,fp8"], "--dtypes fp8: choose one of fp32, bf16, fp16"),
     ],
 )
 def test_bench_bad_numbers_are_clear_errors(args: list[str], message: str, capsys) -> None:
@@ -136,14 +138,24 @@ def test_bad_dtype_is_a_clear_error(capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"positions": "rope", "n_kv_heads": 2, "head_dim": 4}])
-def test_compiled_decoding_generates_the_eager_tokens(variant: dict) -> None:
+def test_compiled_decoding_generates_the_eager_tokens(variant: dict, monkeypatch) -> None:
     """Greedy tokens through the compiled decoding step equal eager ones, far past max_len (window moves)."""
     torch.manual_seed(0)
     model = build_model(preset_config("lab", n_layers=2, max_len=16, **variant)).eval()
     ids_BL = torch.randint(0, 256, (1, 5))
     eager = model.generate(ids_BL, 40, greedy=True)
+    calls = []
+
+    @torch.compiler.disable  # runs (and counts) outside the graph: a list inside it would be guarded on
+    def spy(q_BH1D: torch.Tensor, k_BHKD: torch.Tensor, v_BHKD: torch.Tensor) -> torch.Tensor:
+        calls.append(q_BH1D.shape)
+        return attend_one_query(q_BH1D, k_BHKD, v_BHKD)
+
+    monkeypatch.setattr(layers, "attend_one_query", spy)
     assert torch.equal(model.generate(ids_BL, 40, greedy=True, compile=True), eager)
-    assert "_compiled_decoder" not in "".join(model.state_dict())  # the compiled wrapper is not a submodule
+    assert len(calls) > 30 * model.config.n_layers  # the compiled steps took the one-query reduction, not SDPA
+    assert set(model.state_dict()) == set(build_model(model.config).state_dict())  # nothing compiled joined it
+    pickle.dumps(model)  # nor the model itself: it still pickles
     twin = copy.deepcopy(model)  # a copy decodes with its own weights, not its original's
     with torch.no_grad():
         for p in twin.parameters():

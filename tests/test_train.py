@@ -172,9 +172,8 @@ def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
     raise AssertionError("no metrics rows appeared")
 
 
-@pytest.mark.slow
 def test_resume_runs_on_this_machine_not_on_the_saved_runs_device(corpus_file: Path, tmp_path: Path, capsys) -> None:
-    """A run saved on a GPU (state says cuda:0) resumes on a CPU-only machine without --device."""
+    """A run saved on a GPU (state says cuda:0) resumes on a CPU-only machine, with a notice."""
     args = ["train", "--preset", "lab", "--data", str(corpus_file), "--out", str(tmp_path / "r")]
     code, _, err = run_cli([*args, "--steps", "2"], capsys)
     assert code == 0, err
@@ -183,12 +182,14 @@ def test_resume_runs_on_this_machine_not_on_the_saved_runs_device(corpus_file: P
     state["train"]["device"] = "cuda:0"
     state_path.write_text(json.dumps(state))
     code, _, err = run_cli([*args, "--steps", "4", "--resume"], capsys)
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("cuda:0 exists here: the saved device is used as it is")
     assert code == 0, err
-    assert f"on {expected}" in err
+    assert "--device cuda:0 of the saved run is not available here" in err and "on cpu" in err
     assert load_checkpoint(tmp_path / "r", with_state=True).state["step"] == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches_the_uninterrupted_run(corpus_file: Path, tmp_path: Path) -> None:
     args = [
         "train",

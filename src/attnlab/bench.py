@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .errors import AttnlabError
 from .inspect.params import flops_per_token
 from .models import build_model, preset_config
-from .train import DTYPES, TrainConfig, autocast_context, make_optimizer, resolve_device
+from .train import DTYPES, TrainConfig, autocast_context, check_dtype, make_optimizer, resolve_device
 
 
 def _sync(device: str) -> None:
@@ -174,13 +174,13 @@ def run_bench(
     if new_tokens < 1:
         raise AttnlabError(f"--new-tokens {new_tokens}: must be >= 1")
     for dtype in dtypes:
-        if dtype not in DTYPES:
-            raise AttnlabError(f"--dtypes: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+        check_dtype(dtype, "--dtypes")
     for device in devices:
         # MFU is against the device's best matmul rate in any dtype (as in the PaLM and nanoGPT papers'
         # use of a GPU's bf16 peak): an fp32 run on a GPU leaves its bf16 tensor cores idle, and its
-        # MFU says so; on a CPU without bf16 units, fp32 is the best and bf16 runs read low.
-        peaks = {dtype: peak_matmul_flops(device, dtype) for dtype in dict.fromkeys(("fp32", *dtypes))}
+        # MFU says so; on a CPU without bf16 units, fp32 is the best and bf16 runs read low. fp32 and
+        # bf16 are always measured, so a row's MFU does not depend on which --dtypes were benched.
+        peaks = {dtype: peak_matmul_flops(device, dtype) for dtype in dict.fromkeys(("fp32", "bf16", *dtypes))}
         peak = max(peaks.values())
         result["peak_matmul_flops"][device] = peak
         result["peak_matmul_flops_by_dtype"][device] = peaks

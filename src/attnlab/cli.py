@@ -124,9 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = ckpt.state
         if "train" not in state:
             raise AttnlabError(f"{ckpt.path}: has no training state to resume from")
-        # The device is this machine's choice (or --device), not the saved run's: a run saved on a GPU
-        # resumes on a CPU-only machine, and a CPU run resumed on a GPU machine uses the GPU.
-        tcfg = TrainConfig.from_dict({**state["train"], "device": "auto", **_train_overrides(args)})
+        tcfg = TrainConfig.from_dict({**state["train"], **_train_overrides(args)})
         saved_world, world = state.get("world_size", 1), distributed.world_size()
         if saved_world != world and args.batch_size is None:
             # Keep the global batch of the saved run: batch_size x processes x grad_accum.
@@ -134,7 +132,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             if global_batch % world:
                 raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
             tcfg.batch_size = global_batch // world
-        device = resolve_device(tcfg.device)
+        try:
+            device = resolve_device(tcfg.device)
+        except AttnlabError:
+            if args.device:  # asked for here: say so
+                raise
+            # Saved on a machine with a device this one lacks (a GPU run resumed on a laptop).
+            notice(f"notice: --device {tcfg.device} of the saved run is not available here; choosing again")
+            device = resolve_device("auto")
         model, tokenizer = ckpt.model.to(device), ckpt.tokenizer
         data = args.data or state.get("data", {}).get("source", "builtin")
         notice(f"resuming {ckpt.path} at step {state['step']}")

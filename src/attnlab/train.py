@@ -36,6 +36,11 @@ LN2 = math.log(2)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_dtype(dtype: str, flag: str = "--dtype") -> None:
+    if dtype not in DTYPES:
+        raise AttnlabError(f"{flag} {dtype}: choose one of {', '.join(DTYPES)}")
+
+
 def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass: matmuls in bf16/fp16, reductions kept in fp32 by autocast."""
     if dtype == "fp32":
@@ -81,8 +86,7 @@ class TrainConfig:
             raise AttnlabError(f"--lr {self.lr}: must be > 0")
         if self.optimizer not in optim.OPTIMIZERS:
             raise AttnlabError(f"--optimizer {self.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}")
-        if self.dtype not in DTYPES:
-            raise AttnlabError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -160,7 +160,7 @@ class CausalSelfAttention(nn.Module):
         p_drop = self.dropout if self.training else 0.0
         K = k_BHKD.shape[2]
         if self.impl == "sdpa" and not hook.enabled:
-            if L == 1 and torch.compiler.is_compiling():  # a compiled decoding step
+            if kv is not None and L == 1 and p_drop == 0.0 and torch.compiler.is_compiling():  # compiled decoding
                 z_BHLD = attend_one_query(q_BHLD, k_BHKD, v_BHKD)
             elif K == L or L == 1:  # one new query may attend to every cached key: no mask at all
                 z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=L > 1)
