@@ -2,9 +2,9 @@
 
 Training: tokens/s and ms/step for eager vs `torch.compile` and fp32 vs bf16 (autocast) on each
 device; MFU = achieved FLOP/s (tokens/s x training FLOPs per token, from `attnlab params`) divided
-by the device's peak, its best rate measured here with one large matmul per dtype. Generation: tokens/s with and
-without the KV cache. All rows of one run are measured on the same machine state, so their ratios are what to
-compare (this CPU's speed changes by up to 2x from one minute to the next).
+by the device's peak, its best rate measured here with one large matmul per dtype. Generation:
+tokens/s with and without the KV cache. All rows of one run are measured on the same machine state,
+so their ratios are what to compare (this CPU's speed changes by up to 2x from one minute to the next).
 """
 
 from __future__ import annotations
@@ -167,8 +167,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every combination of device x compile x dtype for training, then generation with and without the cache."""
     devices = [resolve_device(d) for d in devices] if devices else available_devices()
-    result: dict[str, Any] = {"preset": preset, "train": [], "generate": [], "peak_matmul_flops": {}}
-    result["peak_matmul_flops_by_dtype"] = {}
+    result: dict[str, Any] = {
+        "preset": preset,
+        "train": [],
+        "generate": [],
+        "peak_matmul_flops": {},
+        "peak_matmul_flops_by_dtype": {},
+    }
     if not 0 < prompt_len <= gen_max_len:
         raise AttnlabError(f"--prompt-len {prompt_len}: must be between 1 and --gen-max-len ({gen_max_len})")
     if new_tokens < 1:

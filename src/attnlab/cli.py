@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token (slower)")
     p.add_argument(
-        "--compile", action="store_true", help="torch.compile the decoding step (faster after a ~10-20 s compile)"
+        "--compile", action="store_true", help="torch.compile the decoding step (faster after a ~10-30 s compile)"
     )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
