@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from attnlab.bpe import BPETokenizer, count_words, learn_merges
+from attnlab.tokenizers.bpe import BPETokenizer, count_words, learn_merges
 
 
 def main() -> None:

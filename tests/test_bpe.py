@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnlab.bpe import (
+from attnlab.data import build_tokenizer, load_corpus, prepare_data
+from attnlab.errors import AttnlabError
+from attnlab.tokenizers import make_tokenizer, tokenizer_from_dict
+from attnlab.tokenizers.bpe import (
     ENDOFTEXT,
     BPETokenizer,
     bytes_to_unicode,
@@ -20,9 +23,6 @@ from attnlab.bpe import (
     merge_pair,
     token_to_gpt2_str,
 )
-from attnlab.data import build_tokenizer, load_corpus, prepare_data
-from attnlab.errors import AttnlabError
-from attnlab.tokenizers import make_tokenizer, tokenizer_from_dict
 
 from .conftest import tinystories_dir
 

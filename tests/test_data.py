@@ -7,7 +7,6 @@ import torch
 from attnlab.data import (
     HUB_TRAIN,
     HUB_VALID,
-    SEPARATOR,
     Batches,
     TextSplit,
     encode_split,
@@ -17,7 +16,7 @@ from attnlab.data import (
     split_stories,
 )
 from attnlab.errors import AttnlabError
-from attnlab.tokenizers import ByteTokenizer, CodepointTokenizer
+from attnlab.tokenizers import ENDOFTEXT, ByteTokenizer, CodepointTokenizer
 
 from .conftest import tinystories_dir
 
@@ -35,7 +34,7 @@ def test_builtin_corpus_is_deterministic_and_large_with_a_validation_split() -> 
     assert a.train.text == b.train.text and a.valid.text == b.valid.text
     assert len(a.train.text) + len(a.valid.text) >= 1_000_000
     assert len(a.valid.text) > 100_000
-    assert a.train.text.endswith(f"\n{SEPARATOR}\n")
+    assert a.train.text.endswith(f"\n{ENDOFTEXT}\n")
 
 
 def test_folder_with_train_and_valid_uses_them_as_the_splits(tmp_path: Path) -> None:
@@ -112,9 +111,9 @@ def test_large_files_are_tokenized_to_a_cached_memmap(tmp_path: Path, corpus_fil
 
 
 def test_chunked_tokenization_counts_dropped_characters(tmp_path: Path, monkeypatch) -> None:
-    import attnlab.data as data
+    import attnlab.tokens as tokens
 
-    monkeypatch.setattr(data, "CHUNK_CHARS", 7)
+    monkeypatch.setattr(tokens, "CHUNK_BYTES", 7)
     path = tmp_path / "wide.txt"
     path.write_text("ab“cd”ef" * 10)
     stream = encode_split(TextSplit(path=path), CodepointTokenizer(), "wide")

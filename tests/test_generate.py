@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from attnlab.errors import AttnlabError
-from attnlab.generate import encode_prompt, filter_logits_BV, generate_text, next_token_table
+from attnlab.generate import encode_prompt, generate_text, next_token_table
 from attnlab.models import build_model, preset_config
+from attnlab.models.sampling import filter_logits_BV
 from attnlab.tokenizers import ByteTokenizer, CodepointTokenizer
 
 
@@ -136,7 +137,7 @@ def test_kv_cache_runs_one_position_per_new_token_until_the_window_is_full() -> 
 
 
 def test_cached_logits_equal_the_full_forward() -> None:
-    from attnlab.models.kv_cache import KVCache
+    from attnlab.models.decoding import KVCache
 
     torch.manual_seed(0)
     model = build_model(preset_config("lab", n_layers=2, max_len=16)).eval()

@@ -152,8 +152,8 @@ def test_a_converted_gpt2_with_its_bpe_files_can_be_traced_like_any_checkpoint(t
     """The README's recipe for looking inside GPT-2: from_hf + the GPT-2 tokenizer files -> a checkpoint."""
     import json
 
-    from attnlab.bpe import BPETokenizer
     from attnlab.checkpoint import save_checkpoint
+    from attnlab.tokenizers.bpe import BPETokenizer
 
     from .conftest import run_cli
 

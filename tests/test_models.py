@@ -64,13 +64,15 @@ def test_sdpa_path_equals_the_explicit_path(preset: str) -> None:
 
 def test_lm_head_is_tied_to_the_token_embedding() -> None:
     torch.manual_seed(0)
-    for model in (TransformerLM(n_vocab=50, max_len=8), FeedForwardLM(n_vocab=50)):
+    for model in (TransformerLM.from_fields(n_vocab=50, max_len=8), FeedForwardLM.from_fields(n_vocab=50)):
         names = [n for n, _ in model.named_parameters()]
         assert not any("head" in n for n in names)  # no second V x C matrix
         ids_BL = torch.randint(0, 50, (2, 8))
         before = model(ids_BL)
         with torch.no_grad():
-            model.embed.tok.weight[7] += 1.0
+            model.embed.tok.weight[7] += torch.randn(
+                model.config.emb_dim
+            )  # not a constant: LayerNorm's output sums to 0
         after = model(ids_BL)
         assert (after[..., 7] != before[..., 7]).all()  # output logits of token 7 moved too
         loss = F.cross_entropy(model(ids_BL).flatten(0, 1), ids_BL.flatten())
@@ -81,7 +83,7 @@ def test_lm_head_is_tied_to_the_token_embedding() -> None:
 @pytest.mark.parametrize("n_layers", [1, 3])
 def test_transformer_is_causal(n_layers: int) -> None:
     torch.manual_seed(0)
-    model = TransformerLM(max_len=16, n_layers=n_layers).eval()
+    model = TransformerLM.from_fields(max_len=16, n_layers=n_layers).eval()
     ids_BL = torch.randint(0, 256, (1, 16))
     changed = ids_BL.clone()
     changed[0, 10:] = (changed[0, 10:] + 1) % 256
@@ -92,7 +94,7 @@ def test_transformer_is_causal(n_layers: int) -> None:
 
 def test_mlp_sees_only_its_own_token() -> None:
     torch.manual_seed(0)
-    model = FeedForwardLM(n_vocab=256, emb_dim=32, n_hidden=128).eval()
+    model = FeedForwardLM.from_fields(n_vocab=256, emb_dim=32, n_hidden=128).eval()
     ids_BL = torch.randint(0, 256, (1, 12))
     changed = ids_BL.clone()
     changed[0, :11] = torch.randint(0, 256, (11,))
@@ -102,9 +104,9 @@ def test_mlp_sees_only_its_own_token() -> None:
 
 def test_parameter_counts_match_the_formula() -> None:
     V, L, C, F_, D, H = 256, 64, 32, 128, 5, 4
-    mlp = FeedForwardLM(V, C, F_)
+    mlp = FeedForwardLM.from_fields(n_vocab=V, emb_dim=C, n_hidden=F_)
     assert mlp.num_params() == V * C + (C * F_ + F_) + (F_ * C + C)
-    tf = TransformerLM(V, L, C, F_, D, H, n_layers=2)
+    tf = TransformerLM(ModelConfig(n_vocab=V, max_len=L, emb_dim=C, n_hidden=F_, head_dim=D, n_heads=H, n_layers=2))
     attn = 3 * (C * H * D + H * D) + (H * D * C + C)
     block = 2 * 2 * C + attn + (C * F_ + F_) + (F_ * C + C)
     assert tf.num_params() == V * C + L * C + 2 * block + 2 * C
@@ -118,7 +120,7 @@ def test_lab_preset_has_the_lab_sizes() -> None:
 
 def test_sequences_longer_than_max_len_are_rejected() -> None:
     with pytest.raises(AttnlabError, match="longer than max_len=8"):
-        TransformerLM(max_len=8)(torch.zeros(1, 9, dtype=torch.long))
+        TransformerLM.from_fields(max_len=8)(torch.zeros(1, 9, dtype=torch.long))
 
 
 @pytest.mark.parametrize(
@@ -133,3 +135,13 @@ def test_bad_config_overrides_name_the_field(overrides: dict, message: str) -> N
 def test_config_round_trips_through_a_dict() -> None:
     cfg = preset_config("small", model="mlp", n_vocab=80).with_overrides({"dropout": "0.1"})
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_models_are_built_from_a_config_or_its_fields() -> None:
+    cfg = preset_config("lab", n_layers=2)
+    assert TransformerLM(cfg).config == cfg and build_model(cfg).config == cfg
+    assert TransformerLM.from_fields(n_vocab=256, emb_dim=32, n_heads=4, head_dim=5).config == ModelConfig()
+    mlp = FeedForwardLM(ModelConfig(emb_dim=16))  # the class decides the kind, whatever the config said
+    assert mlp.config.model == "mlp" and build_model(mlp.config).__class__ is FeedForwardLM
+    with pytest.raises(AttnlabError, match="n_heads=0"):
+        TransformerLM.from_fields(n_heads=0)

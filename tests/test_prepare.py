@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import attnlab.prepare as prep
-from attnlab.data import SEPARATOR, prepare_data
+import attnlab.tokens as tokens
+from attnlab.data import prepare_data
 from attnlab.errors import AttnlabError
+from attnlab.tokenizers import ENDOFTEXT
 
 from .conftest import TINY, run_cli
 
@@ -24,7 +26,7 @@ def test_prepared_tokens_are_the_whole_text_split_at_a_story_boundary(corpus_fil
     text = corpus_file.read_text()
     assert bytes(_all_tokens(prepared).astype(np.uint8)) == text.encode()
     train_text = bytes(np.asarray(prepared.train.tokens).astype(np.uint8)).decode()
-    assert train_text.endswith(f"\n{SEPARATOR}\n") and 0.89 < len(train_text) / len(text) < 0.93
+    assert train_text.endswith(f"\n{ENDOFTEXT}\n") and 0.89 < len(train_text) / len(text) < 0.93
     assert isinstance(prepared.train.tokens, np.memmap) and meta["train"]["chars"] == len(train_text)
     assert json.loads((tmp_path / "c.json").read_text())["tokenizer"] == {"kind": "bytes"}
 
@@ -32,8 +34,8 @@ def test_prepared_tokens_are_the_whole_text_split_at_a_story_boundary(corpus_fil
 def test_an_interrupted_prepare_continues_where_it_stopped(
     corpus_file: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(prep, "CHUNK_BYTES", 20_000)
-    real_chunks = prep._chunks
+    monkeypatch.setattr(tokens, "CHUNK_BYTES", 20_000)
+    real_chunks = tokens.read_chunks
 
     def dying(*args):
         for n, chunk in enumerate(real_chunks(*args)):
@@ -41,11 +43,11 @@ def test_an_interrupted_prepare_continues_where_it_stopped(
                 raise KeyboardInterrupt  # Ctrl-C after three chunks were written
             yield chunk
 
-    monkeypatch.setattr(prep, "_chunks", dying)
+    monkeypatch.setattr(tokens, "read_chunks", dying)
     with pytest.raises(KeyboardInterrupt):
         prep.prepare(str(corpus_file), tmp_path / "c.bin")
     assert (tmp_path / "c.bin.progress.json").exists() and not (tmp_path / "c.bin").exists()
-    monkeypatch.setattr(prep, "_chunks", real_chunks)
+    monkeypatch.setattr(tokens, "read_chunks", real_chunks)
     prep.prepare(str(corpus_file), tmp_path / "c.bin")
     import re
 

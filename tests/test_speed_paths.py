@@ -11,8 +11,8 @@ import torch
 
 from attnlab.bench import run_bench
 from attnlab.data import prepare_data
-from attnlab.models import build_model, layers, preset_config
-from attnlab.models.layers import attend_one_query
+from attnlab.models import build_model, decoding, preset_config
+from attnlab.models.decoding import attend_one_query
 from attnlab.train import TrainConfig, train
 
 from .conftest import run_cli
@@ -151,7 +151,7 @@ def test_compiled_decoding_generates_the_eager_tokens(variant: dict, monkeypatch
         calls.append(q_BH1D.shape)
         return attend_one_query(q_BH1D, k_BHKD, v_BHKD)
 
-    monkeypatch.setattr(layers, "attend_one_query", spy)
+    monkeypatch.setattr(decoding, "attend_one_query", spy)
     assert torch.equal(model.generate(ids_BL, 40, greedy=True, compile=True), eager)
     assert len(calls) > 30 * model.config.n_layers  # the compiled steps took the one-query reduction, not SDPA
     assert set(model.state_dict()) == set(build_model(model.config).state_dict())  # nothing compiled joined it

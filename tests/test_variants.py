@@ -14,15 +14,10 @@ from attnlab.errors import AttnlabError
 from attnlab.inspect.params import param_breakdown
 from attnlab.inspect.trace import trace
 from attnlab.models import ModelConfig, build_model, preset_config
-from attnlab.models.layers import (
-    Block,
-    RMSNorm,
-    RotaryEmbedding,
-    attend_one_query,
-    attention,
-    causal_mask_LK,
-    sinusoidal_positions_LC,
-)
+from attnlab.models.attention import attention, causal_mask_LK
+from attnlab.models.decoding import attend_one_query
+from attnlab.models.layers import Block, RMSNorm
+from attnlab.models.positions import RotaryEmbedding, sinusoidal_positions_LC
 from attnlab.train import TrainConfig, evaluate, train
 
 from .conftest import TINY, run_cli
@@ -267,3 +262,51 @@ def test_cli_trains_a_variant_and_the_checkpoint_restores_it(corpus_file: Path, 
     assert code == 0 and json.loads(out)["max_abs_diff"] < 1e-5
     code, out, _ = run_cli(["generate", str(tmp_path / "r"), "--prompt", "Once", "--max-new-tokens", "40"], capsys)
     assert code == 0 and out.strip()
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "mlp"])
+def test_hook_names_come_from_the_config_in_forward_order_without_a_forward(variant: str) -> None:
+    model = _model("mlp") if variant == "mlp" else _model(**VARIANTS[variant])
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    names = model.hook_names()
+    assert calls == []  # no forward was run to learn the names
+    _, cache = model.run_with_cache(torch.randint(0, 256, (1, 6)))
+    assert list(cache) == names and len(calls) == 1  # one forward per call
+    handle.remove()
+
+
+def test_grouped_query_hooks_are_named_for_the_key_value_heads_they_hold() -> None:
+    model = _model(n_layers=1, n_kv_heads=2)  # 4 query heads, 2 key/value heads
+    _, cache = model.run_with_cache(torch.randint(0, 256, (1, 6)))
+    assert cache["blocks.0.attn.k_BGKD"].shape == (1, 2, 6, 5) and cache["blocks.0.attn.v_BGKD"].shape == (1, 2, 6, 5)
+    assert cache["blocks.0.attn.q_BHLD"].shape == (1, 4, 6, 5) and "blocks.0.attn.k_BHKD" not in cache
+
+
+def test_editing_one_key_value_head_moves_every_query_head_it_serves() -> None:
+    model = _model(n_layers=1, n_kv_heads=2)
+    ids_BL = torch.randint(0, 256, (1, 6))
+    _, clean = model.run_with_cache(ids_BL)
+    zero_group_0 = [("blocks.0.attn.v_BGKD", lambda v_BGKD, name: v_BGKD.index_fill(1, torch.tensor([0]), 0.0))]
+    _, edited = model.run_with_cache(ids_BL, fwd_hooks=zero_group_0)
+    z_clean, z_edit = clean["blocks.0.attn.z_BHLD"], edited["blocks.0.attn.z_BHLD"]
+    assert (z_edit[:, :2] == 0).all() and not (z_clean[:, :2] == 0).all()  # query heads 0 and 1 share group 0
+    assert torch.equal(z_edit[:, 2:], z_clean[:, 2:])
+
+
+def test_rope_takes_explicit_positions_for_packed_and_left_padded_sequences() -> None:
+    rope = RotaryEmbedding(head_dim=8, max_len=32)
+    torch.manual_seed(0)
+    x_BHLD = torch.randn(2, 3, 5, 8)
+    # A start offset, a slice and a tensor of positions say the same thing.
+    assert torch.equal(rope(x_BHLD, 4), rope(x_BHLD, torch.arange(4, 9)))
+    assert torch.equal(rope(x_BHLD, slice(4, 9)), rope(x_BHLD, 4))
+    # Left padding: each row's tokens at its own positions (row 1 starts two pads later).
+    pos_BL = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 0, 1, 2]])
+    out = rope(x_BHLD, pos_BL)
+    assert torch.equal(out[0], rope(x_BHLD[:1], 0)[0])
+    assert torch.equal(out[1, :, 2:], rope(x_BHLD[1:, :, 2:], 0)[0])
+    # Packing: two sequences in one row, positions starting again at 0 for the second.
+    packed = rope(x_BHLD[:1], torch.tensor([0, 1, 2, 0, 1]))
+    assert torch.equal(packed[..., :3, :], rope(x_BHLD[:1, :, :3], 0))
+    assert torch.equal(packed[..., 3:, :], rope(x_BHLD[:1, :, 3:], 0))

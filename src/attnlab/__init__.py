@@ -1,12 +1,11 @@
 """attnlab: build, train, trace and see inside small transformer language models."""
 
-from .bpe import BPETokenizer
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import prepare_data
 from .errors import AttnlabError
 from .generate import generate_text, next_token_table
 from .models import FeedForwardLM, ModelConfig, TransformerLM, build_model, preset_config
-from .tokenizers import ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
+from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
 from .train import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"

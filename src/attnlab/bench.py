@@ -20,14 +20,9 @@ import torch.nn.functional as F
 from .errors import AttnlabError
 from .inspect.params import flops_per_token
 from .models import build_model, preset_config
-from .train import DTYPES, TrainConfig, autocast_context, check_dtype, make_optimizer, resolve_device
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)  # that GPU: with no argument, only the current one
-    elif device == "mps":
-        torch.mps.synchronize()
+from .models.sampling import default_slide
+from .runtime import DTYPES, autocast_context, check_dtype, resolve_device, synchronize
+from .train import TrainConfig, make_optimizer
 
 
 def _timed(fn: Callable[[], Any], device: str, min_repeats: int, budget_s: float) -> list[float]:
@@ -37,7 +32,7 @@ def _timed(fn: Callable[[], Any], device: str, min_repeats: int, budget_s: float
     while len(times) < min_repeats or time.perf_counter() - start < budget_s:
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
         if len(times) >= 200:
             break
@@ -82,7 +77,7 @@ def bench_train(
     t0 = time.perf_counter()
     for _ in range(2):  # warm-up (and, with compile, the compilation itself)
         step()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - t0
     times = _timed(step, device, 3, budget_s)
     sec = statistics.median(times)
@@ -118,18 +113,16 @@ def bench_generate(
     The warm-up is one whole generation of the same length, so that with `compile_model` every graph
     the run needs (prefill, decoding, a fresh cache after each window move) is compiled before timing.
     """
-    from .generate import default_slide
-
     torch.manual_seed(0)
     model = build_model(preset_config(preset, max_len=max_len)).to(device).eval()
     ids_BL = torch.randint(0, model.config.n_vocab, (1, prompt_len), device=device)
     t0 = time.perf_counter()
     model.generate(ids_BL, new_tokens if compile_model else 4, greedy=True, kv_cache=kv_cache, compile=compile_model)
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     model.generate(ids_BL, new_tokens, greedy=True, kv_cache=kv_cache, compile=compile_model)
-    _sync(device)
+    synchronize(device)
     sec = time.perf_counter() - t0
     return {
         "device": device,

@@ -112,9 +112,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .checkpoint import load_checkpoint
-    from .data import check_length, notice, prepare_data
+    from .data import check_length, prepare_data
     from .models import build_model, preset_config
-    from .train import TrainConfig, resolve_device, train
+    from .runtime import notice, resolve_device
+    from .train import TrainConfig, train
 
     out = Path(args.out)
     sets = _parse_sets(args.set)
@@ -186,31 +187,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .generate import check_sampling, encode_prompt, stream_tokens
-    from .train import resolve_device
+    from .generate import encode_prompt
+    from .models.sampling import Sampling, stream_tokens
+    from .runtime import resolve_device
 
-    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    sampling = Sampling(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed
+    )
+    if args.max_new_tokens < 0:
+        raise AttnlabError(f"--max-new-tokens {args.max_new_tokens}: must be >= 0")
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     model, tokenizer = ckpt.model, ckpt.tokenizer
     ids, notices = encode_prompt(tokenizer, args.prompt, model.config.max_len)
     for line in notices:
         print(line, file=sys.stderr)
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(args.seed)
     decoder = tokenizer.stream_decoder()
-    for next_B1 in stream_tokens(
-        model,
-        torch.tensor([ids], device=device),
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.greedy,
-        gen,
-        kv_cache=not args.no_kv_cache,
-        slide=args.slide,
-        compile=args.compile,
-    ):
+    options = {"kv_cache": not args.no_kv_cache, "slide": args.slide, "compile": args.compile}
+    for next_B1 in stream_tokens(model, torch.tensor([ids], device=device), args.max_new_tokens, sampling, **options):
         sys.stdout.write(decoder.feed(next_B1[0].tolist()))
         sys.stdout.flush()
     sys.stdout.write(decoder.flush() + "\n")
@@ -220,7 +214,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import encode_split, load_corpus, load_whole_text
-    from .train import evaluate, resolve_device
+    from .runtime import resolve_device
+    from .train import evaluate
 
     ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     if args.split == "all":
@@ -252,8 +247,8 @@ def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenize
     """The model to look inside: a checkpoint, or with --random an untrained model of a preset."""
     from .checkpoint import load_checkpoint
     from .models import build_model, preset_config
+    from .runtime import resolve_device
     from .tokenizers import ByteTokenizer
-    from .train import resolve_device
 
     if args.random == bool(args.checkpoint):
         raise AttnlabError("give a checkpoint, or --random --preset NAME for an untrained model (not both)")

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from .data import check_length, notice, prepare_data
+from .data import check_length, prepare_data
 from .errors import AttnlabError
 from .generate import generate_text
 from .models import ModelConfig, build_model, preset_config
-from .train import TrainConfig, resolve_device, train
+from .runtime import notice, resolve_device
+from .train import TrainConfig, train
 
 Variant = dict[str, str]
 

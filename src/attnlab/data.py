@@ -1,29 +1,27 @@
 """Corpora, train/validation splits, token streams and batches.
 
 A data source is one string: `builtin`, `tinystories`, `tinystories-full`, a `.txt` file, a folder
-of `.txt` files, or a folder holding `train.txt` (+ `valid.txt`). Stories are separated by lines
-holding only `<|endoftext|>` (the TinyStories convention); splits are made by whole stories.
+of `.txt` files, a folder holding `train.txt` (+ `valid.txt`), or token files written by `attnlab
+prepare`. Stories are separated by lines holding only `<|endoftext|>` (the TinyStories convention);
+splits are made by whole stories.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from .builtin_corpus import builtin_stories
 from .errors import AttnlabError
-from .tokenizers import CharTokenizer, Tokenizer, describe_unencodable, make_tokenizer
+from .runtime import cache_dir, notice
+from .tokenizers import ENDOFTEXT, Tokenizer, describe_unencodable, make_tokenizer
+from .tokens import TokenStream, cached_tokens, dropped_chars, read_chunks, read_token_files
 
-SEPARATOR = "<|endoftext|>"
 HUB_REPO = "roneneldan/TinyStories"
 HUB_VALID = "TinyStoriesV2-GPT4-valid.txt"
 HUB_TRAIN = "TinyStoriesV2-GPT4-train.txt"
@@ -31,13 +29,7 @@ TINYSTORIES_ENV = "ATTNLAB_TINYSTORIES"
 VALID_FRACTION = 0.1
 # Files above this size are not read into memory: they are tokenized in chunks to a cached memmap.
 IN_MEMORY_LIMIT = 256 * 2**20
-CHUNK_CHARS = 8 * 2**20
 SOURCES_HELP = "builtin, tinystories, tinystories-full, a .txt file, or a folder (train.txt/valid.txt or *.txt)"
-
-
-def notice(msg: str) -> None:
-    """A message for the user on stderr that does not break a progress bar."""
-    tqdm.write(msg, file=sys.stderr)
 
 
 @dataclass
@@ -52,9 +44,8 @@ class TextSplit:
             yield self.text
             return
         assert self.path is not None
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            while chunk := f.read(CHUNK_CHARS):
-                yield chunk
+        for text, _, _ in read_chunks(self.path):
+            yield text
 
 
 @dataclass
@@ -66,17 +57,17 @@ class Corpus:
 
 def split_stories(text: str) -> list[str]:
     """Stories of a text whose stories end with a `<|endoftext|>` line; empty ones are skipped."""
-    parts = text.split(SEPARATOR) if SEPARATOR in text else [text]
+    parts = text.split(ENDOFTEXT) if ENDOFTEXT in text else [text]
     return [p.strip() for p in parts if p.strip()]
 
 
 def join_stories(stories: list[str]) -> str:
-    return "".join(f"{s}\n{SEPARATOR}\n" for s in stories)
+    return "".join(f"{s}\n{ENDOFTEXT}\n" for s in stories)
 
 
 def split_train_valid(text: str, what: str, valid_fraction: float = VALID_FRACTION) -> tuple[str, str]:
     """Last `valid_fraction` of the stories (or of the lines, for text without separators) is validation."""
-    if SEPARATOR in text:
+    if ENDOFTEXT in text:
         units, join = split_stories(text), join_stories
     else:
         units = [line for line in text.splitlines() if line.strip()]
@@ -144,8 +135,6 @@ def _folder_corpus(folder: Path, source: str, in_memory_limit: int) -> Corpus:
 def load_corpus(source: str, in_memory_limit: int = IN_MEMORY_LIMIT) -> Corpus:
     """Resolve a `--data` source to train and validation text."""
     if source == "builtin":
-        from .builtin_corpus import builtin_stories
-
         t, v = split_train_valid(join_stories(builtin_stories()), "builtin")
         return Corpus("builtin", TextSplit(text=t), TextSplit(text=v))
     if source == "tinystories":
@@ -178,89 +167,25 @@ def load_whole_text(source: str) -> TextSplit:
     return TextSplit(text=corpus.train.text + (corpus.valid.text or ""))
 
 
-@dataclass
-class TokenStream:
-    """A split as token ids (numpy array or memmap) plus the characters they stand for."""
-
-    tokens: np.ndarray
-    n_chars: int
-
-    @property
-    def chars_per_token(self) -> float:
-        return self.n_chars / max(1, len(self.tokens))
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("ATTNLAB_CACHE", Path.home() / ".cache" / "attnlab")) / "tokens"
-
-
-def _dropped(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> Counter[str]:
-    # One id per character means nothing was dropped (bytes never drop; the check is then free).
-    return tokenizer.unencodable(text) if len(ids) != len(text) else Counter()
-
-
-def _encode_file(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
-    """Tokenize a large file chunk by chunk into a cached token file, then memory-map it."""
-    st = path.stat()
-    key = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, tokenizer.to_dict()], sort_keys=True)
-    stem = _cache_dir() / hashlib.sha1(key.encode()).hexdigest()[:20]
-    dtype = np.uint16 if tokenizer.n_vocab <= 65536 else np.uint32
-    meta_path, bin_path = stem.with_suffix(".json"), stem.with_suffix(".bin")
-    if not meta_path.exists():
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        tmp = bin_path.with_suffix(f".tmp{os.getpid()}")
-        n_tokens = n_chars = 0
-        dropped: Counter[str] = Counter()
-        with (
-            open(tmp, "wb") as out,
-            tqdm(total=st.st_size, unit="B", unit_scale=True, desc=f"tokenize {what}") as bar,
-        ):
-            for chunk in TextSplit(path=path).chunks():
-                ids = tokenizer.encode_array(chunk).astype(dtype)
-                out.write(ids.tobytes())
-                miss = _dropped(tokenizer, chunk, ids)
-                dropped += miss
-                n_tokens += len(ids)
-                n_chars += len(chunk) - sum(miss.values())
-                bar.update(len(chunk.encode("utf-8")))
-        os.replace(tmp, bin_path)
-        meta = {"n_tokens": n_tokens, "n_chars": n_chars, "dtype": np.dtype(dtype).name, "dropped": dropped}
-        meta_path.write_text(json.dumps(meta))
-    meta = json.loads(meta_path.read_text())
-    if meta["dropped"]:
-        notice(describe_unencodable(Counter(meta["dropped"]), what))
-    tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r") if meta["n_tokens"] else np.zeros(0, dtype)
-    return TokenStream(tokens, meta["n_chars"])
-
-
 def encode_split(split: TextSplit, tokenizer: Tokenizer, what: str) -> TokenStream:
     """Token ids of a split, reporting (never silently dropping) characters the tokenizer cannot encode."""
     if split.path is not None:
-        return _encode_file(split.path, tokenizer, what)
+        return cached_tokens(split.path, tokenizer, what)
     assert split.text is not None
     tokens = tokenizer.encode_array(split.text)
-    dropped = _dropped(tokenizer, split.text, tokens)
+    dropped = dropped_chars(tokenizer, split.text, tokens)
     if dropped:
         notice(describe_unencodable(dropped, what))
     return TokenStream(tokens, len(split.text) - sum(dropped.values()))
 
 
 def build_tokenizer(name: str, corpus: Corpus) -> Tokenizer:
-    """A tokenizer by name; `char` takes its vocabulary from the training split, `bpe:N` learns its merges there.
+    """A tokenizer by name; `char` and `bpe:N` learn their vocabulary from the training split.
 
-    A trained BPE is cached under the cache folder (`$ATTNLAB_CACHE/bpe`), keyed by a hash of the
-    training text and the vocabulary size, so the next run on the same data loads it instead.
+    A trained BPE is cached (`$ATTNLAB_CACHE/bpe`), keyed by a hash of the training text and the
+    vocabulary size, so the next run on the same data loads it instead.
     """
-    if name == "bpe" or name.startswith("bpe:"):
-        from .bpe import parse_bpe_spec, train_cached
-
-        return train_cached(corpus.train.chunks(), parse_bpe_spec(name), _cache_dir().parent / "bpe", notice)
-    if name != "char":
-        return make_tokenizer(name)
-    chars: set[str] = set()
-    for chunk in corpus.train.chunks():
-        chars.update(chr(c) for c in np.unique(np.frombuffer(chunk.encode("utf-32-le"), np.uint32)).tolist())
-    return CharTokenizer("".join(chars))
+    return make_tokenizer(name, corpus.train.chunks(), cache_dir=cache_dir() / "bpe")
 
 
 def check_length(stream: TokenStream, max_len: int, what: str) -> None:
@@ -322,9 +247,8 @@ class Prepared:
 def prepare_data(source: str, tokenizer: str | Tokenizer = "bytes") -> Prepared:
     """Load a `--data` source and tokenize both splits (a checkpoint's tokenizer can be passed in)."""
     if source.endswith(".bin"):  # token files written by `attnlab prepare`: nothing to tokenize
-        from .prepare import load_prepared
-
-        return load_prepared(source)
+        tok, train, valid = read_token_files(source)
+        return Prepared(Corpus(source, TextSplit(path=Path(source)), TextSplit(path=Path(source))), tok, train, valid)
     corpus = load_corpus(source)
     tok = build_tokenizer(tokenizer, corpus) if isinstance(tokenizer, str) else tokenizer
     train = encode_split(corpus.train, tok, f"{source} train")

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from .data import check_length, notice, prepare_data
+from .data import check_length, prepare_data
 from .generate import generate_text
 from .models import build_model, preset_config
-from .train import TrainConfig, resolve_device, train
+from .runtime import notice, resolve_device
+from .train import TrainConfig, train
 
 DEFAULT_PROMPTS = ("Once upon a time", "One day, a little girl named", "The dog was sad because")
 DEFAULT_MAX_TIME = 120.0

@@ -26,26 +26,15 @@ from tqdm import tqdm
 
 from . import distributed, optim
 from .checkpoint import optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from .data import Batches, TokenStream, check_length, notice
+from .data import Batches, check_length
 from .errors import AttnlabError
 from .models import LanguageModel
 from .optim import MuonWithAdamW
+from .runtime import autocast_context, check_dtype, notice
 from .tokenizers import Tokenizer
+from .tokens import TokenStream
 
 LN2 = math.log(2)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_dtype(dtype: str, flag: str = "--dtype") -> None:
-    if dtype not in DTYPES:
-        raise AttnlabError(f"{flag} {dtype}: choose one of {', '.join(DTYPES)}")
-
-
-def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for the forward pass: matmuls in bf16/fp16, reductions kept in fp32 by autocast."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
 
 
 @dataclass
@@ -92,21 +81,6 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def resolve_device(device: str = "auto") -> str:
-    """`auto` picks cuda, then mps, then cpu."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise AttnlabError(f"--device {device}: not available here ({str(e).splitlines()[0][:120]})") from None
-    return device
 
 
 def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: float) -> float:

@@ -16,6 +16,7 @@ import torch
 from ..models import FeedForwardLM, LanguageModel, TransformerLM
 from ..models.hooks import meaning, symbolic_shape
 from ..models.layers import RMSNorm
+from ..models.positions import Rotation
 
 
 @dataclass
@@ -82,17 +83,17 @@ def _mlp_steps(add, p: str, x_BLC: torch.Tensor, mlp: torch.nn.Module) -> torch.
     return add(p + "mlp.out_BLC", _linear(hidden_BLF, mlp.fc_out))
 
 
-def _attention_steps(add, p: str, x_BLC: torch.Tensor, attn: torch.nn.Module, heads: list) -> torch.Tensor:  # noqa: ANN001
+def _attention_steps(add, p: str, x_BLC: torch.Tensor, attn, heads: list, rotate: Rotation | None) -> torch.Tensor:  # noqa: ANN001
     B, L, _ = x_BLC.shape
     H, G, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
     q_BHLD = _linear(x_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2)
     k_BGKD = _linear(x_BLC, attn.w_k).view(B, L, G, D).transpose(1, 2)
     v_BGKD = _linear(x_BLC, attn.w_v).view(B, L, G, D).transpose(1, 2)
-    if attn.rope is not None:
-        q_BHLD, k_BGKD = attn.rope(q_BHLD), attn.rope(k_BGKD)
+    if rotate is not None:  # rotary positions: q and k turned by their position's angle
+        q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
     q_BHLD = add(p + "attn.q_BHLD", q_BHLD)
-    k_BHKD = add(p + "attn.k_BHKD", k_BGKD.repeat_interleave(H // G, dim=1))
-    v_BHKD = add(p + "attn.v_BHKD", v_BGKD.repeat_interleave(H // G, dim=1))
+    k_BGKD, v_BGKD = add(p + "attn." + attn.k_name, k_BGKD), add(p + "attn." + attn.v_name, v_BGKD)
+    k_BHKD, v_BHKD = k_BGKD.repeat_interleave(H // G, dim=1), v_BGKD.repeat_interleave(H // G, dim=1)
     scores_BHLK = add(p + "attn.scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
     future_LK = torch.ones(L, L, dtype=torch.bool, device=x_BLC.device).triu(1)
     masked_BHLK = add(p + "attn.masked_BHLK", scores_BHLK.masked_fill(future_LK, -math.inf))
@@ -118,27 +119,28 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
 
     heads: list[dict[str, Any]] = []
     cfg = model.config
-    scale = math.sqrt(cfg.emb_dim) if cfg.positions == "sinusoidal" else 1.0  # the 2017 paper's scaling
-    x_BLC = add("embed.tok_BLC", model.embed.tok.weight[ids_BL] * scale)
+    tok_BLC = model.embed.tok.weight[ids_BL]
     if isinstance(model, FeedForwardLM):
-        x_BLC = _mlp_steps(add, "", x_BLC, model.mlp)
+        x_BLC = _mlp_steps(add, "", add("embed.tok_BLC", tok_BLC), model.mlp)
     else:
         assert isinstance(model, TransformerLM)
-        L = ids_BL.shape[1]
-        if cfg.positions in ("learned", "sinusoidal"):
-            table_LC = model.embed.pos.weight if cfg.positions == "learned" else model.embed.pos_LC
-            x_BLC = x_BLC + add("embed.pos_LC", table_LC[:L])
+        pos, positions = model.embed.pos, slice(0, ids_BL.shape[1])  # the scheme decides what positions do
+        x_BLC = add("embed.tok_BLC", tok_BLC * pos.token_scale())  # x sqrt(C) with the 2017 sin/cos table
+        if pos.adds_to_embeddings:
+            x_BLC = x_BLC + add("embed.pos_LC", pos.table_LC(positions), pos.meaning)
         x_BLC = add("embed.sum_BLC", x_BLC)
+        rotate = pos.rotation(positions)
         for i, block in enumerate(model.blocks):
             p = f"blocks.{i}."
             if cfg.norm_placement == "post":
-                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, x_BLC, block.attn, heads))
+                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, x_BLC, block.attn, heads, rotate))
                 x_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
                 x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, x_BLC, block.mlp))
                 x_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
             else:
                 ln1_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
-                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, ln1_BLC, block.attn, heads))
+                attn_BLC = _attention_steps(add, p, ln1_BLC, block.attn, heads, rotate)
+                x_BLC = add(p + "resid_mid_BLC", x_BLC + attn_BLC)
                 ln2_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
                 x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, ln2_BLC, block.mlp))
         if model.final_ln is not None:

@@ -1,8 +1,10 @@
-"""What both language models share: config, parameter count, initialisation, generation."""
+"""What both language models share: the config, the LM head, initialisation, hooks and generation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,31 +13,36 @@ from torch import nn
 from ..errors import AttnlabError
 from .config import ModelConfig
 from .hooks import Hook, HookFn
+from .positions import LearnedPositions
+from .sampling import Sampling, stream_tokens
 
 
 class LanguageModel(nn.Module):
-    """A next-token model: ids_BL (int64) -> logits_BLV."""
+    """A next-token model: ids_BL (int64) -> logits_BLV. Built from a `ModelConfig`: `Model(config)`."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    kind = ""  # the config's `model` field for this class: "mlp" or "transformer"
+    supports_kv_cache = False  # `forward` takes a `kv_cache` (see decoding.py)
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = cfg
+        self.config = config if config.model == self.kind else dataclasses.replace(config, model=self.kind)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> LanguageModel:
-        return cls(**{k: v for k, v in cfg.to_dict().items() if k != "model"})
-
-    def _make_embeddings(self) -> None:
-        """The token embedding, and an LM head of its own only when it is not tied to it."""
-        cfg = self.config
-        self.embed = nn.Module()
-        self.embed.tok = nn.Embedding(cfg.n_vocab, cfg.emb_dim)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.emb_dim, cfg.n_vocab, bias=False)
+    def from_fields(cls, **fields: Any) -> LanguageModel:
+        """The model of the config with these fields, the others at their defaults:
+        `TransformerLM.from_fields(n_vocab=256, emb_dim=32, n_heads=4, head_dim=5)`."""
+        return cls(ModelConfig(model=cls.kind, **fields))
 
     def unembed(self, x_BLC: torch.Tensor) -> torch.Tensor:
         """The LM head: logits_BLV = x_BLC @ W_E^T when tied (the lab's choice), else its own matrix."""
         if self.lm_head is None:
             return F.linear(x_BLC, self.embed.tok.weight)
         return self.lm_head(x_BLC)
+
+    def _make_lm_head(self) -> nn.Linear | None:
+        """An LM head of its own only when it is not tied to the token embedding."""
+        cfg = self.config
+        return None if cfg.tie_embeddings else nn.Linear(cfg.emb_dim, cfg.n_vocab, bias=False)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -49,19 +56,15 @@ class LanguageModel(nn.Module):
                 nn.init.normal_(module.weight, 0.0, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, nn.Embedding | LearnedPositions):
                 nn.init.normal_(module.weight, 0.0, 0.02)
 
     def hook_names(self) -> list[str]:
         """Every hook point of this model, in forward order (the suffix is the symbolic shape)."""
-        cache: dict[str, torch.Tensor] = {}
-        device = next(self.parameters()).device
-        with torch.no_grad():
-            self(torch.zeros(1, 1, dtype=torch.long, device=device), hook=Hook(cache=cache))
-        return list(cache)
+        raise NotImplementedError
 
     def _check_names(self, names: list[str]) -> None:
-        known = set(self.hook_names())
+        known = self.hook_names()
         unknown = [n for n in names if n not in known]
         if unknown:
             raise AttnlabError(f"unknown hook name {unknown[0]!r}; this model has: {', '.join(sorted(known))}")
@@ -70,46 +73,45 @@ class LanguageModel(nn.Module):
         self, ids_BL: torch.Tensor, names: list[str] | None = None, fwd_hooks: list[tuple[str, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and every intermediate tensor by name (only `names` if given), after `fwd_hooks` edits."""
-        full: dict[str, torch.Tensor] = {}
-        logits_BLV = self.run_with_hooks(ids_BL, fwd_hooks, cache=full)
         if names is not None:
             self._check_names(names)
-            full = {n: full[n] for n in names}
-        return logits_BLV, full
+        cache: dict[str, torch.Tensor] = {}
+        logits_BLV = self.run_with_hooks(ids_BL, fwd_hooks, cache=cache, keep=names)
+        return logits_BLV, cache
 
     def run_with_hooks(
         self,
         ids_BL: torch.Tensor,
         fwd_hooks: list[tuple[str, HookFn]],
         cache: dict[str, torch.Tensor] | None = None,
+        keep: list[str] | None = None,
     ) -> torch.Tensor:
         """A forward in which each hook fn(tensor, name) may return a replacement for its tensor."""
         self._check_names([name for name, _ in fwd_hooks])
         hooks: dict[str, list[HookFn]] = {}
         for name, fn in fwd_hooks:
             hooks.setdefault(name, []).append(fn)
-        return self(ids_BL, hook=Hook(cache=cache, hooks=hooks))
+        return self(ids_BL, hook=Hook(cache=cache, hooks=hooks, keep=set(keep) if keep is not None else None))
 
     @torch.no_grad()
     def generate(
         self,
         ids_BL: torch.Tensor,
         max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
+        sampling: Sampling | None = None,
+        *,
         generator: torch.Generator | None = None,
         kv_cache: bool = True,
         slide: int | None = None,
         compile: bool = False,
+        **sampling_fields: Any,
     ) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to each row of ids_BL; returns the whole sequence."""
-        from ..generate import stream_tokens
+        """Append `max_new_tokens` tokens to each row of ids_BL; returns the whole sequence.
 
-        new = list(
-            stream_tokens(
-                self, ids_BL, max_new_tokens, temperature, top_k, top_p, greedy, generator, kv_cache, slide, compile
-            )
-        )
+        `sampling` says how tokens are chosen (default: `Sampling()`, temperature 1); its fields can
+        also be given as keywords: `model.generate(ids_BL, 50, temperature=0.8, top_k=40)`.
+        `kv_cache`, `slide` and `compile`: see `stream_tokens`.
+        """
+        sampling = dataclasses.replace(sampling or Sampling(), **sampling_fields)
+        new = list(stream_tokens(self, ids_BL, max_new_tokens, sampling, generator, kv_cache, slide, compile))
         return torch.cat([ids_BL, *new], dim=1) if new else ids_BL

@@ -7,12 +7,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import AttnlabError
+from .positions import SCHEMES
 
 MODEL_KINDS = ("mlp", "transformer")
 ATTN_IMPLS = ("sdpa", "explicit")
 NORMS = ("layer", "rms")
 NORM_PLACEMENTS = ("pre", "post")
-POSITIONS = ("learned", "sinusoidal", "rope", "none")
+POSITIONS = tuple(SCHEMES)  # learned, sinusoidal, rope, none: see positions.py
 MLPS = ("relu", "gelu", "swiglu")
 CHOICES = {
     "model": MODEL_KINDS,
@@ -52,6 +53,11 @@ class ModelConfig:
         self.validate()
 
     @property
+    def grouped(self) -> bool:
+        """Grouped-query attention: fewer key/value heads than query heads."""
+        return self.kv_heads != self.n_heads
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
 
@@ -66,10 +72,8 @@ class ModelConfig:
             raise AttnlabError(f"dropout={self.dropout}: must be in [0, 1)")
         if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
             raise AttnlabError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads} (0 = n_heads)")
-        if self.positions == "rope" and self.head_dim % 2:
-            raise AttnlabError(f"head_dim={self.head_dim}: rotary positions rotate pairs, so head_dim must be even")
-        if self.positions == "sinusoidal" and self.emb_dim % 2:
-            raise AttnlabError(f"emb_dim={self.emb_dim}: sinusoidal positions pair sin/cos, so emb_dim must be even")
+        if problem := SCHEMES[self.positions].check(self):
+            raise AttnlabError(problem)
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             raise AttnlabError("norm_eps and rope_theta must be > 0")
 

@@ -28,6 +28,8 @@ MEANINGS: dict[str, str] = {
     "attn.q_BHLD": "queries: what each position looks for, per head (rotated by position with RoPE)",
     "attn.k_BHKD": "keys: what each position offers to be found by, per head (rotated with RoPE)",
     "attn.v_BHKD": "values: what each position passes on when attended to, per head",
+    "attn.k_BGKD": "keys, per key/value head (grouped-query attention: each serves H / G query heads)",
+    "attn.v_BGKD": "values, per key/value head (grouped-query attention: each serves H / G query heads)",
     "attn.scores_BHLK": "scores q.k / sqrt(D): how well each query matches each key",
     "attn.masked_BHLK": "scores with future keys set to -inf (the causal mask)",
     "attn.weights_BHLK": "attention weights: softmax over keys, each row sums to 1",
@@ -60,7 +62,11 @@ def meaning(name: str) -> str:
 
 
 class Hook:
-    """Records and/or edits named tensors during one forward pass."""
+    """Records and/or edits named tensors during one forward pass.
+
+    `cache` receives the tensors (only those named in `keep`, when given); `hooks` maps a name to
+    functions fn(tensor, name) that may return a replacement.
+    """
 
     enabled = True
 
@@ -69,8 +75,9 @@ class Hook:
         cache: dict[str, torch.Tensor] | None = None,
         hooks: dict[str, list[HookFn]] | None = None,
         prefix: str = "",
+        keep: set[str] | None = None,
     ) -> None:
-        self.cache, self.hooks, self.prefix = cache, hooks or {}, prefix
+        self.cache, self.hooks, self.prefix, self.keep = cache, hooks or {}, prefix, keep
 
     def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         full = self.prefix + name
@@ -82,13 +89,13 @@ class Hook:
                         f"hook on {full} returned shape {tuple(out.shape)}, expected {tuple(tensor.shape)}"
                     )
                 tensor = out
-        if self.cache is not None:
+        if self.cache is not None and (self.keep is None or full in self.keep):
             self.cache[full] = tensor.detach()
         return tensor
 
     def scope(self, prefix: str) -> Hook:
         """The same cache and hooks, with names under `prefix` (e.g. "blocks.0.")."""
-        return Hook(self.cache, self.hooks, self.prefix + prefix)
+        return Hook(self.cache, self.hooks, self.prefix + prefix, self.keep)
 
 
 class _NoHook(Hook):

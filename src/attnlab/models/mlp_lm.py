@@ -7,19 +7,25 @@ import torch
 from .base import LanguageModel
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
-from .layers import MLP
+from .layers import MLP, Embeddings
 
 
 class FeedForwardLM(LanguageModel):
     """Embedding -> MLP (Linear, ReLU, Linear) -> LM head tied to the embedding (the lab's baseline)."""
 
-    def __init__(self, n_vocab: int = 256, emb_dim: int = 32, n_hidden: int = 128, **config: object) -> None:
-        super().__init__(ModelConfig(model="mlp", n_vocab=n_vocab, emb_dim=emb_dim, n_hidden=n_hidden, **config))
-        self._make_embeddings()
+    kind = "mlp"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.embed = Embeddings(self.config, pos=None)
+        self.lm_head = self._make_lm_head()
         self.mlp = MLP(self.config)
         self.init_weights()
 
+    def hook_names(self) -> list[str]:
+        return ["embed.tok_BLC", *(f"mlp.{n}" for n in self.mlp.hook_names()), "logits_BLV"]
+
     def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
-        tok_BLC = hook("embed.tok_BLC", self.embed.tok(ids_BL))
+        tok_BLC = self.embed(ids_BL, hook.scope("embed."))
         out_BLC = self.mlp(tok_BLC, hook.scope("mlp."))
         return hook("logits_BLV", self.unembed(out_BLC))

@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 import regex
 
-from .errors import AttnlabError
-from .tokenizers import Tokenizer
+from ..errors import AttnlabError
+from ..runtime import notice
+from .base import ENDOFTEXT, IncrementalEncoder, Tokenizer, token_dtype
 
 # GPT-2's pre-tokeniser: contractions, words, numbers, punctuation runs, and whitespace. A space is
 # kept in front of the word after it (` cat`); `\s+(?!\S)` leaves the last space of a run of spaces
 # to the next word, so "a   b" is "a", "  ", " b".
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 PRETOKENIZE = regex.compile(GPT2_SPLIT_PATTERN)
-ENDOFTEXT = "<|endoftext|>"
 FORMAT_VERSION = 1
 # Distinct words whose encodings are remembered (a plain dict, emptied when it reaches this size).
 ENCODE_CACHE_SIZE = 1 << 18
@@ -298,7 +298,10 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def encode_array(self, text: str) -> np.ndarray:
-        return np.array(self.encode(text), dtype=np.uint16 if self.n_vocab <= 65536 else np.uint32)
+        return np.array(self.encode(text), dtype=token_dtype(self.n_vocab))
+
+    def incremental_encoder(self, pending: str = "") -> IncrementalEncoder:
+        return _BPEIncrementalEncoder(self, pending)
 
     def decode_bytes(self, ids: list[int] | np.ndarray) -> bytes:
         return b"".join(self.vocab[int(i)] for i in ids)
@@ -387,6 +390,46 @@ class BPETokenizer(Tokenizer):
         return f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self.merges)}, special_tokens={specials})"
 
 
+class _BPEIncrementalEncoder(IncrementalEncoder):
+    """Encodes the words that the text still to come cannot change, and holds back the rest.
+
+    GPT-2's pre-tokeniser decides a word from at most the two characters after it (a run of spaces
+    gives its last space to the next word only when a letter follows), and a contraction (`'ll`)
+    needs the three characters from its start. So a word that ends at least three characters before
+    the end of what has arrived is final; the last few words wait for more text. An ending that may
+    grow into a special token (`... <|endof`) waits whole, since whether it becomes one decides
+    where the words before it end. Words are encoded as the pre-tokeniser cut them in context:
+    cutting the text and pre-tokenising the part again could join two of them.
+    """
+
+    tokenizer: BPETokenizer
+
+    def feed(self, text: str) -> np.ndarray:
+        text = self.pending + text
+        tok = self.tokenizer
+        # `partial`: where an unfinished special token may begin (the end of `text` if none can).
+        longest = max((len(s) for s in tok.special_tokens), default=1)
+        partial = next(
+            (
+                i
+                for i in range(max(0, len(text) - longest + 1), len(text))
+                if any(s != text[i:] and s.startswith(text[i:]) for s in tok.special_tokens)
+            ),
+            len(text),
+        )
+        pieces = split_special(text[:partial], tok.special_tokens)
+        open_start = partial - len(pieces[-1][0]) if pieces and not pieces[-1][1] else partial
+        ids = tok.encode(text[:open_start])  # ends with a special token (or is empty): final as it is
+        done = open_start
+        for m in PRETOKENIZE.finditer(text, open_start, partial):
+            if m.end() > partial - 3:
+                break
+            ids.extend(tok._encode_word(m.group()))
+            done = m.end()
+        self.pending = text[done:]
+        return np.array(ids, dtype=token_dtype(tok.n_vocab))
+
+
 def check_vocab_size(vocab_size: int, n_special: int = 1, spec: str | None = None) -> None:
     smallest = 256 + n_special
     if vocab_size < smallest:
@@ -409,7 +452,7 @@ def parse_bpe_spec(spec: str) -> int:
 
 
 def train_cached(
-    chunks: Iterable[str], vocab_size: int, cache_dir: Path, log: Callable[[str], None] = print
+    chunks: Iterable[str], vocab_size: int, cache_dir: Path, log: Callable[[str], None] = notice
 ) -> BPETokenizer:
     """Train on (at most MAX_TRAIN_CHARS of) `chunks`, or load the tokenizer trained on the same text before.
 

@@ -1,0 +1,135 @@
+"""Causal self-attention, step by step as the lab draws it.
+
+1. project each position to a query, a key and a value;
+2. split the channels into heads;
+3. scores: each query against every key, q . k / sqrt(D);
+4. causal mask: a position may not look at later ones;
+5. softmax over the keys: the attention weights;
+6. weighted sum of the values;
+7. merge the heads and project back to C channels.
+
+`CausalSelfAttention.forward` is that walk. Steps 3 to 6 also exist as one fused kernel,
+`F.scaled_dot_product_attention`: the same numbers without materialising the L x L weights, taken
+when nothing needs to see them (tested equal). Generation with a KV cache runs the same projections
+over cached keys and values in `decoding.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .hooks import NO_HOOK, Hook
+from .positions import Rotation
+
+
+def causal_mask_LK(L: int, K: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """True where query i may attend to key j: j <= i (the queries are the last L of the K positions)."""
+    return torch.ones(L, K, dtype=torch.bool, device=device).tril(diagonal=K - L)
+
+
+def split_heads(x_BLX: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, heads x D) -> (B, heads, L, D): each head's D channels, as a sequence of its own."""
+    B, L, _ = x_BLX.shape
+    return x_BLX.view(B, L, n_heads, -1).transpose(1, 2)
+
+
+def merge_heads(z_BHLD: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) -> (B, L, H x D): the heads' outputs side by side again."""
+    B, H, L, D = z_BHLD.shape
+    return z_BHLD.transpose(1, 2).reshape(B, L, H * D)
+
+
+def share_kv_heads(x_BGKD: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Grouped-query attention: each of the G key/value heads serves n_heads / G consecutive query heads."""
+    G = x_BGKD.shape[1]
+    return x_BGKD if G == n_heads else x_BGKD.repeat_interleave(n_heads // G, dim=1)
+
+
+def attention(
+    q_BHLD: torch.Tensor,
+    k_BHKD: torch.Tensor,
+    v_BHKD: torch.Tensor,
+    mask_LK: torch.Tensor | None = None,
+    hook: Hook = NO_HOOK,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Steps 3-6 written out: softmax(q k^T / sqrt(D) + mask) v.
+
+    `mask_LK` is boolean (True = may attend) or additive (0 or -inf, added to the scores); None
+    means the causal mask.
+    """
+    L, K = q_BHLD.shape[-2], k_BHKD.shape[-2]
+    if mask_LK is None:
+        mask_LK = causal_mask_LK(L, K, q_BHLD.device)
+    scores_BHLK = hook("scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(q_BHLD.shape[-1]))
+    if mask_LK.dtype == torch.bool:
+        masked_BHLK = scores_BHLK.masked_fill(~mask_LK, float("-inf"))
+    else:
+        masked_BHLK = scores_BHLK + mask_LK
+    weights_BHLK = hook("weights_BHLK", hook("masked_BHLK", masked_BHLK).softmax(dim=-1))
+    return F.dropout(weights_BHLK, dropout_p) @ v_BHKD
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with Q, K, V and output projections.
+
+    `head_dim` (D) is independent of `emb_dim` (C): the projections map C -> H x D and back. With
+    `n_kv_heads` = G < H, keys and values have G heads, each shared by H / G query heads.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        C, H, G, D = cfg.emb_dim, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim, self.impl = H, G, D, cfg.attn_impl
+        self.w_q = nn.Linear(C, H * D, bias=cfg.bias)
+        self.w_k = nn.Linear(C, G * D, bias=cfg.bias)
+        self.w_v = nn.Linear(C, G * D, bias=cfg.bias)
+        self.w_o = nn.Linear(H * D, C, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        kv = "BGKD" if cfg.grouped else "BHKD"  # the hook names say how many heads the tensors hold
+        self.k_name, self.v_name = f"k_{kv}", f"v_{kv}"
+
+    def hook_names(self) -> list[str]:
+        """This module's hook points, in the order the forward passes them."""
+        return ["q_BHLD", self.k_name, self.v_name, "scores_BHLK", "masked_BHLK", "weights_BHLK", "z_BHLD", "out_BLC"]
+
+    def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W_q, W_k and W_v stacked into one (H D + 2 G D) x C matrix (and bias)."""
+        weight = torch.cat([self.w_q.weight, self.w_k.weight, self.w_v.weight])
+        bias = torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias]) if self.w_q.bias is not None else None
+        return weight, bias
+
+    def project_qkv(
+        self, x_BLC: torch.Tensor, stacked: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 1: queries (B, L, H D), keys and values (B, L, G D) of every position.
+
+        The three projections run as one matmul on the stacked weights (`stacked`, if already made):
+        the same arithmetic in one larger call, which is faster forward and backward at these sizes.
+        """
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv_BLZ = F.linear(x_BLC, *(stacked or self.qkv_weights()))
+        q_BLX, k_BLY, v_BLY = qkv_BLZ.split([H * D, G * D, G * D], dim=-1)
+        return q_BLX, k_BLY, v_BLY
+
+    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, rotate: Rotation | None = None) -> torch.Tensor:
+        H, G = self.n_heads, self.n_kv_heads
+        q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)  # 1. project
+        q_BHLD, k_BGKD, v_BGKD = split_heads(q_BLX, H), split_heads(k_BLY, G), split_heads(v_BLY, G)  # 2. split
+        if rotate is not None:  # rotary positions turn queries and keys by their position's angle
+            q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
+        q_BHLD, k_BGKD, v_BGKD = hook("q_BHLD", q_BHLD), hook(self.k_name, k_BGKD), hook(self.v_name, v_BGKD)
+        k_BHKD, v_BHKD = share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H)
+        p_drop = self.dropout if self.training else 0.0
+        if self.impl == "sdpa" and not hook.enabled:  # 3-6 fused: nothing needs the weights
+            z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
+        else:  # 3-6 written out: scores, causal mask, softmax, weighted sum
+            L = x_BLC.shape[1]
+            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, causal_mask_LK(L, L, x_BLC.device), hook, p_drop)
+        z_BHLD = hook("z_BHLD", z_BHLD)
+        return hook("out_BLC", self.w_o(merge_heads(z_BHLD)))  # 7. merge heads, project back to C

@@ -1,0 +1,61 @@
+"""Runtime helpers every layer may use: devices, precision, the cache folder, and notices to the user."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import AttnlabError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHE_ENV = "ATTNLAB_CACHE"
+
+
+def notice(msg: str) -> None:
+    """A message for the user on stderr that does not break a progress bar."""
+    tqdm.write(msg, file=sys.stderr)
+
+
+def cache_dir() -> Path:
+    """Where attnlab keeps what it can rebuild (token files, trained BPEs): `$ATTNLAB_CACHE` or ~/.cache/attnlab."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "attnlab"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` picks cuda, then mps, then cpu; any other name must exist on this machine."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise AttnlabError(f"--device {device}: not available here ({str(e).splitlines()[0][:120]})") from None
+    return device
+
+
+def check_dtype(dtype: str, flag: str = "--dtype") -> None:
+    if dtype not in DTYPES:
+        raise AttnlabError(f"{flag} {dtype}: choose one of {', '.join(DTYPES)}")
+
+
+def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: matmuls in bf16/fp16, reductions kept in fp32 by autocast."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
+
+
+def synchronize(device: str) -> None:
+    """Wait for `device` to finish its queued work (a no-op on the CPU), so timings are honest."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)  # that GPU: with no argument, only the current one
+    elif device == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,194 @@
+"""Token streams and token files: the one chunked writer behind the token cache and `attnlab prepare`.
+
+A text file is read in byte chunks cut after a newline, encoded with the tokenizer's incremental
+encoder (so the ids equal those of the whole text at once, BPE included) and appended to a token
+file, so memory stays flat however large the file. Progress, including the text the encoder still
+holds, is saved after every chunk: an interrupted writer continues where it stopped. Token files
+are read back as memory maps.
+
+`attnlab prepare` writes three files for `--out FILE.bin`:
+
+- `FILE.bin`        training tokens (uint16, or uint32 for vocabularies over 65,536)
+- `FILE.valid.bin`  validation tokens
+- `FILE.json`       tokenizer, dtype, token and character counts, source
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import AttnlabError
+from .runtime import cache_dir, notice
+from .tokenizers import Tokenizer, describe_unencodable, token_dtype, tokenizer_from_dict
+
+CHUNK_BYTES = 8 * 2**20
+TOKEN_FILES_FORMAT = 1
+CACHE_FORMAT = 2  # 2: chunks encoded incrementally (ids equal to one pass over the whole file)
+
+
+@dataclass
+class TokenStream:
+    """A split as token ids (numpy array or memmap) plus the characters they stand for."""
+
+    tokens: np.ndarray
+    n_chars: int
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.n_chars / max(1, len(self.tokens))
+
+
+def read_chunks(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int, int]]:
+    """(text, bytes replaced by U+FFFD, end offset) for byte range [start, end), each chunk ending after a newline."""
+    end = path.stat().st_size if end is None else end
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
+        while pos < end:
+            raw = f.read(min(CHUNK_BYTES, end - pos))
+            if pos + len(raw) < end:
+                cut = raw.rfind(b"\n") + 1
+                raw = raw[:cut] if cut > 0 else raw  # one line longer than a chunk: cut anywhere
+                f.seek(pos + len(raw))
+            text = decoder.decode(raw, final=pos + len(raw) >= end)
+            pos += len(raw)
+            yield text, text.count("\ufffd"), pos
+
+
+def dropped_chars(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> Counter[str]:
+    """Characters of `text` that the tokenizer left out of `ids`.
+
+    Byte-level tokenizers never drop any, and one id per character means none was dropped: the
+    (slow, per-character) count runs only when something is missing.
+    """
+    if tokenizer.byte_level or len(ids) == len(text):
+        return Counter()
+    return tokenizer.unencodable(text)
+
+
+def write_token_file(
+    path: Path, byte_range: tuple[int, int], tokenizer: Tokenizer, out: Path, what: str
+) -> dict[str, Any]:
+    """Tokenize bytes [start, end) of the text file `path` into the token file `out`; resumable.
+
+    Returns `{"file", "tokens", "chars", "replaced", "dropped"}`: the characters are those the
+    tokens stand for (undecodable bytes count as U+FFFD; characters the tokenizer drops do not count).
+    """
+    dtype = token_dtype(tokenizer.n_vocab)
+    progress_path = out.with_name(out.name + ".progress.json")
+    tmp = out.with_name(out.name + ".partial")
+    state: dict[str, Any] = {"pos": byte_range[0], "tokens": 0, "chars": 0, "replaced": 0, "dropped": {}, "pending": ""}
+    if progress_path.exists() and tmp.exists():
+        state = {**state, **json.loads(progress_path.read_text())}
+        notice(f"prepare: continuing {what} at byte {state['pos']:,} ({state['tokens']:,} tokens written)")
+    with open(tmp, "ab") as f:
+        f.truncate(state["tokens"] * dtype.itemsize)  # drop a chunk written after the last save
+    encoder = tokenizer.incremental_encoder(state["pending"])
+    dropped = Counter(state["dropped"])
+    with (
+        open(tmp, "ab") as f,
+        tqdm(
+            total=byte_range[1] - byte_range[0],
+            initial=state["pos"] - byte_range[0],
+            unit="B",
+            unit_scale=True,
+            desc=f"tokenize {what}",
+            disable=None,
+        ) as bar,
+    ):
+        for text, replaced, pos in read_chunks(path, state["pos"], byte_range[1]):
+            ids = encoder.feed(text).astype(dtype)
+            if pos >= byte_range[1]:
+                ids = np.concatenate([ids, encoder.flush().astype(dtype)])
+            f.write(ids.tobytes())
+            f.flush()
+            miss = dropped_chars(tokenizer, text, ids)  # exact: only BPE, which drops nothing, holds text back
+            dropped += miss
+            state.update(
+                pos=pos,
+                tokens=state["tokens"] + len(ids),
+                chars=state["chars"] + len(text) - sum(miss.values()),
+                replaced=state["replaced"] + replaced,
+                dropped=dict(dropped),
+                pending=encoder.pending,
+            )
+            progress_tmp = progress_path.with_suffix(".tmp")
+            progress_tmp.write_text(json.dumps(state))
+            os.replace(progress_tmp, progress_path)
+            bar.update(pos - bar.n - byte_range[0])
+    os.replace(tmp, out)
+    progress_path.unlink()
+    if state["replaced"]:
+        notice(f"warning: {what}: replaced {state['replaced']} undecodable bytes with U+FFFD")
+    if dropped:
+        notice(describe_unencodable(dropped, what))
+    return {
+        "file": out.name,
+        "tokens": state["tokens"],
+        "chars": state["chars"],
+        "replaced": state["replaced"],
+        "dropped": dict(dropped),
+    }
+
+
+def memmap_tokens(path: Path, dtype: str | np.dtype, n_tokens: int) -> np.ndarray:
+    """The tokens of a token file, memory-mapped (nothing is read until used)."""
+    return np.memmap(path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype)
+
+
+def cached_tokens(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
+    """A large text file's tokens from the cache (`$ATTNLAB_CACHE/tokens`), tokenizing it there the first time."""
+    st = path.stat()
+    key = [str(path.resolve()), st.st_size, st.st_mtime_ns, tokenizer.to_dict(), CACHE_FORMAT]
+    stem = cache_dir() / "tokens" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    meta_path = stem.with_suffix(".json")
+    if not meta_path.exists():
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        part = write_token_file(path, (0, st.st_size), tokenizer, stem.with_suffix(".bin"), what)
+        meta_path.write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
+    else:
+        meta = json.loads(meta_path.read_text())
+        if meta["dropped"]:
+            notice(describe_unencodable(Counter(meta["dropped"]), what))
+    meta = json.loads(meta_path.read_text())
+    return TokenStream(memmap_tokens(stem.with_suffix(".bin"), meta["dtype"], meta["tokens"]), meta["chars"])
+
+
+def write_token_files_meta(out: Path, source: str, tokenizer: Tokenizer, train: dict, valid: dict) -> dict[str, Any]:
+    """Write `FILE.json` beside `FILE.bin` and `FILE.valid.bin`; returns what it wrote."""
+    meta = {
+        "format": TOKEN_FILES_FORMAT,
+        "source": source,
+        "tokenizer": tokenizer.to_dict(),
+        "dtype": token_dtype(tokenizer.n_vocab).name,
+        "train": train,
+        "valid": valid,
+    }
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def read_token_files(path: str | Path) -> tuple[Tokenizer, TokenStream, TokenStream]:
+    """The tokenizer and the memory-mapped train and validation tokens written by `attnlab prepare`."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise AttnlabError(f"{path}: no {meta_path.name} beside it; make it with `attnlab prepare SRC --out {path}`")
+    meta = json.loads(meta_path.read_text())
+    streams = [
+        TokenStream(memmap_tokens(path.parent / part["file"], meta["dtype"], part["tokens"]), part["chars"])
+        for part in (meta["train"], meta["valid"])
+    ]
+    return tokenizer_from_dict(meta["tokenizer"]), streams[0], streams[1]
