@@ -28,7 +28,7 @@ from attnlab.models import TransformerLM, build_model, preset_config
 def plain_forward(model: TransformerLM, ids_BL: torch.Tensor) -> torch.Tensor:
     """The Transformer's forward with no hook calls at all."""
     B, L = ids_BL.shape
-    x_BLC = model.embed.tok(ids_BL) + model.embed.pos(torch.arange(L))
+    x_BLC = model.embed.tok(ids_BL) + model.embed.pos.weight[:L]
     for block in model.blocks:
         a = block.attn
         h_BLC = block.ln1(x_BLC)

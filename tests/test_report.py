@@ -80,3 +80,22 @@ def test_write_lab_report(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
     assert "<script>" not in page
     assert "white-space: pre-wrap" in page
+
+
+def test_compare_report_shares_the_page_shell_and_escapes_samples(tmp_path):
+    from attnlab.report import write_compare_report
+
+    results = [
+        {"name": "n_heads=1", "params": 1000, "tokens_per_s": 10.0, "val_bpc": 2.25, "best_step": 90, "steps": 100},
+        {"name": "n_heads=4", "params": 1000, "tokens_per_s": 12.0, "val_bpc": 2.0, "best_step": 100, "steps": 100},
+    ]
+    curves = {r["name"]: _curve(3.0, 3.4, 0.2) for r in results}
+    samples = {"n_heads=1": "<b>bold</b>", "n_heads=4": " a tale"}
+    data = {"source": "builtin", "train_chars": 1200000, "val_chars": 130000, "tokenizer": "bytes"}
+    page = write_compare_report(tmp_path, results, curves, samples, "Once", data).read_text()
+    lab = write_lab_report(tmp_path / "lab", _metrics(), {"mlp": _curve(3.0, 3.4, 0.2)}).read_text()
+    style = page[page.index("<style>") : page.index("</style>")]
+    assert style == lab[lab.index("<style>") : lab.index("</style>")]  # one shell for both reports
+    assert page.index("n_heads=4") < page.index("n_heads=1")  # best first
+    assert "2.000" in page and "1,200,000" in page and "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
+    assert (tmp_path / "validation_curves.png").read_bytes()[:8] == PNG_MAGIC

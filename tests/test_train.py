@@ -72,8 +72,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses_exactly(
         prepared.valid,
         TrainConfig(**ckpt.state["train"]),
         tmp_path / "b",
-        resume_state=ckpt.state,
-        resume_tensors=ckpt.tensors,
+        resume=ckpt,
     )
     assert _rows(tmp_path / "b") == _rows(tmp_path / "a")
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")

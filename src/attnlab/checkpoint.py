@@ -1,5 +1,9 @@
 """Checkpoints: a folder of safetensors (weights, optimizer, RNG) and JSON (config, tokenizer, state).
 
+`save_checkpoint(path, model)` is all a model needs; a tokenizer, an optimizer, a state dict (a
+training run's counters and settings) and extra tensors (random states) can travel with it.
+`load_checkpoint(path)` builds the model back, or loads into a model and optimizer you built.
+
 Nothing is ever unpickled. A checkpoint is written into a temporary folder and swapped in with
 renames, so an interrupted save leaves the previous checkpoint loadable (as `NAME.old` for the
 instant between the two renames, which `resolve_checkpoint` falls back to).
@@ -26,13 +30,28 @@ WEIGHTS, CONFIG, STATE, OPTIMIZER = "model.safetensors", "config.json", "state.j
 FORMAT_VERSION = 1
 
 
+Optimizer = Any  # a torch.optim.Optimizer, or anything with its state_dict / load_state_dict
+
+
 @dataclass
 class Checkpoint:
     model: LanguageModel
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None when the checkpoint was saved without one
     path: Path
     state: dict[str, Any] = field(default_factory=dict)  # training state (step, elapsed, settings...)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer and RNG state
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # optimizer and RNG state (with_state)
+
+    def restore_optimizer(self, optimizer: Optimizer) -> None:
+        """Load the saved optimizer state into `optimizer`, built over this checkpoint's model's parameters."""
+        if "optimizer" not in self.state:
+            raise AttnlabError(f"checkpoint {self.path} was saved without an optimizer")
+        tensors = self.tensors or _load_tensors(self.path / OPTIMIZER)
+        try:
+            optimizer.load_state_dict(optimizer_from_flat(tensors, self.state["optimizer"]))
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise AttnlabError(
+                f"checkpoint {self.path}: the optimizer state does not fit this optimizer ({e})"
+            ) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -76,14 +95,25 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 
 def save_checkpoint(
-    path: Path,
+    path: str | Path,
     model: LanguageModel,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None = None,
     state: dict[str, Any] | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
+    optimizer: Optimizer | None = None,
 ) -> Path:
-    """Write a checkpoint folder at `path` atomically; `tensors` carries optimizer and RNG state."""
+    """Write a checkpoint folder at `path` atomically: the model, and whatever else is given.
+
+    `optimizer`'s state is saved too (tensors in optimizer.safetensors, the rest in state.json),
+    `tensors` adds any other tensors to optimizer.safetensors (a run's random states), and `state`
+    any JSON-ready values to state.json.
+    """
     path = Path(path)
+    state = dict(state or {})
+    tensors = dict(tensors or {})
+    if optimizer is not None:
+        opt_tensors, state["optimizer"] = optimizer_to_flat(optimizer)
+        tensors.update(opt_tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if tmp.exists():
@@ -95,12 +125,12 @@ def save_checkpoint(
     if tensors:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / OPTIMIZER)
         _fsync(tmp / OPTIMIZER)
-    _write_json(tmp / STATE, state or {})
+    _write_json(tmp / STATE, state)
     # config.json is written last: its presence marks a complete checkpoint.
-    _write_json(
-        tmp / CONFIG,
-        {"format": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.to_dict()},
-    )
+    meta: dict[str, Any] = {"format": FORMAT_VERSION, "model": model.config.to_dict()}
+    if tokenizer is not None:
+        meta["tokenizer"] = tokenizer.to_dict()
+    _write_json(tmp / CONFIG, meta)
     old = path.with_name(path.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -124,22 +154,46 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu", with_state: bool = False) -> Checkpoint:
-    """Load a checkpoint (folder or run folder); optimizer/RNG tensors only when `with_state`."""
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path) if path.exists() else {}
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str = "cpu",
+    with_state: bool = False,
+    model: LanguageModel | None = None,
+    optimizer: Optimizer | None = None,
+) -> Checkpoint:
+    """Load a checkpoint (its folder, or a run folder holding `checkpoint/`).
+
+    The model is built from the saved config, or, given `model`, the weights are loaded into it
+    (its config must be the saved one); given `optimizer` too (built over `model`'s parameters), its
+    state is restored. `with_state` also loads the optimizer and random-state tensors into `tensors`.
+    """
+    if optimizer is not None and model is None:
+        raise AttnlabError("load_checkpoint: give the model the optimizer was built over (model=...)")
     ckpt = resolve_checkpoint(path)
     try:
         meta = json.loads((ckpt / CONFIG).read_text())
         cfg = ModelConfig.from_dict(meta["model"])
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
-        model = build_model(cfg)
-        weights = load_file(ckpt / WEIGHTS)
-        model.load_state_dict(weights)
+        tokenizer = tokenizer_from_dict(meta["tokenizer"]) if "tokenizer" in meta else None
+        built = model is None
+        if model is None:
+            model = build_model(cfg)
+        elif model.config != cfg:
+            raise AttnlabError(f"checkpoint {ckpt} holds another model's config; build the model from its config")
+        model.load_state_dict(load_file(ckpt / WEIGHTS))
         state = json.loads((ckpt / STATE).read_text()) if (ckpt / STATE).exists() else {}
-        tensors = load_file(ckpt / OPTIMIZER) if with_state and (ckpt / OPTIMIZER).exists() else {}
+        tensors = _load_tensors(ckpt / OPTIMIZER) if with_state else {}
     except AttnlabError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AttnlabError(f"checkpoint {ckpt} is corrupt or incomplete ({first[:200]})") from None
-    model.to(device)
-    return Checkpoint(model, tokenizer, ckpt, state, tensors)
+    if built:
+        model.to(device)
+    checkpoint = Checkpoint(model, tokenizer, ckpt, state, tensors)
+    if optimizer is not None:
+        checkpoint.restore_optimizer(optimizer)
+    return checkpoint

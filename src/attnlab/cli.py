@@ -110,78 +110,25 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .checkpoint import load_checkpoint
-    from .data import check_length, prepare_data
-    from .models import build_model, preset_config
-    from .runtime import notice, resolve_device
-    from .train import TrainConfig, train
+    from . import distributed, run
+    from .runtime import notice
 
-    out = Path(args.out)
-    sets = _parse_sets(args.set)
-    rank_device = distributed.init_from_env(args.device or "auto")  # set under torchrun: this process's device
     if args.resume:
-        ckpt = load_checkpoint(out, with_state=True)
-        state = ckpt.state
-        if "train" not in state:
-            raise AttnlabError(f"{ckpt.path}: has no training state to resume from")
-        tcfg = TrainConfig.from_dict({**state["train"], **_train_overrides(args)})
-        saved_world, world = state.get("world_size", 1), distributed.world_size()
-        if saved_world != world and args.batch_size is None:
-            # Keep the global batch of the saved run: batch_size x processes x grad_accum.
-            global_batch = tcfg.batch_size * saved_world
-            if global_batch % world:
-                raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
-            tcfg.batch_size = global_batch // world
-        try:
-            device = resolve_device(tcfg.device)
-        except AttnlabError:
-            if args.device:  # asked for here: say so
-                raise
-            # Saved on a machine with a device this one lacks (a GPU run resumed on a laptop).
-            notice(f"notice: --device {tcfg.device} of the saved run is not available here; choosing again")
-            device = resolve_device("auto")
-        model, tokenizer = ckpt.model.to(device), ckpt.tokenizer
-        data = args.data or state.get("data", {}).get("source", "builtin")
-        notice(f"resuming {ckpt.path} at step {state['step']}")
+        if args.set or args.preset or args.tokenizer:
+            notice("notice: --preset, --set and --tokenizer are ignored with --resume (the checkpoint's are used)")
+        run.resume(args.out, data=args.data, **_train_overrides(args))
     else:
-        tcfg = TrainConfig(**_train_overrides(args))
-        tcfg.validate()
-        device = resolve_device(tcfg.device)
-        tokenizer, data = args.tokenizer or "bytes", args.data or "builtin"
-    tcfg.device = device = rank_device or device
-    tcfg.validate()
-    prepared = prepare_data(data, tokenizer)
-    if not args.resume:
-        torch.manual_seed(tcfg.seed)
-        cfg = preset_config(args.preset or "small", model=args.model, n_vocab=prepared.tokenizer.n_vocab)
-        model = build_model(cfg.with_overrides(sets)).to(device)
-    elif sets or args.preset:
-        notice("notice: --preset and --set are ignored with --resume (the checkpoint's config is used)")
-    check_length(prepared.train, model.config.max_len, "the training split")
-    info = {"data": prepared.info(), "preset": args.preset or "small"}
-    model = model.to(device)
-    world = distributed.world_size()
-    if distributed.is_main():
-        where = f"{world} processes, global batch {tcfg.batch_size * world * tcfg.grad_accum}" if world > 1 else device
-        notice(f"training a {model.config.model} of {model.num_params():,} parameters on {where}")
-    try:
-        train(
-            model,
-            prepared.tokenizer,
-            prepared.train,
-            prepared.valid,
-            tcfg,
-            out,
-            run_info=info,
-            resume_state=ckpt.state if args.resume else None,
-            resume_tensors=ckpt.tensors if args.resume else None,
-            desc=model.config.model,
+        run.start(
+            args.out,
+            data=args.data or "builtin",
+            tokenizer=args.tokenizer or "bytes",
+            model=args.model,
+            preset=args.preset or "small",
+            config=_parse_sets(args.set),
+            **_train_overrides(args),
         )
-    finally:
-        distributed.shutdown()
-    if distributed.rank() == 0:
-        print(f"checkpoint: {out / 'checkpoint'}\nmetrics: {out / 'metrics.jsonl'}")
+    if distributed.is_main():
+        print(f"checkpoint: {Path(args.out) / 'checkpoint'}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
     return 0
 
 

@@ -9,23 +9,22 @@ finished.
 
 from __future__ import annotations
 
-import base64
-import html
+import dataclasses
 import itertools
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from matplotlib.figure import Figure
-
-from .data import check_length, prepare_data
+from . import run
+from .checkpoint import load_checkpoint
+from .data import prepare_data
 from .errors import AttnlabError
 from .generate import generate_text
-from .models import ModelConfig, build_model, preset_config
+from .models import Sampling, preset_config
+from .report import write_compare_report
 from .runtime import notice, resolve_device
-from .train import TrainConfig, train
+from .train import TrainConfig
 
 Variant = dict[str, str]
 
@@ -92,47 +91,35 @@ def run_compare(
     todo = variants(vary, one_at_a_time)
     base = preset_config(preset)
     configs = [base.with_overrides(v) for v in todo]  # validates every variant before any training
-    TrainConfig(steps=steps, max_time=max_time, **(train_overrides or {})).validate()
-    device = resolve_device(device)
+    fields = {"steps": steps, "max_time": max_time, "seed": seed, "device": device, **(train_overrides or {})}
+    if max_time and "eval_every" not in fields:
+        fields["eval_every_s"] = max_time / 10
+    TrainConfig(**fields).validate()
     prepared = prepare_data(data, tokenizer)
+    sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
     results, curves, samples = [], {}, {}
     done: dict[str, dict[str, Any]] = {}  # config -> result, so a variant equal to another trains once
     for variant, cfg in zip(todo, configs, strict=True):
         name, run_dir = slug(variant), out / "runs" / slug(variant)
-        cfg = ModelConfig.from_dict({**cfg.to_dict(), "n_vocab": prepared.tokenizer.n_vocab})
+        cfg = dataclasses.replace(cfg, n_vocab=prepared.tokenizer.n_vocab)
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         if key in done:
             notice(f"compare: {name} is the same model as {done[key]['name']}, not trained again")
             results.append({**done[key], "name": name, "variant": variant, "same_as": done[key]["name"]})
             continue
-        check_length(prepared.train, cfg.max_len, "the training split")
-        torch.manual_seed(seed)
-        model = build_model(cfg).to(device)
         rows = _finished(run_dir)
         if rows is None:
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # an unfinished variant starts again from scratch
-            tcfg = TrainConfig(steps=steps, max_time=max_time, seed=seed, device=device, **(train_overrides or {}))
-            if max_time and "eval_every" not in (train_overrides or {}):
-                tcfg.eval_every_s = max_time / 10
-            notice(f"compare: {name} ({model.num_params():,} parameters)")
-            train(
-                model,
-                prepared.tokenizer,
-                prepared.train,
-                prepared.valid,
-                tcfg,
-                run_dir,
-                run_info={"data": prepared.info(), "variant": variant},
-                desc=name,
-            )
+            notice(f"compare: {name}")
+            model = run.start(
+                run_dir, data=prepared, config=cfg, run_info={"variant": variant}, desc=name, **fields
+            ).model
             rows = _finished(run_dir)
             assert rows is not None
         else:
             notice(f"compare: {name} already finished, skipped")
-            from .checkpoint import load_checkpoint
-
-            model = load_checkpoint(run_dir, device=device).model
+            model = load_checkpoint(run_dir, device=resolve_device(device)).model
         final = rows[-1]
         evals = [r for r in rows if "val_bpc" in r and not r.get("final")]
         best = min(evals, key=lambda r: r["val_bpc"]) if evals else final
@@ -152,62 +139,8 @@ def run_compare(
         )
         done[key] = results[-1]
         curves[name] = rows
-        samples[name] = generate_text(model, prepared.tokenizer, prompt, 160, temperature=0.8, top_k=40, seed=seed)
+        samples[name] = generate_text(model, prepared.tokenizer, prompt, 160, sampling)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_compare_report(out, results, curves, samples, prompt, prepared.info())
     return results
-
-
-def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    fig = Figure(figsize=(10, 5), dpi=110, constrained_layout=True)
-    ax = fig.subplots()
-    for name, rows in curves.items():
-        pts = [(r["elapsed_s"], r["val_bpc"]) for r in rows if "val_bpc" in r]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=name)
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation bits per character")
-    ax.set_title("validation curves (same data, seed and budget)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path)
-    return path
-
-
-def write_compare_report(
-    out: Path, results: list[dict], curves: dict, samples: dict, prompt: str, data: dict[str, Any]
-) -> Path:
-    png = plot_validation_curves(curves, out / "validation_curves.png")
-    rows = "\n".join(
-        f"<tr><td>{html.escape(r['name'])}</td><td class=num>{r['params']:,}</td>"
-        f"<td class=num>{r['tokens_per_s']:,.0f}</td><td class=num>{r['val_bpc']:.3f}</td>"
-        f"<td class=num>{r['best_step']:,}</td><td class=num>{r['steps']:,}</td></tr>"
-        for r in sorted(results, key=lambda r: r["val_bpc"])
-    )
-    sample_html = "\n".join(
-        f"<h3>{html.escape(name)}</h3><div class=sample><b>{html.escape(prompt)}</b>{html.escape(text)}</div>"
-        for name, text in samples.items()
-    )
-    image = base64.b64encode(png.read_bytes()).decode()
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>attnlab compare</title>
-<style>body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }}
-table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; }}
-td.num {{ text-align: right; }} img {{ max-width: 100%; }}
-.sample {{ white-space: pre-wrap; font-family: monospace; background: #f8f8f8; padding: 0.5em; }}</style></head>
-<body><h1>attnlab compare</h1>
-<p>Data: <b>{html.escape(str(data["source"]))}</b>, {data["train_chars"]:,} training characters,
-{data["val_chars"]:,} validation characters, tokenizer {html.escape(str(data["tokenizer"]))}.
-Validation bits per character: final evaluation (whole validation split or its first million characters).</p>
-<table><tr><th>variant</th><th>params</th><th>tokens/s</th><th>val bits/char</th><th>best step</th>
-<th>steps</th></tr>
-{rows}
-</table>
-<img src="data:image/png;base64,{image}" alt="validation curves">
-<h2>Samples (temperature 0.8, top-k 40)</h2>
-{sample_html}
-</body></html>
-"""
-    (out / "report.html").write_text(page)
-    return out / "report.html"

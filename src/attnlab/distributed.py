@@ -18,7 +18,7 @@ def init_from_env(device: str = "auto") -> str | None:
 
     Each rank takes the GPU of its local rank (nccl) unless `device` asks for the CPU (gloo).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not launched():
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and (device == "auto" or device.startswith("cuda"))
@@ -30,12 +30,22 @@ def init_from_env(device: str = "auto") -> str | None:
     return "cpu"
 
 
+def launched() -> bool:
+    """Started by `torchrun` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if initialized() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: from the process group, or from torchrun's environment outside it."""
+    return dist.get_rank() if initialized() else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:

@@ -191,72 +191,85 @@ def _family(cfg: ModelConfig) -> str:
     )
 
 
-def to_hf(model: TransformerLM) -> Any:
-    """The same network as a `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied."""
-    if not isinstance(model, TransformerLM):
-        raise AttnlabError("only the Transformer exports to transformers (the MLP baseline has no equivalent)")
+def _attnlab_to_gpt2(model: TransformerLM) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     cfg = model.config
+    hf_cfg = GPT2Config(
+        vocab_size=cfg.n_vocab,
+        n_positions=cfg.max_len,
+        n_embd=cfg.emb_dim,
+        n_layer=cfg.n_layers,
+        n_head=cfg.n_heads,
+        n_inner=cfg.n_hidden,
+        layer_norm_epsilon=cfg.norm_eps,
+        activation_function="gelu_new" if cfg.mlp == "gelu" else "relu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if _family(cfg) == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
+    out = {theirs: sd[ours].T if transposed else sd[ours] for ours, theirs, transposed in _gpt2_names(cfg.n_layers)}
+    for i in range(cfg.n_layers):
+        # c_attn packs q, k, v side by side (Conv1D: in x 3C): our Linear weights, transposed and joined.
+        b, h = f"blocks.{i}.attn.", f"transformer.h.{i}.attn.c_attn."
+        out[h + "weight"] = torch.cat([sd[f"{b}{n}.weight"].T for n in ("w_q", "w_k", "w_v")], dim=1)
+        out[h + "bias"] = torch.cat([sd[f"{b}{n}.bias"] for n in ("w_q", "w_k", "w_v")])
+    return _filled(GPT2LMHeadModel(hf_cfg), out)
 
-        hf_cfg = GPT2Config(
-            vocab_size=cfg.n_vocab,
-            n_positions=cfg.max_len,
-            n_embd=cfg.emb_dim,
-            n_layer=cfg.n_layers,
-            n_head=cfg.n_heads,
-            n_inner=cfg.n_hidden,
-            layer_norm_epsilon=cfg.norm_eps,
-            activation_function="gelu_new" if cfg.mlp == "gelu" else "relu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-            tie_word_embeddings=True,
-        )
-        out = {theirs: sd[ours].T if transposed else sd[ours] for ours, theirs, transposed in _gpt2_names(cfg.n_layers)}
-        for i in range(cfg.n_layers):
-            b, h = f"blocks.{i}.attn.", f"transformer.h.{i}.attn.c_attn."
-            out[h + "weight"] = torch.cat([sd[f"{b}{n}.weight"].T for n in ("w_q", "w_k", "w_v")], dim=1)
-            out[h + "bias"] = torch.cat([sd[f"{b}{n}.bias"] for n in ("w_q", "w_k", "w_v")])
-        hf = GPT2LMHeadModel(hf_cfg)
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
 
-        hf_cfg = LlamaConfig(
-            vocab_size=cfg.n_vocab,
-            hidden_size=cfg.emb_dim,
-            intermediate_size=cfg.n_hidden,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.kv_heads,
-            head_dim=cfg.head_dim,
-            max_position_embeddings=cfg.max_len,
-            rms_norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta,
-            attention_bias=cfg.bias,
-            mlp_bias=cfg.bias,
-            tie_word_embeddings=cfg.tie_embeddings,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=None,
-        )
-        out = {
-            "model.embed_tokens.weight": sd["embed.tok.weight"],
-            "model.norm.weight": sd["final_ln.weight"],
-            "lm_head.weight": sd["lm_head.weight"] if not cfg.tie_embeddings else sd["embed.tok.weight"],
-        }
-        for i in range(cfg.n_layers):
-            for ours, theirs in LLAMA_NAMES.items():
-                for part in ("weight", "bias"):
-                    if f"blocks.{i}.{ours}.{part}" in sd:
-                        out[f"model.layers.{i}.{theirs}.{part}"] = sd[f"blocks.{i}.{ours}.{part}"]
-        hf = LlamaForCausalLM(hf_cfg)
-    missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in out.items()}, strict=False)
+def _attnlab_to_llama(model: TransformerLM) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.config
+    # The config field by field, as for GPT-2 above, under Llama's own names (alike in shape only).
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.n_vocab,
+        hidden_size=cfg.emb_dim,
+        intermediate_size=cfg.n_hidden,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        attention_bias=cfg.bias,
+        mlp_bias=cfg.bias,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out = {
+        "model.embed_tokens.weight": sd["embed.tok.weight"],
+        "model.norm.weight": sd["final_ln.weight"],
+        "lm_head.weight": sd["lm_head.weight"] if not cfg.tie_embeddings else sd["embed.tok.weight"],
+    }
+    for i in range(cfg.n_layers):
+        for ours, theirs in LLAMA_NAMES.items():
+            for part in ("weight", "bias"):
+                if f"blocks.{i}.{ours}.{part}" in sd:
+                    out[f"model.layers.{i}.{theirs}.{part}"] = sd[f"blocks.{i}.{ours}.{part}"]
+    return _filled(LlamaForCausalLM(hf_cfg), out)
+
+
+def _filled(hf: Any, weights: dict[str, torch.Tensor]) -> Any:
+    """`hf` with `weights` loaded, checked to cover every parameter it has."""
+    missing, unexpected = hf.load_state_dict({k: v.contiguous() for k, v in weights.items()}, strict=False)
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
     if missing or unexpected:
         raise AttnlabError(f"export mapping incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}")
     hf.config._attn_implementation = "eager"  # bit-comparable with attnlab's written-out attention
     return hf.eval()
+
+
+def to_hf(model: TransformerLM) -> Any:
+    """The same network as a `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied."""
+    if not isinstance(model, TransformerLM):
+        raise AttnlabError("only the Transformer exports to transformers (the MLP baseline has no equivalent)")
+    return _attnlab_to_gpt2(model) if _family(model.config) == "gpt2" else _attnlab_to_llama(model)

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .data import check_length, prepare_data
+from . import run
+from .data import prepare_data
 from .generate import generate_text
-from .models import build_model, preset_config
-from .runtime import notice, resolve_device
-from .train import TrainConfig, train
+from .models import Sampling
+from .report import write_lab_report
+from .runtime import notice
+from .train import TrainConfig
 
 DEFAULT_PROMPTS = ("Once upon a time", "One day, a little girl named", "The dog was sad because")
 DEFAULT_MAX_TIME = 120.0
@@ -21,7 +21,7 @@ DEFAULT_MAX_TIME = 120.0
 def run_lab(
     data: str = "builtin",
     out: str | Path = "runs/lab",
-    max_time: float = DEFAULT_MAX_TIME,
+    max_time: float | None = DEFAULT_MAX_TIME,
     preset: str = "small",
     tokenizer: str = "bytes",
     seed: int = 0,
@@ -32,39 +32,23 @@ def run_lab(
     train_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train both models with `max_time` seconds each; write metrics.json and report.html into `out`."""
-    from .report import write_lab_report
-
     out = Path(out)
-    TrainConfig(steps=steps, max_time=max_time, **(train_overrides or {})).validate()
-    device = resolve_device(device)
+    fields = {"steps": steps, "max_time": max_time, "seed": seed, "device": device, **(train_overrides or {})}
+    if max_time and "eval_every" not in fields:
+        fields["eval_every_s"] = max_time / 12  # a dozen points on each validation curve
+    TrainConfig(**fields).validate()  # before the data is loaded: a bad setting fails at once
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
-    metrics: dict[str, Any] = {"data": info, "prompts": list(prompts), "preset": preset, "device": device}
+    metrics: dict[str, Any] = {"data": info, "prompts": list(prompts), "preset": preset}
     curves: dict[str, list[dict[str, Any]]] = {}
+    sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
     for kind in ("mlp", "transformer"):
-        torch.manual_seed(seed)
-        cfg = preset_config(preset, model=kind, n_vocab=prepared.tokenizer.n_vocab)
-        check_length(prepared.train, cfg.max_len, "the training split")
-        model = build_model(cfg).to(device)
-        tcfg = TrainConfig(steps=steps, max_time=max_time, seed=seed, device=device, **(train_overrides or {}))
-        if max_time and "eval_every" not in (train_overrides or {}):
-            tcfg.eval_every_s = max_time / 12  # a dozen points on each validation curve
         budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
-        notice(f"lab: training the {kind} ({model.num_params():,} parameters) for {budget} on {device}")
-        result = train(
-            model,
-            prepared.tokenizer,
-            prepared.train,
-            prepared.valid,
-            tcfg,
-            out / kind,
-            run_info={"data": info, "preset": preset},
-            desc=kind,
-        )
-        samples = [
-            generate_text(model, prepared.tokenizer, p, sample_tokens, temperature=0.8, top_k=40, seed=seed)
-            for p in prompts
-        ]
+        notice(f"lab: training the {kind} for {budget}")
+        result = run.start(out / kind, data=prepared, model=kind, preset=preset, desc=kind, **fields)
+        model = result.model
+        samples = [generate_text(model, prepared.tokenizer, p, sample_tokens, sampling) for p in prompts]
+        metrics["device"] = str(next(model.parameters()).device)
         metrics[kind] = {
             "params": model.num_params(),
             "val_bpc": result.final.bpc,
@@ -73,7 +57,7 @@ def run_lab(
             "steps": result.steps,
             "train_time_s": result.train_time_s,
             "samples": samples,
-            "config": cfg.to_dict(),
+            "config": model.config.to_dict(),
             "checkpoint": str(result.checkpoint),
         }
         curves[kind] = result.log

@@ -1,63 +1,22 @@
-"""The `attnlab lab` report: a loss-curve figure and a self-contained report.html."""
+"""The HTML reports of `attnlab lab` and `attnlab compare`: figures, and self-contained pages.
+
+Both pages share one shell (`templates/page.html`: title, style, the data line) and fill it with
+their own template through Jinja2, which escapes every value (samples are model output).
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import math
 from pathlib import Path
-from string import Template
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 DISPLAY_NAMES = {"mlp": "MLP", "transformer": "Transformer"}
 MISSING = "\u2013"  # en dash for a figure the run did not record
-
-PAGE = Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>attnlab lab report</title>
-<style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; }
-img { max-width: 100%; height: auto; border: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.35em 0.8em; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.verdict { font-size: 1.1em; }
-.samples { display: grid; grid-template-columns: repeat($n_cols, minmax(0, 1fr)); gap: 0.8em;
-           margin-bottom: 1.5em; }
-.samples h3 { margin: 0 0 0.3em; font-size: 1em; }
-.sample { white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.9em;
-          background: #f8f8f8; border: 1px solid #e2e2e2; padding: 0.6em; overflow-wrap: anywhere; }
-</style>
-</head>
-<body>
-<h1>attnlab lab report</h1>
-<p class="data">$data</p>
-<h2>Loss curves</h2>
-<img src="data:image/png;base64,$png" alt="training loss and validation bits per character for each model">
-<h2>Results</h2>
-<table>
-<tr><th>model</th><th>parameters</th><th>validation bits/char</th><th>training tokens/s</th>
-<th>steps</th><th>training time (s)</th></tr>
-$rows
-</table>
-<p class="verdict">$verdict</p>
-<p>Validation points during training use the first 65,536 tokens of the validation split; the table's
-final figure covers the whole split (or its first million characters).</p>
-<h2>Samples</h2>
-<p>Same prompts, same seed, temperature 0.8, top-k 40. The MLP sees only the last token of its context,
-so its continuation depends on nothing but the prompt's last character: prompts ending alike continue
-alike.</p>
-$samples
-</body>
-</html>
-""")
 
 
 def _display(name: str) -> str:
@@ -117,70 +76,50 @@ def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
-def _data_paragraph(data: dict[str, Any]) -> str:
-    """The one-line description of the data set, escaped."""
-    source = html.escape(str(data.get("source", "unknown")))
-    tokenizer = html.escape(str(data.get("tokenizer", "unknown")))
-    return (
-        f"Data: <b>{source}</b>, {_fmt(data.get('train_chars'), ',d')} training characters, "
-        f"{_fmt(data.get('val_chars'), ',d')} validation characters, tokenizer <b>{tokenizer}</b>."
-    )
-
-
-def _table_rows(metrics: dict[str, Any], models: list[str]) -> str:
-    """One table row per model."""
-    rows = []
-    for name in models:
-        m = metrics[name]
-        cells = [
-            _fmt(m.get("params"), ",d"),
-            _fmt(m.get("val_bpc"), ".3f"),
-            _fmt(m.get("tokens_per_s"), ",d"),
-            _fmt(m.get("steps"), ",d"),
-            _fmt(m.get("train_time_s"), ".1f"),
-        ]
-        rows.append(
-            f"<tr><td>{html.escape(_display(name))}</td>"
-            + "".join(f'<td class="num">{c}</td>' for c in cells)
-            + "</tr>"
-        )
-    return "\n".join(rows)
-
-
-def _verdict(metrics: dict[str, Any], models: list[str]) -> str:
+def _verdict(metrics: dict[str, Any], models: list[str]) -> Markup:
     """A sentence naming the model with the lowest validation bits/char and its margin."""
     scored = sorted((bpc, name) for name in models if (bpc := _number(metrics[name].get("val_bpc"))) is not None)
     if len(scored) < 2:
-        return "Not enough finished models to compare."
+        return Markup("Not enough finished models to compare.")
     (best, winner), (second, runner_up) = scored[0], scored[1]
     if best == second:
-        return (
-            f"The {html.escape(_display(winner))} and the {html.escape(_display(runner_up))} tie at "
-            f"{best:.3f} bits per character."
+        return Markup("The {} and the {} tie at {:.3f} bits per character.").format(
+            _display(winner), _display(runner_up), best
         )
-    return (
-        f"The {html.escape(_display(winner))} wins by <b>{second - best:.3f} bits per character</b> "
-        f"({best:.3f} vs {second:.3f} for the {html.escape(_display(runner_up))})."
+    return Markup("The {} wins by <b>{:.3f} bits per character</b> ({:.3f} vs {:.3f} for the {}).").format(
+        _display(winner), second - best, best, second, _display(runner_up)
     )
 
 
-def _samples(metrics: dict[str, Any], models: list[str]) -> str:
-    """For each prompt, the models' continuations side by side."""
-    prompts = metrics.get("prompts") or []
-    if not prompts:
-        return "<p>No samples.</p>"
-    blocks = []
-    for i, prompt in enumerate(prompts):
-        cols = []
-        for name in models:
-            samples = metrics[name].get("samples") or []
-            text = samples[i] if i < len(samples) else ""
-            cols.append(
-                f"<div><h3>{html.escape(_display(name))}</h3>"
-                f'<div class="sample"><b>{html.escape(str(prompt))}</b>{html.escape(str(text))}</div></div>'
-            )
-        blocks.append('<div class="samples">\n' + "\n".join(cols) + "\n</div>")
-    return "\n".join(blocks)
+def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Validation bits per character against training time, one line per variant."""
+    fig = Figure(figsize=(10, 5), dpi=110, constrained_layout=True)
+    ax = fig.subplots()
+    for name, rows in curves.items():
+        pts = [(r["elapsed_s"], r["val_bpc"]) for r in rows if "val_bpc" in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=name)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation bits per character")
+    ax.set_title("validation curves (same data, seed and budget)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("attnlab", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["count"] = lambda value: _fmt(value, ",d")  # 1,234,567 (or a dash when missing)
+    env.filters["fixed"] = lambda value, digits: _fmt(value, f".{digits}f")
+    return env
+
+
+def _page(template: str, out: Path, png: Path, **context: Any) -> Path:
+    """Render `template` with the figure `png` embedded into `out` (one file, no links)."""
+    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    out.write_text(_environment().get_template(template).render(png=image, **context), encoding="utf-8")
+    return out
 
 
 def write_lab_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]) -> Path:
@@ -188,14 +127,39 @@ def write_lab_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]
     out_dir = Path(out_dir)
     png = plot_loss_curves(curves, out_dir / "loss_curves.png")
     models = _models(metrics)
-    page = PAGE.substitute(
-        n_cols=max(len(models), 1),
-        data=_data_paragraph(metrics.get("data") or {}),
-        png=base64.b64encode(png.read_bytes()).decode("ascii"),
-        rows=_table_rows(metrics, models),
+    prompts = metrics.get("prompts") or []
+
+    def sample(model: str, i: int) -> str:
+        texts = metrics[model].get("samples") or []
+        return texts[i] if i < len(texts) else ""
+
+    samples = [(prompt, [(_display(m), sample(m, i)) for m in models]) for i, prompt in enumerate(prompts)]
+    rows = [{"name": _display(m), **metrics[m]} for m in models]
+    return _page(
+        "lab_report.html",
+        out_dir / "report.html",
+        png,
+        title="attnlab lab report",
+        data=metrics.get("data") or {},
+        models=rows,
         verdict=_verdict(metrics, models),
-        samples=_samples(metrics, models),
+        samples=samples,
     )
-    path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+
+
+def write_compare_report(
+    out: Path, results: list[dict], curves: dict, samples: dict[str, str], prompt: str, data: dict[str, Any]
+) -> Path:
+    """`out/validation_curves.png` and `out/report.html`: the variants by validation bits per character."""
+    png = plot_validation_curves(curves, out / "validation_curves.png")
+    ranked = sorted(results, key=lambda r: r["val_bpc"])
+    return _page(
+        "compare_report.html",
+        out / "report.html",
+        png,
+        title="attnlab compare",
+        data=data,
+        results=ranked,
+        samples=samples,
+        prompt=prompt,
+    )

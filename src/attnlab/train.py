@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed, optim
-from .checkpoint import optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from .checkpoint import Checkpoint, save_checkpoint
 from .data import Batches, check_length
 from .errors import AttnlabError
 from .models import LanguageModel
@@ -35,6 +35,7 @@ from .tokenizers import Tokenizer
 from .tokens import TokenStream
 
 LN2 = math.log(2)
+Callback = Callable[[int, dict[str, Any]], bool | None]  # (step, logged row) -> True to stop
 
 
 @dataclass
@@ -157,6 +158,42 @@ class TrainResult:
     final: EvalResult
     checkpoint: Path
     log: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer: Tokenizer | None = None
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a run's checkpoint keeps in state.json to continue exactly.
+
+    `run` holds what the run says about itself (its data source, preset, variant); it is written at
+    the top level of state.json, beside the counters, as checkpoints have always had it.
+    """
+
+    train: TrainConfig
+    step: int = 0
+    elapsed_s: float = 0.0  # seconds of training, evaluation excluded
+    tokens_seen: int = 0
+    loss_acc: tuple[float, int] = (0.0, 0)  # sum and count of step losses since the last logged row
+    last_train_loss: float | None = None
+    next_eval_s: float = 0.0  # with eval_every_s: the training time of the next evaluation
+    world_size: int = 1  # processes that trained it (the global batch is batch_size x world_size x grad_accum)
+    grad_scaler: dict[str, Any] = field(default_factory=dict)  # fp16's loss scale ({} when unused)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run"}
+        return {**self.run, **values, "train": asdict(self.train), "loss_acc": list(self.loss_acc)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "checkpoint") -> TrainState:
+        if "train" not in d or "step" not in d:
+            raise AttnlabError(f"{where}: has no training state to resume from")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known and k != "run"}
+        values["train"] = TrainConfig.from_dict(d["train"])
+        values["loss_acc"] = tuple(d.get("loss_acc", (0.0, 0)))
+        run = {k: v for k, v in d.items() if k not in known and k != "optimizer"}
+        return cls(**values, run=run)
 
 
 def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.Optimizer | MuonWithAdamW:
@@ -185,22 +222,31 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _trim_log(log_path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint, so a resumed run's log reads as one uninterrupted run."""
+    if log_path.exists():
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r["step"] <= step and not r.get("final")]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
 def train(
     model: LanguageModel,
     tokenizer: Tokenizer,
     train_stream: TokenStream,
     valid_stream: TokenStream,
     tcfg: TrainConfig,
-    out_dir: Path,
+    out_dir: str | Path,
     run_info: dict[str, Any] | None = None,
-    resume_state: dict[str, Any] | None = None,
-    resume_tensors: dict[str, torch.Tensor] | None = None,
-    callback: Callable[[int, dict[str, Any]], bool | None] | None = None,
+    resume: Checkpoint | None = None,
+    callback: Callback | None = None,
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` in place, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
 
-    `callback(step, row)` is called after every step; returning True stops the run as Ctrl-C would.
+    `resume`: a checkpoint of this run loaded `with_state`, to continue from (see `attnlab.run.resume`).
+    `run_info` is kept in the checkpoint's state. `callback(step, row)` is called after every step;
+    returning True stops the run as Ctrl-C would.
     """
     tcfg.validate()
     max_len = model.config.max_len
@@ -215,24 +261,23 @@ def train(
     # Every process draws the same global batch and trains on its slice: results do not depend on `world`.
     batches = Batches(train_stream.tokens, max_len, per_rank * world, tcfg.seed + 1, device)
     optimizer = make_optimizer(model, tcfg, device)
-    step, elapsed, tokens_seen, loss_sum, loss_count = 0, 0.0, 0, 0.0, 0
-    if resume_state is not None:
-        assert resume_tensors is not None
-        step, elapsed = resume_state["step"], resume_state["elapsed_s"]
-        tokens_seen = resume_state["tokens_seen"]
-        loss_sum, loss_count = resume_state["loss_acc"]
-        optimizer.load_state_dict(optimizer_from_flat(resume_tensors, resume_state["optimizer"]))
-        batches.load_state_dict(resume_tensors["rng.batches"])
-        torch.set_rng_state(resume_tensors["rng.torch"])
-        if device.startswith("cuda") and "rng.cuda" in resume_tensors:
-            torch.cuda.set_rng_state(resume_tensors["rng.cuda"], device)  # this run's GPU, not the current one
-        # Drop log rows written after the checkpoint, so the log reads as one uninterrupted run.
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
+    if resume is not None:
+        st = TrainState.from_dict(resume.state, str(resume.path))
+        st.train, st.world_size, st.run = tcfg, world, {**st.run, **(run_info or {})}
+        resume.restore_optimizer(optimizer)
+        batches.load_state_dict(resume.tensors["rng.batches"])
+        torch.set_rng_state(resume.tensors["rng.torch"])
+        if device.startswith("cuda") and "rng.cuda" in resume.tensors:
+            torch.cuda.set_rng_state(resume.tensors["rng.cuda"], device)  # this run's GPU, not the current one
+        if st.grad_scaler and scaler.is_enabled():
+            scaler.load_state_dict(st.grad_scaler)
+        if main:
+            _trim_log(log_path, st.step)
+    else:
+        st = TrainState(tcfg, next_eval_s=tcfg.eval_every_s or 0.0, world_size=world, run=dict(run_info or {}))
         if main and log_path.exists():
-            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r["step"] <= step and not r.get("final")]
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    elif main and log_path.exists():
-        log_path.unlink()
+            log_path.unlink()
     log: list[dict[str, Any]] = []
 
     def write_row(row: dict[str, Any]) -> None:
@@ -244,31 +289,18 @@ def train(
     def save() -> Path:
         if not main:
             return ckpt_path
-        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-        tensors = {**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
+        tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
         if device.startswith("cuda"):
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-        state = {
-            "step": step,
-            "elapsed_s": elapsed,
-            "tokens_seen": tokens_seen,
-            "loss_acc": [loss_sum, loss_count],
-            "last_train_loss": last_train_loss,
-            "next_eval_s": next_eval_s,
-            "train": asdict(tcfg),
-            "world_size": world,
-            "optimizer": opt_meta,
-            "grad_scaler": scaler.state_dict(),  # fp16's loss scale and its growth counter ({} when unused)
-            **(run_info or {}),
-        }
-        return save_checkpoint(ckpt_path, model, tokenizer, state, tensors)
+        st.grad_scaler = scaler.state_dict()
+        return save_checkpoint(ckpt_path, model, tokenizer, st.to_dict(), tensors, optimizer)
 
     def budget_left() -> bool:
-        return (tcfg.steps is None or step < tcfg.steps) and (tcfg.max_time is None or elapsed < tcfg.max_time)
+        return (tcfg.steps is None or st.step < tcfg.steps) and (tcfg.max_time is None or st.elapsed_s < tcfg.max_time)
 
     def progress() -> float:
-        parts = [step / tcfg.steps] if tcfg.steps else []
-        parts += [elapsed / tcfg.max_time] if tcfg.max_time else []
+        parts = [st.step / tcfg.steps] if tcfg.steps else []
+        parts += [st.elapsed_s / tcfg.max_time] if tcfg.max_time else []
         return max(parts)
 
     min_lr = tcfg.lr * tcfg.min_lr_ratio
@@ -281,17 +313,15 @@ def train(
         )
     forward = ddp or model
     forward = torch.compile(forward) if tcfg.compile else forward  # checkpoints keep saving `model` itself
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
-    if resume_state and resume_state.get("grad_scaler") and scaler.is_enabled():
-        scaler.load_state_dict(resume_state["grad_scaler"])
-    last_train_loss = resume_state.get("last_train_loss") if resume_state else None
-    next_eval_s = resume_state.get("next_eval_s", 0.0) if resume_state else (tcfg.eval_every_s or 0.0)
     model.train()
-    bar = tqdm(total=tcfg.steps, initial=step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr)
+    bar = tqdm(
+        total=tcfg.steps, initial=st.step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr
+    )
+    loss_sum, loss_count = st.loss_acc
     with _StopFlag() as flag:
         while distributed.all_agree(budget_left() and not flag.stop, device):
             t0 = time.perf_counter()
-            lr = cosine_lr(step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
+            lr = cosine_lr(st.step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x_GL, y_GL = batches.next()  # the global batch; this process takes rows [rank * per_rank, ...)
@@ -314,31 +344,32 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            elapsed += time.perf_counter() - t0
-            step += 1
-            tokens_seen += x_GL.numel()
+            st.elapsed_s += time.perf_counter() - t0
+            st.step += 1
+            st.tokens_seen += x_GL.numel()
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-            tok_s = tokens_seen / max(elapsed, 1e-9)
+            tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             row: dict[str, Any] = {}
-            is_eval = step % tcfg.eval_every == 0
-            if tcfg.eval_every_s and elapsed >= next_eval_s:
-                is_eval, next_eval_s = True, elapsed + tcfg.eval_every_s
-            if step % tcfg.log_every == 0 or is_eval:
+            is_eval = st.step % tcfg.eval_every == 0
+            if tcfg.eval_every_s and st.elapsed_s >= st.next_eval_s:
+                is_eval, st.next_eval_s = True, st.elapsed_s + tcfg.eval_every_s
+            if st.step % tcfg.log_every == 0 or is_eval:
                 row = {
-                    "step": step,
+                    "step": st.step,
                     "train_loss": loss_sum / loss_count,
                     "lr": lr,
-                    "elapsed_s": round(elapsed, 3),
+                    "elapsed_s": round(st.elapsed_s, 3),
                     "tokens_per_s": round(tok_s, 1),
                 }
-                last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
+                st.last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
+            st.loss_acc = (loss_sum, loss_count)
             if is_eval and budget_left() and main:
                 ev = evaluate(model, valid_stream, max_tokens=tcfg.eval_tokens)
                 row.update(val_loss=ev.loss, val_bpc=ev.bpc)
                 bar.write(
-                    f"{desc} step {step}: train loss {row['train_loss']:.3f}, "
+                    f"{desc} step {st.step}: train loss {row['train_loss']:.3f}, "
                     f"val loss {ev.loss:.3f} nats/token, {ev.bpc:.3f} bits/char",
                     file=sys.stderr,
                 )
@@ -346,22 +377,22 @@ def train(
                 write_row(row)
             if is_eval:
                 save()
-            if callback is not None and callback(step, row):
+            if callback is not None and callback(st.step, row):
                 flag.stop = True
         bar.close()
         if not distributed.all_agree(not (flag.stop and budget_left()), device):
             path = save()
             distributed.barrier()
-            raise TrainingInterrupted(step, path)
+            raise TrainingInterrupted(st.step, path)
     final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
-    tok_s = tokens_seen / max(elapsed, 1e-9)
+    tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
     final_row = {
-        "step": step,
-        "train_loss": loss_sum / loss_count if loss_count else last_train_loss,
+        "step": st.step,
+        "train_loss": loss_sum / loss_count if loss_count else st.last_train_loss,
         "val_loss": final.loss,
         "val_bpc": final.bpc,
         "val_chars": final.chars,
-        "elapsed_s": round(elapsed, 3),
+        "elapsed_s": round(st.elapsed_s, 3),
         "tokens_per_s": round(tok_s, 1),
         "final": True,
     }
@@ -370,7 +401,7 @@ def train(
     distributed.barrier()
     if main:
         notice(
-            f"{desc}: {step} steps in {elapsed:.1f} s ({tok_s:,.0f} tokens/s); final validation "
+            f"{desc}: {st.step} steps in {st.elapsed_s:.1f} s ({tok_s:,.0f} tokens/s); final validation "
             f"{final.loss:.4f} nats/token = {final.bpc:.4f} bits/char over {final.chars:,} chars"
         )
-    return TrainResult(model, step, elapsed, tok_s, final, path, log)
+    return TrainResult(model, st.step, st.elapsed_s, tok_s, final, path, log, tokenizer)

@@ -1,0 +1,167 @@
+"""A training run as one library call: `start` one in a folder, or `resume` the one a folder holds.
+
+```python
+from attnlab import run
+
+result = run.start("runs/small", data="tinystories", preset="small", max_time=120)
+result = run.resume("runs/small", max_time=240)      # the same run, continued to 240 s of training
+```
+
+A run folder holds `checkpoint/` (weights, tokenizer, optimizer and random states, and `state.json`:
+the `TrainState` that lets the run continue exactly) and `metrics.jsonl`. This module decides
+everything around the training loop (`train.train`): the seed and the model it builds, the data,
+the device (this machine's, or under `torchrun` each process's), and on resume the settings and
+the per-process batch, so that `attnlab train`, `attnlab lab` and `attnlab compare` only parse
+their arguments and print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .checkpoint import load_checkpoint
+from .data import Prepared, check_length, prepare_data
+from .errors import AttnlabError
+from .models import ModelConfig, build_model, preset_config
+from .runtime import notice, resolve_device
+from .train import Callback, TrainConfig, TrainResult, TrainState, train
+
+
+def start(
+    out_dir: str | Path,
+    *,
+    data: str | Prepared = "builtin",
+    tokenizer: str = "bytes",
+    model: str = "transformer",
+    preset: str = "small",
+    config: ModelConfig | dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
+    desc: str | None = None,
+    callback: Callback | None = None,
+    **train_fields: Any,
+) -> TrainResult:
+    """Train a new model in `out_dir` (anything there from an earlier run is replaced).
+
+    `data` is a `--data` source (tokenized with `tokenizer`) or data already prepared (a `Prepared`,
+    so several runs can share one tokenization). The model is the `preset`'s `model`, with the fields
+    in `config` changed, or `config` itself when it is a `ModelConfig`; its vocabulary is the
+    tokenizer's. `train_fields` are `TrainConfig` fields: a budget (`steps`, `max_time`) and any of
+    `seed`, `device`, `lr`, `batch_size`, `optimizer`, ... `run_info` is kept in the checkpoint's state.
+    `callback(step, row)` is called after every step; returning True stops the run, with a checkpoint
+    to resume from (`TrainingInterrupted` is raised, as after Ctrl-C).
+    """
+    tcfg = TrainConfig(**train_fields)
+    tcfg.validate()
+    owns_group, tcfg.device = _join_processes(tcfg.device)
+    try:
+        prepared = data if isinstance(data, Prepared) else prepare_data(data, tokenizer)
+        n_vocab = prepared.tokenizer.n_vocab
+        if isinstance(config, ModelConfig):
+            cfg = dataclasses.replace(config, n_vocab=n_vocab)
+        else:
+            cfg = preset_config(preset, model=model, n_vocab=n_vocab).with_overrides(config or {})
+        check_length(prepared.train, cfg.max_len, "the training split")
+        torch.manual_seed(tcfg.seed)
+        net = build_model(cfg).to(tcfg.device)
+        if distributed.is_main():
+            notice(f"training a {cfg.model} of {net.num_params():,} parameters on {_where(tcfg)}")
+        info = {"data": prepared.info(), "preset": preset, **(run_info or {})}
+        return train(
+            net,
+            prepared.tokenizer,
+            prepared.train,
+            prepared.valid,
+            tcfg,
+            out_dir,
+            info,
+            None,
+            callback,
+            desc or cfg.model,
+        )
+    finally:
+        if owns_group:
+            distributed.shutdown()
+
+
+def resume(
+    out_dir: str | Path,
+    *,
+    data: str | None = None,
+    desc: str | None = None,
+    callback: Callback | None = None,
+    **train_fields: Any,
+) -> TrainResult:
+    """Continue the run in `out_dir` from its checkpoint, exactly where it stopped.
+
+    The saved settings hold unless `train_fields` change them: a new `steps` or `max_time` extends the
+    run. The data is the run's own source unless `data` names another. The global batch of the saved
+    run is kept when the number of processes changed (a 2-process run resumed in one process doubles
+    the per-process batch), unless `batch_size` is given. The run continues on its saved device, or on
+    `device`; when that device is not on this machine (a GPU run resumed on a laptop), on the best one
+    here, with a notice.
+    """
+    ckpt = load_checkpoint(out_dir, with_state=True)
+    saved = TrainState.from_dict(ckpt.state, str(ckpt.path))
+    tcfg = dataclasses.replace(saved.train, **train_fields)
+    tcfg.validate()
+    owns_group, device = _join_processes(tcfg.device, fallback="device" not in train_fields)
+    try:
+        tcfg.device = device
+        world = distributed.world_size()
+        if world != saved.world_size and "batch_size" not in train_fields:
+            global_batch = saved.train.batch_size * saved.world_size
+            if global_batch % world:
+                raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
+            tcfg.batch_size = global_batch // world
+        assert ckpt.tokenizer is not None, "a run's checkpoint always holds its tokenizer"
+        prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), ckpt.tokenizer)
+        model = ckpt.model.to(device)
+        if distributed.is_main():
+            notice(f"resuming {ckpt.path} at step {saved.step} on {_where(tcfg)}")
+        info = {"data": prepared.info()}
+        return train(
+            model,
+            ckpt.tokenizer,
+            prepared.train,
+            prepared.valid,
+            tcfg,
+            out_dir,
+            info,
+            resume=ckpt,
+            callback=callback,
+            desc=desc or model.config.model,
+        )
+    finally:
+        if owns_group:
+            distributed.shutdown()
+
+
+def _join_processes(device: str, fallback: bool = False) -> tuple[bool, str]:
+    """(whether this call started the process group, this process's device).
+
+    Under `torchrun` each process takes its own GPU (or the CPU); otherwise `device` is resolved
+    here, and with `fallback` a device this machine lacks gives way to its best one, with a notice.
+    """
+    owns_group = distributed.launched() and not distributed.initialized()
+    rank_device = distributed.init_from_env(device)
+    if rank_device is not None:
+        return owns_group, rank_device
+    try:
+        return owns_group, resolve_device(device)
+    except AttnlabError:
+        if not fallback:
+            raise
+        notice(f"notice: --device {device} of the saved run is not available here; choosing again")
+        return owns_group, resolve_device("auto")
+
+
+def _where(tcfg: TrainConfig) -> str:
+    world = distributed.world_size()
+    if world == 1:
+        return tcfg.device
+    return f"{world} processes, global batch {tcfg.batch_size * world * tcfg.grad_accum}"
