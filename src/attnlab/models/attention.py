@@ -32,10 +32,12 @@ def causal_mask_LK(L: int, K: int, device: torch.device | str | None = None) -> 
     return torch.ones(L, K, dtype=torch.bool, device=device).tril(diagonal=K - L)
 
 
-def split_heads(x_BLX: torch.Tensor, n_heads: int) -> torch.Tensor:
+def split_heads(x_BLX: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """(B, L, heads x D) -> (B, heads, L, D): each head's D channels, as a sequence of its own."""
+    # D is given, not inferred (-1): under torch.compile's dynamic shapes an inferred D is symbolic,
+    # and the compiled decoding step then keeps its matmuls as slow external calls.
     B, L, _ = x_BLX.shape
-    return x_BLX.view(B, L, n_heads, -1).transpose(1, 2)
+    return x_BLX.view(B, L, n_heads, head_dim).transpose(1, 2)
 
 
 def merge_heads(z_BHLD: torch.Tensor) -> torch.Tensor:
@@ -118,9 +120,9 @@ class CausalSelfAttention(nn.Module):
         return q_BLX, k_BLY, v_BLY
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, rotate: Rotation | None = None) -> torch.Tensor:
-        H, G = self.n_heads, self.n_kv_heads
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)  # 1. project
-        q_BHLD, k_BGKD, v_BGKD = split_heads(q_BLX, H), split_heads(k_BLY, G), split_heads(v_BLY, G)  # 2. split
+        q_BHLD, k_BGKD, v_BGKD = split_heads(q_BLX, H, D), split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)  # 2.
         if rotate is not None:  # rotary positions turn queries and keys by their position's angle
             q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
         q_BHLD, k_BGKD, v_BGKD = hook("q_BHLD", q_BHLD), hook(self.k_name, k_BGKD), hook(self.v_name, v_BGKD)
