@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import AttnlabError
 from ..models.config import ModelConfig
+from ..models.positions import SCHEMES
 
 BYTES_FP32 = 4
 SCALING_START = 64  # the first context of the scaling table (or max_len, if that is shorter)
@@ -78,8 +79,8 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     if cfg.model == "mlp":
         return {"embed.tok": V * C, **_mlp_components(cfg), "lm_head": head}
     counts = {"embed.tok": V * C}
-    if cfg.positions == "learned":  # sinusoidal and rotary positions are computed, not learned
-        counts["embed.pos"] = cfg.max_len * C
+    if n_pos := SCHEMES[cfg.positions].n_params(cfg):  # sinusoidal and rotary positions are computed, not learned
+        counts["embed.pos"] = n_pos
     block = _block_components(cfg)
     for i in range(cfg.n_layers):
         counts.update({f"blocks.{i}.{part}": n for part, n in block.items()})
