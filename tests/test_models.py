@@ -145,3 +145,9 @@ def test_models_are_built_from_a_config_or_its_fields() -> None:
     assert mlp.config.model == "mlp" and build_model(mlp.config).__class__ is FeedForwardLM
     with pytest.raises(AttnlabError, match="n_heads=0"):
         TransformerLM.from_fields(n_heads=0)
+
+
+def test_overrides_take_set_strings_or_typed_values() -> None:
+    typed = preset_config("lab").with_overrides({"bias": False, "n_heads": 2, "dropout": 0.1})
+    assert typed == preset_config("lab").with_overrides({"bias": "false", "n_heads": "2", "dropout": "0.1"})
+    assert (typed.bias, typed.n_heads, typed.dropout) == (False, 2, 0.1)

@@ -121,17 +121,23 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, rotate: Rotation | None = None) -> torch.Tensor:
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)  # 1. project
-        q_BHLD, k_BGKD, v_BGKD = split_heads(q_BLX, H, D), split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)  # 2.
+        # 1. Project every position to a query, a key and a value.
+        q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)
+        # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
+        q_BHLD = split_heads(q_BLX, H, D)
+        k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
         if rotate is not None:  # rotary positions turn queries and keys by their position's angle
             q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
         q_BHLD, k_BGKD, v_BGKD = hook("q_BHLD", q_BHLD), hook(self.k_name, k_BGKD), hook(self.v_name, v_BGKD)
         k_BHKD, v_BHKD = share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H)
         p_drop = self.dropout if self.training else 0.0
-        if self.impl == "sdpa" and not hook.enabled:  # 3-6 fused: nothing needs the weights
+        if self.impl == "sdpa" and not hook.enabled:
+            # 3-6 in one fused kernel: nothing asked to see the scores or the weights.
             z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
-        else:  # 3-6 written out: scores, causal mask, softmax, weighted sum
+        else:
+            # 3-6 written out: scores, causal mask, softmax, weighted sum of the values.
             L = x_BLC.shape[1]
             z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, causal_mask_LK(L, L, x_BLC.device), hook, p_drop)
         z_BHLD = hook("z_BHLD", z_BHLD)
-        return hook("out_BLC", self.w_o(merge_heads(z_BHLD)))  # 7. merge heads, project back to C
+        # 7. Merge the heads and project back to C channels.
+        return hook("out_BLC", self.w_o(merge_heads(z_BHLD)))

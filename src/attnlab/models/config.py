@@ -88,13 +88,17 @@ class ModelConfig:
             raise AttnlabError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def with_overrides(self, overrides: dict[str, str]) -> ModelConfig:
-        """Apply `--set key=value` strings, converting each value to the field's type."""
+    def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
+        """This config with some fields changed: values as `--set key=value` strings, converted to each
+        field's type, or already typed (`{"n_heads": 8, "bias": False}`)."""
         types = {f.name: type(f.default) for f in fields(self)}
         values = self.to_dict()
         for key, raw in overrides.items():
             if key not in types:
                 raise AttnlabError(f"--set {key}=...: no such config field; fields: {', '.join(types)}")
+            if not isinstance(raw, str):
+                values[key] = raw
+                continue
             try:
                 values[key] = _parse_bool(raw) if types[key] is bool else types[key](raw)
             except ValueError:

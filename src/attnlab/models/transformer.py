@@ -42,6 +42,8 @@ class TransformerLM(LanguageModel):
         L = ids_BL.shape[1]
         if start + L > self.config.max_len:
             raise AttnlabError(f"sequence of {start + L} tokens is longer than max_len={self.config.max_len}")
+        if kv_cache is not None and hook.enabled:  # the cached attention (decoding.py) has no hook points
+            raise AttnlabError("hooks see a whole sequence: run it without a KV cache (run_with_cache)")
         positions = slice(start, start + L)
         x_BLC = self.embed(ids_BL, hook.scope("embed."), positions)
         rotate = self.embed.pos.rotation(positions)  # rotary positions act inside attention; else None
