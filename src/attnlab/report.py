@@ -109,7 +109,12 @@ def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) 
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("attnlab", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=PackageLoader("attnlab", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["count"] = lambda value: _fmt(value, ",d")  # 1,234,567 (or a dash when missing)
     env.filters["fixed"] = lambda value, digits: _fmt(value, f".{digits}f")
     return env

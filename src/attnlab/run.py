@@ -17,7 +17,9 @@ their arguments and print.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,7 @@ def start(
     """
     tcfg = TrainConfig(**train_fields)
     tcfg.validate()
-    owns_group, tcfg.device = _join_processes(tcfg.device)
-    try:
+    with _processes(tcfg.device) as tcfg.device:
         prepared = data if isinstance(data, Prepared) else prepare_data(data, tokenizer)
         n_vocab = prepared.tokenizer.n_vocab
         if isinstance(config, ModelConfig):
@@ -71,21 +72,8 @@ def start(
         if distributed.is_main():
             notice(f"training a {cfg.model} of {net.num_params():,} parameters on {_where(tcfg)}")
         info = {"data": prepared.info(), "preset": preset, **(run_info or {})}
-        return train(
-            net,
-            prepared.tokenizer,
-            prepared.train,
-            prepared.valid,
-            tcfg,
-            out_dir,
-            info,
-            None,
-            callback,
-            desc or cfg.model,
-        )
-    finally:
-        if owns_group:
-            distributed.shutdown()
+        tok, splits = prepared.tokenizer, (prepared.train, prepared.valid)
+        return train(net, tok, *splits, tcfg, out_dir, info, callback=callback, desc=desc or cfg.model)
 
 
 def resume(
@@ -109,55 +97,48 @@ def resume(
     saved = TrainState.from_dict(ckpt.state, str(ckpt.path))
     tcfg = dataclasses.replace(saved.train, **train_fields)
     tcfg.validate()
-    owns_group, device = _join_processes(tcfg.device, fallback="device" not in train_fields)
-    try:
-        tcfg.device = device
+    with _processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
         world = distributed.world_size()
         if world != saved.world_size and "batch_size" not in train_fields:
             global_batch = saved.train.batch_size * saved.world_size
             if global_batch % world:
                 raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
             tcfg.batch_size = global_batch // world
-        assert ckpt.tokenizer is not None, "a run's checkpoint always holds its tokenizer"
-        prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), ckpt.tokenizer)
-        model = ckpt.model.to(device)
+        tok = ckpt.tokenizer
+        assert tok is not None, "a run's checkpoint always holds its tokenizer"
+        prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), tok)
+        model = ckpt.model.to(tcfg.device)
         if distributed.is_main():
             notice(f"resuming {ckpt.path} at step {saved.step} on {_where(tcfg)}")
-        info = {"data": prepared.info()}
-        return train(
-            model,
-            ckpt.tokenizer,
-            prepared.train,
-            prepared.valid,
-            tcfg,
-            out_dir,
-            info,
-            resume=ckpt,
-            callback=callback,
-            desc=desc or model.config.model,
-        )
-    finally:
-        if owns_group:
-            distributed.shutdown()
+        info, splits = {"data": prepared.info()}, (prepared.train, prepared.valid)
+        return train(model, tok, *splits, tcfg, out_dir, info, ckpt, callback, desc or model.config.model)
 
 
-def _join_processes(device: str, fallback: bool = False) -> tuple[bool, str]:
-    """(whether this call started the process group, this process's device).
+@contextlib.contextmanager
+def _processes(device: str, fallback: bool = False) -> Iterator[str]:
+    """This process's device, for the time of a run.
 
-    Under `torchrun` each process takes its own GPU (or the CPU); otherwise `device` is resolved
-    here, and with `fallback` a device this machine lacks gives way to its best one, with a notice.
+    Under `torchrun` the process joins the group (and leaves it at the end, if it joined here) and
+    takes its own GPU, or the CPU. Otherwise `device` is resolved here; with `fallback`, a device this
+    machine lacks gives way to its best one, with a notice.
     """
-    owns_group = distributed.launched() and not distributed.initialized()
-    rank_device = distributed.init_from_env(device)
-    if rank_device is not None:
-        return owns_group, rank_device
+    joins = distributed.launched() and not distributed.initialized()
     try:
-        return owns_group, resolve_device(device)
-    except AttnlabError:
-        if not fallback:
-            raise
-        notice(f"notice: --device {device} of the saved run is not available here; choosing again")
-        return owns_group, resolve_device("auto")
+        rank_device = distributed.init_from_env(device)
+        if rank_device is not None:
+            yield rank_device
+            return
+        try:
+            device = resolve_device(device)
+        except AttnlabError:
+            if not fallback:
+                raise
+            notice(f"notice: --device {device} of the saved run is not available here; choosing again")
+            device = resolve_device("auto")
+        yield device
+    finally:
+        if joins:
+            distributed.shutdown()
 
 
 def _where(tcfg: TrainConfig) -> str:
