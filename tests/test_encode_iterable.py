@@ -82,3 +82,30 @@ def test_token_file_written_in_small_chunks_equals_one_pass(name: str, tmp_path:
     ids = np.fromfile(tmp_path / "t.bin", dtype=np.uint16)
     assert ids.tolist() == tok.encode(text) and part["tokens"] == len(ids)
     assert part["chars"] == len(text) - sum(tok.unencodable(text).values())
+
+
+def test_processes_filling_the_token_cache_at_once_each_swap_in_a_whole_file(tmp_path: Path) -> None:
+    """torchrun's ranks all tokenize a large file on first use: the cache must come out whole."""
+    import os
+    import subprocess
+    import sys
+
+    text = ("Tom's cat sat on the mat.\n" + f"{ENDOFTEXT}\n") * 4000
+    path = tmp_path / "big.txt"
+    path.write_text(text)
+    script = (
+        "import sys, attnlab.tokens as t; from attnlab.tokenizers import ByteTokenizer; from pathlib import Path\n"
+        "t.CHUNK_BYTES = 997\n"
+        "s = t.cached_tokens(Path(sys.argv[1]), ByteTokenizer(), 'test')\n"
+        "print(len(s.tokens), s.n_chars)\n"
+    )
+    env = {**os.environ, "ATTNLAB_CACHE": str(tmp_path / "cache")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs == [[str(len(text)), str(len(text))]] * 3
+    (meta,) = (tmp_path / "cache" / "tokens").glob("*.json")
+    assert np.fromfile(meta.with_suffix(".bin"), dtype=np.uint16).tolist() == list(text.encode())
+    assert sorted(p.suffix for p in (tmp_path / "cache" / "tokens").iterdir()) == [".bin", ".json"]

@@ -1,6 +1,7 @@
 """Looking inside: activation cache and hooks, the step-by-step trace, pictures, next-token tables."""
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -306,3 +307,10 @@ def test_unencodable_prompt_characters_are_reported(tmp_path: Path, capsys) -> N
     assert code == 0 and "cannot encode" in err and "'W'" in err
     code, _, err = run_cli(["next", str(tmp_path / "c"), "--prompt", "ÉÉ"], capsys)
     assert code == 2 and "no character the tokenizer can encode" in err
+
+
+def test_the_readme_hook_table_is_the_meanings_table() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \| ([A-Z ]+) \| (.+) \|$", readme, flags=re.M)
+    documented = {generic_name(name.replace("{i}", "0")): (shape, meaning) for name, shape, meaning in rows}
+    assert documented == {name: (symbolic_shape(name), text) for name, text in MEANINGS.items()}

@@ -101,3 +101,24 @@ def test_loading_into_another_model_or_an_optimizer_alone_is_refused(tmp_path: P
         load_checkpoint(tmp_path / "ck", optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(AttnlabError, match="saved without an optimizer"):
         load_checkpoint(tmp_path / "ck", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_commands_that_need_text_refuse_a_checkpoint_without_a_tokenizer(tmp_path: Path, capsys) -> None:
+    from .conftest import run_cli
+
+    save_checkpoint(tmp_path / "ck", build_model(preset_config("lab")))
+    for args in (
+        ["generate", str(tmp_path / "ck"), "--prompt", "Hi"],
+        ["trace", str(tmp_path / "ck"), "--prompt", "Hi"],
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and "saved without a tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_token_files_of_another_tokenizer(corpus_file: Path, tmp_path: Path) -> None:
+    from attnlab.prepare import prepare
+
+    run.start(tmp_path / "r", data=str(corpus_file), preset="lab", config=SMALL, steps=3, batch_size=4)
+    prepare(str(corpus_file), tmp_path / "chars.bin", "char")
+    with pytest.raises(AttnlabError, match="another tokenizer"):
+        run.resume(tmp_path / "r", steps=6, data=str(tmp_path / "chars.bin"))

@@ -310,3 +310,28 @@ def test_rope_takes_explicit_positions_for_packed_and_left_padded_sequences() ->
     packed = rope(x_BHLD[:1], torch.tensor([0, 1, 2, 0, 1]))
     assert torch.equal(packed[..., :3, :], rope(x_BHLD[:1, :, :3], 0))
     assert torch.equal(packed[..., 3:, :], rope(x_BHLD[:1, :, 3:], 0))
+
+
+def test_a_new_position_scheme_is_one_class(monkeypatch) -> None:
+    """Registered in SCHEMES alone, a scheme is accepted by the config, built, traced and counted."""
+    from attnlab.models.positions import SCHEMES, LearnedPositions
+
+    class HalfLearned(LearnedPositions):  # a learned table for the first half of the channels only
+        @classmethod
+        def from_config(cls, cfg: ModelConfig) -> "HalfLearned":
+            return cls(cfg.max_len, cfg.emb_dim)
+
+        def table_LC(self, positions: slice | torch.Tensor) -> torch.Tensor:
+            table_LC = self.weight[positions]
+            return torch.cat(
+                [table_LC[:, : table_LC.shape[1] // 2], torch.zeros_like(table_LC)[:, table_LC.shape[1] // 2 :]], 1
+            )
+
+    monkeypatch.setitem(SCHEMES, "half-learned", HalfLearned)
+    model = _model(n_layers=1, positions="half-learned").eval()
+    assert isinstance(model.embed.pos, HalfLearned) and "embed.pos_LC" in model.hook_names()
+    assert sum(param_breakdown(model.config).values()) == model.num_params()
+    tr = trace(model, list(b"Tom had a"))
+    assert tr.max_abs_diff < 1e-5 and all(s.cache_diff < 1e-5 for s in tr.steps if s.cache_diff is not None)
+    with pytest.raises(AttnlabError, match="choose one of learned, sinusoidal, rope, none, half-learned"):
+        _model(positions="quarter-learned")

@@ -132,8 +132,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _checkpoint_with_tokenizer(path: str, device: str):  # noqa: ANN202 - a Checkpoint
+    """A checkpoint whose tokenizer is saved with it: text in and out needs one."""
     from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, device=device)
+    if ckpt.tokenizer is None:
+        raise AttnlabError(
+            f"{ckpt.path}: saved without a tokenizer; save it with one (save_checkpoint(path, model, tokenizer))"
+        )
+    return ckpt
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import encode_prompt
     from .models.sampling import Sampling, stream_tokens
     from .runtime import resolve_device
@@ -143,7 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if args.max_new_tokens < 0:
         raise AttnlabError(f"--max-new-tokens {args.max_new_tokens}: must be >= 0")
-    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
     model, tokenizer = ckpt.model, ckpt.tokenizer
     ids, notices = encode_prompt(tokenizer, args.prompt, model.config.max_len)
     for line in notices:
@@ -159,12 +170,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .data import encode_split, load_corpus, load_whole_text
     from .runtime import resolve_device
     from .train import evaluate
 
-    ckpt = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
     if args.split == "all":
         stream = encode_split(load_whole_text(args.data), ckpt.tokenizer, args.data)
     else:
@@ -192,7 +202,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenizer)
     """The model to look inside: a checkpoint, or with --random an untrained model of a preset."""
-    from .checkpoint import load_checkpoint
     from .models import build_model, preset_config
     from .runtime import resolve_device
     from .tokenizers import ByteTokenizer
@@ -201,7 +210,7 @@ def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenize
         raise AttnlabError("give a checkpoint, or --random --preset NAME for an untrained model (not both)")
     device = resolve_device(args.device)
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint, device=device)
+        ckpt = _checkpoint_with_tokenizer(args.checkpoint, device)
         return ckpt.model.eval(), ckpt.tokenizer
     torch.manual_seed(args.seed)
     tokenizer = ByteTokenizer()

@@ -112,9 +112,9 @@ def run_compare(
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # an unfinished variant starts again from scratch
             notice(f"compare: {name}")
-            model = run.start(
-                run_dir, data=prepared, config=cfg, run_info={"variant": variant}, desc=name, **fields
-            ).model
+            info = {"variant": variant}
+            result = run.start(run_dir, data=prepared, preset=preset, config=cfg, run_info=info, desc=name, **fields)
+            model = result.model
             rows = _finished(run_dir)
             assert rows is not None
         else:

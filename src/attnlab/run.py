@@ -105,8 +105,14 @@ def resume(
                 raise AttnlabError(f"the saved global batch of {global_batch} does not split over {world} processes")
             tcfg.batch_size = global_batch // world
         tok = ckpt.tokenizer
-        assert tok is not None, "a run's checkpoint always holds its tokenizer"
+        if tok is None:
+            raise AttnlabError(f"{ckpt.path}: saved without a tokenizer, so not by a run; nothing to resume")
         prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), tok)
+        if prepared.tokenizer.to_dict() != tok.to_dict():  # token files carry their own tokenizer
+            raise AttnlabError(
+                f"--data {data}: its tokens were made by another tokenizer ({prepared.tokenizer.name}) than "
+                f"the run's ({tok.name}); prepare it with the run's tokenizer or resume on the run's own data"
+            )
         model = ckpt.model.to(tcfg.device)
         if distributed.is_main():
             notice(f"resuming {ckpt.path} at step {saved.step} on {_where(tcfg)}")

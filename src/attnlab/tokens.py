@@ -155,9 +155,14 @@ def cached_tokens(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
     stem = cache_dir() / "tokens" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     meta_path = stem.with_suffix(".json")
     if not meta_path.exists():
+        # Written under this process's own names, then renamed: several processes (torchrun's ranks)
+        # may tokenize the same file at once, and each swaps in a complete file.
         stem.parent.mkdir(parents=True, exist_ok=True)
-        part = write_token_file(path, (0, st.st_size), tokenizer, stem.with_suffix(".bin"), what)
-        meta_path.write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
+        mine = stem.with_name(f"{stem.name}.tmp{os.getpid()}")
+        part = write_token_file(path, (0, st.st_size), tokenizer, mine.with_suffix(".bin"), what)
+        os.replace(mine.with_suffix(".bin"), stem.with_suffix(".bin"))
+        mine.with_suffix(".json").write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
+        os.replace(mine.with_suffix(".json"), meta_path)
     else:
         meta = json.loads(meta_path.read_text())
         if meta["dropped"]:

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import AttnlabError
 from .config import ModelConfig
 from .hooks import Hook, HookFn
-from .positions import LearnedPositions
+from .positions import PositionScheme
 from .sampling import Sampling, stream_tokens
 
 
@@ -56,8 +56,10 @@ class LanguageModel(nn.Module):
                 nn.init.normal_(module.weight, 0.0, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding | LearnedPositions):
+            elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, PositionScheme):
+                module.init_weights()  # a learned table: N(0, 0.02) too
 
     def hook_names(self) -> list[str]:
         """Every hook point of this model, in forward order (the suffix is the symbolic shape)."""

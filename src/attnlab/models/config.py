@@ -13,14 +13,13 @@ MODEL_KINDS = ("mlp", "transformer")
 ATTN_IMPLS = ("sdpa", "explicit")
 NORMS = ("layer", "rms")
 NORM_PLACEMENTS = ("pre", "post")
-POSITIONS = tuple(SCHEMES)  # learned, sinusoidal, rope, none: see positions.py
 MLPS = ("relu", "gelu", "swiglu")
 CHOICES = {
     "model": MODEL_KINDS,
     "attn_impl": ATTN_IMPLS,
     "norm": NORMS,
     "norm_placement": NORM_PLACEMENTS,
-    "positions": POSITIONS,
+    "positions": SCHEMES,  # learned, sinusoidal, rope, none: see positions.py
     "mlp": MLPS,
 }
 

@@ -8,7 +8,7 @@ the parameter count and the config's checks. A new scheme is one class here, add
 
 `positions` is a slice (`slice(start, start + L)`: a sequence starting at `start`, as in training and
 generation) or a tensor of explicit positions, (L,) or (B, L), for packed sequences or left-padded
-batches.
+batches, when the modules are used on their own (a model's forward uses consecutive positions).
 """
 
 from __future__ import annotations
@@ -33,10 +33,18 @@ class PositionScheme(nn.Module):
     adds_to_embeddings = False  # True: `table_LC` gives vectors (the `embed.pos_LC` hook) added to the tokens
     meaning = ""  # what `embed.pos_LC` holds
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> PositionScheme:
+        """The scheme sized for `cfg`."""
+        return cls()
+
     @staticmethod
     def check(cfg: ModelConfig) -> str | None:
         """What is wrong with `cfg` for this scheme, or None."""
         return None
+
+    def init_weights(self) -> None:
+        """Initialise any learned parameters (GPT-2's initialisation, see `LanguageModel.init_weights`)."""
 
     @staticmethod
     def n_params(cfg: ModelConfig) -> int:
@@ -64,6 +72,13 @@ class LearnedPositions(PositionScheme):
     def __init__(self, max_len: int, emb_dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_len, emb_dim))
+        self.init_weights()
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> PositionScheme:
+        return cls(cfg.max_len, cfg.emb_dim)
+
+    def init_weights(self) -> None:
         nn.init.normal_(self.weight, 0.0, 0.02)
 
     @staticmethod
@@ -95,6 +110,10 @@ class SinusoidalPositions(PositionScheme):
         super().__init__()
         self.emb_dim = emb_dim
         self.register_buffer("table", sinusoidal_positions_LC(max_len, emb_dim), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> PositionScheme:
+        return cls(cfg.max_len, cfg.emb_dim)
 
     @staticmethod
     def check(cfg: ModelConfig) -> str | None:
@@ -132,6 +151,10 @@ class RotaryEmbedding(PositionScheme):
         self.register_buffer("cos_LD", angles_LD.cos().float(), persistent=False)
         self.register_buffer("sin_LD", angles_LD.sin().float(), persistent=False)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> PositionScheme:
+        return cls(cfg.head_dim, cfg.max_len, cfg.rope_theta)
+
     @staticmethod
     def check(cfg: ModelConfig) -> str | None:
         if cfg.head_dim % 2:
@@ -165,10 +188,4 @@ SCHEMES: dict[str, type[PositionScheme]] = {
 
 def make_positions(cfg: ModelConfig) -> PositionScheme:
     """The position scheme `cfg.positions` names, sized for `cfg`."""
-    if cfg.positions == "learned":
-        return LearnedPositions(cfg.max_len, cfg.emb_dim)
-    if cfg.positions == "sinusoidal":
-        return SinusoidalPositions(cfg.max_len, cfg.emb_dim)
-    if cfg.positions == "rope":
-        return RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_theta)
-    return PositionScheme()
+    return SCHEMES[cfg.positions].from_config(cfg)
