@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnlab.builtin_corpus import builtin_stories
 from attnlab.cli import main
@@ -18,6 +19,9 @@ from attnlab.data import join_stories
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Token caches go to a temporary folder, never to the user's home.
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # A fixed thread count (here and in the processes tests start): a count adapted to whatever else the
+    # machine runs would change rounding in the last bits, and the tests compare losses exactly.
+    monkeypatch.setenv("ATTNLAB_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """attnlab: build, train, trace and see inside small transformer language models."""
 
+from .threads import configure as _configure_threads
+
+_configure_threads()  # before anything loads torch: OpenMP reads its thread settings once, at start
+
 from . import run
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import prepare_data

@@ -21,7 +21,7 @@ from .errors import AttnlabError
 from .inspect.params import flops_per_token
 from .models import build_model, preset_config
 from .models.sampling import default_slide
-from .runtime import DTYPES, autocast_context, check_dtype, resolve_device, synchronize
+from .runtime import DTYPES, autocast_context, available_devices, check_dtype, resolve_device, synchronize
 from .train import TrainConfig, make_optimizer
 
 
@@ -135,15 +135,6 @@ def bench_generate(
         "tokens_per_s": new_tokens / sec,
         "warmup_s": warmup_s,
     }
-
-
-def available_devices() -> list[str]:
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def run_bench(

@@ -406,6 +406,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .runtime import environment
+
+    info = environment()
+    if args.format == "json":
+        print(json.dumps(info))
+        return 0
+    t = info["threads"]
+    lines = [
+        f"attnlab {info['attnlab']}, torch {info['torch']}, Python {info['python']}",
+        f"devices: {', '.join(info['devices'])}",
+        f"threads: {t['torch']} (CPUs this process may use: {t['available_cpus']}; "
+        + ("adjusted while training to the CPUs other processes leave free)" if t["adaptive"] else "fixed)"),
+        *(f"  {k}={v}" for k, v in t["env"].items()),
+        f"cache: {info['cache']}",
+        f"TinyStories folder (ATTNLAB_TINYSTORIES): {info['tinystories'] or 'not set'}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
     p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
@@ -545,18 +566,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="bytes", help="bytes (default) | codepoint | char | bpe:N")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("info", help="versions, devices, threads and folders that attnlab uses here")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_info)
+
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
     p.add_argument("--hf", required=True, metavar="OUT", help="the folder to write (GPT-2 or Llama format)")
     p.set_defaults(func=cmd_export)
+    for verb in sub.choices.values():
+        verb.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            metavar="N",
+            help="CPU threads for PyTorch (default: one per free CPU, adjusted while training)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .threads import use_threads
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            use_threads(args.threads)
         return args.func(args)
     except AttnlabError as e:
         print(f"attnlab {args.command}: error: {e}", file=sys.stderr)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
+import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -51,6 +54,35 @@ def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManag
     if dtype == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has: cpu, then cuda and mps where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def environment() -> dict[str, Any]:
+    """What attnlab runs with here: versions, devices, threads, folders (`attnlab info`)."""
+    from .threads import thread_settings
+
+    devices = available_devices()
+    if "cuda" in devices:
+        devices = ["cpu", *(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count()))]
+        devices += ["mps"] if "mps" in available_devices() else []
+    return {
+        "attnlab": importlib.metadata.version("attnlab"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "devices": devices,
+        "threads": thread_settings(),
+        "cache": str(cache_dir()),
+        "tinystories": os.environ.get("ATTNLAB_TINYSTORIES"),
+    }
 
 
 def synchronize(device: str) -> None:

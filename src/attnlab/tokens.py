@@ -158,11 +158,11 @@ def cached_tokens(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
         # Written under this process's own names, then renamed: several processes (torchrun's ranks)
         # may tokenize the same file at once, and each swaps in a complete file.
         stem.parent.mkdir(parents=True, exist_ok=True)
-        mine = stem.with_name(f"{stem.name}.tmp{os.getpid()}")
-        part = write_token_file(path, (0, st.st_size), tokenizer, mine.with_suffix(".bin"), what)
-        os.replace(mine.with_suffix(".bin"), stem.with_suffix(".bin"))
-        mine.with_suffix(".json").write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
-        os.replace(mine.with_suffix(".json"), meta_path)
+        my_bin, my_meta = (stem.with_name(f"{stem.name}.tmp{os.getpid()}{ext}") for ext in (".bin", ".json"))
+        part = write_token_file(path, (0, st.st_size), tokenizer, my_bin, what)
+        os.replace(my_bin, stem.with_suffix(".bin"))
+        my_meta.write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
+        os.replace(my_meta, meta_path)
     else:
         meta = json.loads(meta_path.read_text())
         if meta["dropped"]:

@@ -31,6 +31,7 @@ from .errors import AttnlabError
 from .models import LanguageModel
 from .optim import MuonWithAdamW
 from .runtime import autocast_context, check_dtype, notice
+from .threads import ThreadGovernor
 from .tokenizers import Tokenizer
 from .tokens import TokenStream
 
@@ -314,12 +315,14 @@ def train(
     forward = ddp or model
     forward = torch.compile(forward) if tcfg.compile else forward  # checkpoints keep saving `model` itself
     model.train()
+    governor = ThreadGovernor(enabled=device == "cpu", log=notice)  # fewer threads while others take CPUs
     bar = tqdm(
         total=tcfg.steps, initial=st.step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr
     )
     loss_sum, loss_count = st.loss_acc
     with _StopFlag() as flag:
         while distributed.all_agree(budget_left() and not flag.stop, device):
+            governor.adjust()
             t0 = time.perf_counter()
             lr = cosine_lr(st.step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
             for group in optimizer.param_groups:
@@ -385,6 +388,7 @@ def train(
             distributed.barrier()
             raise TrainingInterrupted(st.step, path)
     final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
+    governor.restore()
     tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
     final_row = {
         "step": st.step,
