@@ -31,6 +31,7 @@ VARIANTS = {
     "no-positions": dict(positions="none"),
     "gelu": dict(mlp="gelu"),
     "swiglu": dict(mlp="swiglu"),
+    "relu2": dict(mlp="relu2"),
     "gqa": dict(n_kv_heads=2),
     "no-bias": dict(bias=False),
     "untied": dict(tie_embeddings=False),

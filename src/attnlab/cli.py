@@ -104,7 +104,8 @@ def _run_options(args: argparse.Namespace, default_max_time: float) -> dict[str,
 def cmd_lab(args: argparse.Namespace) -> int:
     from .lab import DEFAULT_MAX_TIME, run_lab, summary
 
-    metrics = run_lab(**_run_options(args, DEFAULT_MAX_TIME))
+    options = {**_run_options(args, DEFAULT_MAX_TIME), "preset": args.preset}  # None: the recipe's model
+    metrics = run_lab(**options, recipe=args.recipe)
     print(summary(metrics, Path(args.out)))
     return 0
 
@@ -444,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="train the MLP and the Transformer on the same data and compare them")
     _add_train_options(p)
+    p.add_argument(
+        "--recipe",
+        default="fast",
+        choices=("fast", "classic"),
+        help="fast (default): Muon, rotary positions, 3 blocks; classic: AdamW, learned positions, 4 blocks",
+    )
     p.add_argument("--out", default="runs/lab", help="run folder (default: runs/lab)")
     p.set_defaults(func=cmd_lab)
 

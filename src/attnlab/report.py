@@ -117,6 +117,7 @@ def _environment() -> Environment:
     )
     env.filters["count"] = lambda value: _fmt(value, ",d")  # 1,234,567 (or a dash when missing)
     env.filters["fixed"] = lambda value, digits: _fmt(value, f".{digits}f")
+    env.filters["percent"] = lambda value: _fmt(value, ".0%")
     return env
 
 
@@ -149,6 +150,8 @@ def write_lab_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]
         models=rows,
         verdict=_verdict(metrics, models),
         samples=samples,
+        lesson=metrics.get("positions_lesson"),
+        recipe=metrics.get("recipe"),
     )
 
 

@@ -71,6 +71,8 @@ def _activation(pre_BLF: torch.Tensor, kind: str) -> torch.Tensor:
         return 0.5 * pre_BLF * (1 + torch.tanh(math.sqrt(2 / math.pi) * (pre_BLF + 0.044715 * pre_BLF**3)))
     if kind == "swiglu":  # SiLU(x) = x * sigmoid(x); the product with W3 x follows
         return pre_BLF * torch.sigmoid(pre_BLF)
+    if kind == "relu2":
+        return pre_BLF.clamp_min(0) ** 2
     return pre_BLF.clamp_min(0)
 
 

@@ -13,7 +13,7 @@ MODEL_KINDS = ("mlp", "transformer")
 ATTN_IMPLS = ("sdpa", "explicit")
 NORMS = ("layer", "rms")
 NORM_PLACEMENTS = ("pre", "post")
-MLPS = ("relu", "gelu", "swiglu")
+MLPS = ("relu", "gelu", "swiglu", "relu2")
 CHOICES = {
     "model": MODEL_KINDS,
     "attn_impl": ATTN_IMPLS,
@@ -43,7 +43,8 @@ class ModelConfig:
     norm_placement: str = "pre"  # "pre": x + f(norm(x)) (GPT-2); "post": norm(x + f(x)) (Vaswani et al. 2017)
     positions: str = "learned"  # "learned", "sinusoidal" (2017), "rope" (rotary, on q and k), "none"
     rope_theta: float = 10000.0  # RoPE base: angle of pair i is position * theta^(-2i/D)
-    mlp: str = "relu"  # "relu" (the lab), "gelu" (tanh approximation, GPT-2), "swiglu" (W2(SiLU(W1 x) * W3 x))
+    mlp: str = "relu"  # "relu" (the lab), "gelu" (tanh approximation, GPT-2), "swiglu" (W2(SiLU(W1 x) * W3 x)),
+    # or "relu2" (ReLU squared, So et al. 2021 "Primer", as in the nanoGPT speedrun)
     n_kv_heads: int = 0  # grouped-query attention: key/value heads shared by n_heads / n_kv_heads queries (0 = n_heads)
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # LM head = token embedding^T (else its own V x C matrix)

@@ -39,7 +39,7 @@ MEANINGS: dict[str, str] = {
     "ln2_BLC": "norm of the residual stream, the MLP's input (post-norm: the block's output)",
     "mlp.pre_BLF": "MLP hidden layer before the activation (W1 x)",
     "mlp.up_BLF": "SwiGLU only: the linear branch W3 x that the activated branch multiplies",
-    "mlp.hidden_BLF": "MLP hidden layer after the activation (ReLU, GELU, or SiLU(W1 x) * W3 x)",
+    "mlp.hidden_BLF": "MLP hidden layer after the activation (ReLU, GELU, ReLU squared, or SiLU(W1 x) * W3 x)",
     "mlp.out_BLC": "MLP output, projected back to C",
     "resid_post_BLC": "residual stream after adding the MLP output: the block's output",
     "final_ln_BLC": "final norm of the residual stream (pre-norm models)",

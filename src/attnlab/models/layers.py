@@ -69,7 +69,8 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """The feed-forward block: W2(act(W1 x)) with ReLU (the lab) or GELU (GPT-2), or SwiGLU W2(SiLU(W1 x) * W3 x)."""
+    """The feed-forward block: W2(act(W1 x)) with ReLU (the lab), GELU (GPT-2) or ReLU squared, or SwiGLU
+    W2(SiLU(W1 x) * W3 x)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -87,6 +88,8 @@ class MLP(nn.Module):
             hidden_BLF = F.silu(pre_BLF) * hook("up_BLF", self.fc_up(x_BLC))
         elif self.kind == "gelu":
             hidden_BLF = F.gelu(pre_BLF, approximate="tanh")
+        elif self.kind == "relu2":
+            hidden_BLF = F.relu(pre_BLF).square()
         else:
             hidden_BLF = F.relu(pre_BLF)
         return hook("out_BLC", self.fc_out(hook("hidden_BLF", hidden_BLF)))
