@@ -1,5 +1,6 @@
 """Looking inside: activation cache and hooks, the step-by-step trace, pictures, next-token tables."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -314,3 +315,23 @@ def test_the_readme_hook_table_is_the_meanings_table() -> None:
     rows = re.findall(r"^\| `([^`]+)` \| ([A-Z ]+) \| (.+) \|$", readme, flags=re.M)
     documented = {generic_name(name.replace("{i}", "0")): (shape, meaning) for name, shape, meaning in rows}
     assert documented == {name: (symbolic_shape(name), text) for name, text in MEANINGS.items()}
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope", "sinusoidal"])
+def test_without_positions_is_the_same_model_blind_to_order(positions: str) -> None:
+    from attnlab.inspect.ablations import without_positions
+
+    model = _model("transformer", 1, positions=positions, head_dim=8)  # one block: the last position sees a set
+    ids_BL = torch.randint(0, 256, (1, 12))
+    before = model(ids_BL)
+    with without_positions(model):
+        blind = model(ids_BL)
+        shuffled_BL = torch.cat([ids_BL[:, :-1].flip(1), ids_BL[:, -1:]], 1)
+        assert (model(shuffled_BL)[0, -1] - blind[0, -1]).abs().max() < 1e-5  # order no longer matters
+    assert torch.equal(model(ids_BL), before)  # the positions are back
+    if positions != "sinusoidal":  # the same weights in a model built without positions give the same logits
+        twin = build_model(dataclasses.replace(model.config, positions="none")).eval()
+        twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("embed.pos")})
+        assert (twin(ids_BL) - blind).abs().max() < 1e-6
+    with pytest.raises(AttnlabError, match="no positions"), without_positions(_model("mlp", 1)):
+        pass

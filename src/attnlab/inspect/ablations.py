@@ -23,8 +23,20 @@ def without_positions(model: LanguageModel) -> Iterator[LanguageModel]:
     if embed is None or getattr(embed, "pos", None) is None:
         raise AttnlabError("this model has no positions to take out (the MLP sees one token at a time)")
     scheme = embed.pos
-    embed.pos = PositionScheme()
+    embed.pos = _NoPositions(scheme.token_scale())
     try:
         yield model
     finally:
         embed.pos = scheme
+
+
+class _NoPositions(PositionScheme):
+    """Adds and rotates nothing, but scales the tokens as the model's own scheme does (sin/cos: by sqrt(C)),
+    so that only the position information goes."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def token_scale(self) -> float:
+        return self.scale

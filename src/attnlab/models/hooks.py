@@ -23,7 +23,7 @@ HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 MEANINGS: dict[str, str] = {
     "embed.tok_BLC": "token embeddings: one row of the embedding table per token (x sqrt(C) with sinusoidal positions)",
     "embed.pos_LC": "position embeddings: one learned vector per position",
-    "embed.sum_BLC": "token + position embeddings: the residual stream entering block 0",
+    "embed.sum_BLC": "the residual stream entering block 0: token (+ position) embeddings",
     "ln1_BLC": "norm of the residual stream, the attention's input (post-norm: of the attention's sum)",
     "attn.q_BHLD": "queries: what each position looks for, per head (rotated by position with RoPE)",
     "attn.k_BHKD": "keys: what each position offers to be found by, per head (rotated with RoPE)",
