@@ -428,6 +428,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .exercises.notebook import check_notebook
+
+    report = check_notebook(args.notebook, timeout=args.timeout)
+    print(report.to_json() if args.format == "json" else report.to_text())
+    return 0 if report.all_passed else 1
+
+
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from .notebooks import copy_notebook
+
+    path = copy_notebook(args.out, solutions=args.solutions)
+    print(f"wrote {path}; open it with: jupyter lab {path}")
+    return 0
+
+
 def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
     p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
@@ -576,6 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices, threads and folders that attnlab uses here")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("notebook", help="copy the lab notebook (exercises with checks) into a folder")
+    p.add_argument("--solutions", action="store_true", help="the notebook with every exercise solved")
+    p.add_argument("--out", default=".", metavar="DIR", help="the folder to copy it into (default: here)")
+    p.set_defaults(func=cmd_notebook)
+
+    p = sub.add_parser("check", help="run a student's lab notebook and report each exercise: passed or the mistake")
+    p.add_argument("notebook", help="the .ipynb file to check (it runs in a temporary copy)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds each cell may run (300)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
