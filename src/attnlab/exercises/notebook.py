@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,8 @@ def check_notebook(path: str | Path, timeout: float = 300.0) -> NotebookReport:
                 interrupt_on_timeout=False,
                 resources={"metadata": {"path": tmp}},
             )
-            with client.setup_kernel():
+            # The kernel process's own stderr is its log (a warning about TCP, ...), not the student's output.
+            with client.setup_kernel(stderr=subprocess.DEVNULL):
                 for index, cell in enumerate(nb.cells):
                     if cell.cell_type != "code":
                         continue
