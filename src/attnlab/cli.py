@@ -256,15 +256,69 @@ def _parse_head(spec: str, model) -> tuple[int, int]:  # noqa: ANN001
 def cmd_attention(args: argparse.Namespace) -> int:
     from .inspect.pictures import attention_figure
 
+    if not args.out and not args.html:
+        raise AttnlabError("say what to write: --out PICTURE.png, --html PAGE.html, or both")
     model, tokenizer = _inspect_model(args)
-    _need_transformer(model, "attention")
-    head = _parse_head(args.head, model) if args.head else None
-    ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
-    out = attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(args.out), head)
-    print(out)
+    if args.html:
+        from .explorer.page import standalone_html
+
+        page = standalone_html(model, tokenizer, args.prompt)
+        print(_write_text_atomically(Path(args.html), page))
+    if args.out:
+        _need_transformer(model, "attention")
+        head = _parse_head(args.head, model) if args.head else None
+        ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
+        out = attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(args.out), head)
+        print(out)
+    return 0
+
+
+def _write_text_atomically(path: Path, text: str) -> Path:
+    """Write `path` whole or not at all (a temporary file beside it, then a rename)."""
+    if path.is_dir():
+        raise AttnlabError(f"{path} is a folder; give a file name such as {path / 'attention.html'}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AttnlabError(f"cannot write {path}: {e.strerror}; give a writable path") from None
+    return path
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .explorer.app import create_app
+    from .runtime import resolve_device
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise AttnlabError("attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'") from None
+    if not 0 < args.port < 65536:
+        raise AttnlabError(f"--port {args.port}: must be between 1 and 65535")
+    ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
+    run_dir = ckpt.path.parent if ckpt.path.name == "checkpoint" else ckpt.path
+    metrics = []
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: the rest of the curve still shows
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("val_bpc"), float):
+                metrics.append(row)
+    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": ckpt.state.get("run", {}), "metrics": metrics})
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr
+        )
+    print(f"attnlab explorer for {ckpt.path}: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -518,9 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("attention", help="attention weights as heatmaps (PNG)")
+    p = sub.add_parser("attention", help="attention weights as heatmaps (PNG), or the explorer as one HTML file")
     _add_inspect_source(p)
-    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--out", default=None, help="the PNG file to write")
+    p.add_argument("--html", default=None, metavar="OUT.html", help="the explorer's views as one self-contained file")
     p.add_argument("--head", default=None, help="LAYER.HEAD: one large panel for that head, e.g. 0.2")
     p.set_defaults(func=cmd_attention)
 
@@ -592,6 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, devices, threads and folders that attnlab uses here")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="the explorer in a browser: attention, next tokens, lens, trace, generation")
+    p.add_argument("checkpoint", help="a run folder or a checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("notebook", help="copy the lab notebook (exercises with checks) into a folder")
     p.add_argument("--solutions", action="store_true", help="the notebook with every exercise solved")

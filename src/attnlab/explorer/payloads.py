@@ -1,0 +1,277 @@
+"""What the explorer shows, computed from a model and a prompt, as JSON-ready values.
+
+Each function answers one view of the page (and one route of the API): the tokens, the attention
+weights, one query-key pair's dot product dimension by dimension, the next-token bars, the logit
+lens, the trace and the run card. They only read the model; the web app and the self-contained
+file both call them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import AttnlabError
+from ..generate import encode_prompt
+from ..inspect.lens import next_tokens
+from ..inspect.params import group_totals, param_breakdown
+from ..inspect.trace import trace
+from ..models import LanguageModel, TransformerLM
+from ..tokenizers import Tokenizer
+
+MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before they are tokenized
+MAX_NEW_TOKENS = 2_000
+NO_ATTENTION = "the MLP baseline has no attention: each position sees only its own token"
+
+
+def _utf8_length(lead: int) -> int:
+    """The length of the UTF-8 sequence that starts with byte `lead` (1 for a byte that cannot lead one)."""
+    if lead >= 0xF0 and lead < 0xF8:
+        return 4
+    if lead >= 0xE0:
+        return 3 if lead < 0xF0 else 1
+    if lead >= 0xC0:
+        return 2
+    return 1
+
+
+def _printable(ch: str) -> str:
+    return ch if ch.isprintable() else repr(ch)[1:-1]
+
+
+def token_chips(tokenizer: Tokenizer, ids: list[int]) -> list[dict[str, Any]]:
+    """One chip per token: its id, a readable label, and whether it holds only part of a character.
+
+    A byte-level token that is one byte of a longer UTF-8 character is labelled with that character
+    and its place, e.g. "é 1/2" and "é 2/2", instead of an unreadable "<0xC3>".
+    """
+    try:
+        pieces = [tokenizer.decode_bytes([i]) for i in ids]
+    except NotImplementedError:  # a character-level tokenizer: every token is whole characters
+        pieces = [tokenizer.decode([i]).encode("utf-8") for i in ids]
+    stream = b"".join(pieces)
+    # The characters of the whole byte stream, each with its byte span.
+    chars: list[tuple[int, int, str]] = []
+    at = 0
+    while at < len(stream):
+        n = _utf8_length(stream[at])
+        try:
+            chars.append((at, at + n, stream[at : at + n].decode("utf-8")))
+        except UnicodeDecodeError:
+            n = 1
+            chars.append((at, at + 1, f"<0x{stream[at]:02X}>"))
+        at += n
+    chips, start, c = [], 0, 0
+    for token_id, piece in zip(ids, pieces, strict=True):
+        end = start + len(piece)
+        while c < len(chars) and chars[c][1] <= start:
+            c += 1
+        inside = [ch for ch in chars[c:] if ch[0] < end and ch[1] > start]
+        whole = all(s >= start and e <= end for s, e, _ in inside)
+        if whole:
+            label = "".join(_printable(ch) for _, _, ch in inside) if inside else ""
+        else:  # part of one character: say which character and which of its bytes
+            s, e, ch = inside[0]
+            first, last = max(start, s) - s + 1, min(end, e) - s
+            where = f"{first}/{e - s}" if first == last else f"{first}-{last}/{e - s}"
+            label = f"{_printable(ch)} {where}"
+        chips.append({"id": int(token_id), "text": label, "partial": not whole})
+        start = end
+    return chips
+
+
+def encode(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids, refused in one line when empty, too long or not encodable."""
+    if not isinstance(prompt, str) or not prompt:
+        raise AttnlabError("the prompt is empty; type some text")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise AttnlabError(f"the prompt has {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are shown")
+    ids, _ = encode_prompt(tokenizer, prompt)
+    if not ids:
+        raise AttnlabError("no character of the prompt is in the model's vocabulary")
+    if len(ids) > model.config.max_len:
+        raise AttnlabError(
+            f"the prompt is {len(ids)} tokens; this model sees at most {model.config.max_len}: shorten it"
+        )
+    return ids
+
+
+@torch.no_grad()
+def attention(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
+    """`tokens`, `chips` and `weights[layer][head][query][key]` (None for a model without attention)."""
+    ids = encode(model, tokenizer, prompt)
+    chips = token_chips(tokenizer, ids)
+    out: dict[str, Any] = {"tokens": [c["text"] for c in chips], "chips": chips, "ids": ids}
+    if not isinstance(model, TransformerLM):
+        return out | {"weights": None, "why": NO_ATTENTION}
+    model.eval()
+    return out | {"weights": [w.tolist() for w in _weights(model, ids)]}
+
+
+THUMB = 128  # the model view draws each head at most THUMB x THUMB: long prompts are max-pooled to it
+
+
+def _weights(model: LanguageModel, ids: list[int]) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
+    return [w[0].float().cpu() for w in weights]  # per layer: H x L x L
+
+
+@torch.no_grad()
+def overview(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
+    """The model view's data: every head as a small byte image (weight x 255; prompts longer than
+    THUMB tokens max-pooled to THUMB x THUMB, so a 1,024-token prompt stays a few hundred kB)."""
+    ids = encode(model, tokenizer, prompt)
+    chips = token_chips(tokenizer, ids)
+    out: dict[str, Any] = {"tokens": [c["text"] for c in chips], "chips": chips, "ids": ids}
+    if not isinstance(model, TransformerLM):
+        return out | {"layers": 0, "heads": 0, "size": 0, "thumbs": [], "why": NO_ATTENTION}
+    weights = _weights(model, ids)
+    L = len(ids)
+    size = min(L, THUMB)
+    thumbs = []
+    for w_HLL in weights:
+        if L > size:
+            w_HLL = torch.nn.functional.adaptive_max_pool2d(w_HLL[None], size)[0]
+        thumbs.append([(w_LL * 255).round().to(torch.uint8).numpy().tobytes() for w_LL in w_HLL])
+    return out | {"layers": len(weights), "heads": int(weights[0].shape[0]), "size": size, "thumbs": thumbs}
+
+
+def _check_head(model: LanguageModel, layer: int, head: int) -> Any:
+    """The model's config, once `layer` and `head` are known to exist in it."""
+    if not isinstance(model, TransformerLM):
+        raise AttnlabError(NO_ATTENTION)
+    cfg = model.config
+    if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+        raise AttnlabError(f"layer {layer}, head {head}: this model has {cfg.n_layers} layers of {cfg.n_heads} heads")
+    return cfg
+
+
+@torch.no_grad()
+def head(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int) -> bytes:
+    """One head's weights, query x key, as little-endian float32 bytes (exact, for the head view)."""
+    _check_head(model, layer, head)
+    ids = encode(model, tokenizer, prompt)
+    return _weights(model, ids)[layer][head].numpy().astype("<f4").tobytes()
+
+
+@torch.no_grad()
+def query_key(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int, query: int, key: int):
+    """The score of one query-key pair dimension by dimension (q_d k_d / sqrt(D) add up to it), the
+    weight it becomes, and the value vector the key passes on."""
+    if not isinstance(model, TransformerLM):
+        raise AttnlabError("the MLP baseline has no queries or keys")
+    ids = encode(model, tokenizer, prompt)
+    cfg = model.config
+    if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads and 0 <= key <= query < len(ids)):
+        raise AttnlabError(
+            f"layer {layer}, head {head}, query {query}, key {key}: need layer < {cfg.n_layers}, "
+            f"head < {cfg.n_heads} and key <= query < {len(ids)} (a query sees only earlier keys)"
+        )
+    device = next(model.parameters()).device
+    p = f"blocks.{layer}.attn."
+    names = [p + "q_BHLD", p + ("k_BGKD" if cfg.grouped else "k_BHKD"), p + ("v_BGKD" if cfg.grouped else "v_BHKD")]
+    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=[*names, p + "weights_BHLK"])
+    kv_head = head // (cfg.n_heads // cfg.kv_heads)
+    q_D = cache[names[0]][0, head, query].float().cpu()
+    k_D = cache[names[1]][0, kv_head, key].float().cpu()
+    v_D = cache[names[2]][0, kv_head, key].float().cpu()
+    products_D = q_D * k_D / math.sqrt(cfg.head_dim)
+    return {
+        "q": q_D.tolist(),
+        "k": k_D.tolist(),
+        "products": products_D.tolist(),
+        "score": float(products_D.sum()),
+        "weight": float(cache[p + "weights_BHLK"][0, head, query, key]),
+        "value": v_D.tolist(),
+    }
+
+
+@torch.no_grad()
+def qkv(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int) -> dict[str, Any]:
+    """One head's queries, keys and values at every position (L x D each), for the query . key view."""
+    cfg = _check_head(model, layer, head)
+    ids = encode(model, tokenizer, prompt)
+    p = f"blocks.{layer}.attn."
+    kv = "BGKD" if cfg.grouped else "BHKD"
+    names = [p + "q_BHLD", p + f"k_{kv}", p + f"v_{kv}"]
+    _, cache = model.run_with_cache(torch.tensor([ids], device=next(model.parameters()).device), names=names)
+    kv_head = head // (cfg.n_heads // cfg.kv_heads)
+    q, k, v = (cache[n][0, h].float().cpu().tolist() for n, h in zip(names, (head, kv_head, kv_head), strict=True))
+    return {"layer": layer, "head": head, "q": q, "k": k, "v": v, "scale": 1 / math.sqrt(cfg.head_dim)}
+
+
+@torch.no_grad()
+def lens_all(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: int = 3) -> list[list[dict[str, Any]]]:
+    """The logit lens at every position in one forward: [position][embeddings, after block 0, ...],
+    each the top-k tokens read from the residual stream through the final norm and the LM head."""
+    device = next(model.parameters()).device
+    out = "ln2_BLC" if model.config.norm_placement == "post" else "resid_post_BLC"
+    names = ["embed.sum_BLC"] + [f"blocks.{i}.{out}" for i in range(model.config.n_layers)]
+    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=names)
+    per_layer = []
+    for name in names:
+        resid_LC = cache[name][0]
+        logits_LV = model.unembed(model.final_ln(resid_LC) if model.final_ln is not None else resid_LC)
+        top = logits_LV.float().softmax(-1).topk(k)
+        per_layer.append((top.values.cpu().tolist(), top.indices.cpu().tolist()))
+    labels = ["embeddings"] + [f"after block {i}" for i in range(model.config.n_layers)]
+    return [
+        [
+            {
+                "layer": label,
+                "top": [
+                    {"token": tokenizer.token_str(i), "id": i, "prob": p} for p, i in zip(ps[t], js[t], strict=True)
+                ],
+            }
+            for label, (ps, js) in zip(labels, per_layer, strict=True)
+        ]
+        for t in range(len(ids))
+    ]
+
+
+@torch.no_grad()
+def next_token(model: LanguageModel, tokenizer: Tokenizer, prompt: str, k: int = 10) -> dict[str, Any]:
+    """The top-k next tokens after every position of the prompt, and the logit lens at each."""
+    ids = encode(model, tokenizer, prompt)
+    if not 1 <= k <= 100:
+        raise AttnlabError(f"k = {k}: ask for 1 to 100 next tokens")
+    table = next_tokens(model, tokenizer, ids, k=k, all_positions=True)
+    lens = lens_all(model, tokenizer, ids) if isinstance(model, TransformerLM) else None
+    return {"positions": table["positions"], "lens": lens}
+
+
+def trace_steps(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_values: int = 48) -> dict[str, Any]:
+    """`attnlab trace` as data: each step's name, shapes, meaning and a small grid of its values."""
+    ids = encode(model, tokenizer, prompt)
+    tr = trace(model, ids, [c["text"] for c in token_chips(tokenizer, ids)])
+    steps = []
+    for step in tr.steps:
+        row = step.row()
+        t = step.tensor.detach().float().cpu()
+        t = t[0] if t.dim() >= 3 else t  # the batch's one sequence
+        while t.dim() > 2:  # heads: show the first
+            t = t[0]
+        grid = t.reshape(t.shape[0], -1) if t.dim() == 2 else t.reshape(1, -1)
+        # JSON has no infinity: the masked scores' -inf become null (drawn as empty cells).
+        # 4 significant digits: the picture needs no more, and the JSON is a third of full precision.
+        values = grid[:max_values, :max_values].tolist()
+        row["values"] = [[float(f"{v:.4g}") if math.isfinite(v) else None for v in r] for r in values]
+        steps.append(row)
+    return {"tokens": tr.tokens, "steps": steps, "max_abs_diff": tr.max_abs_diff}
+
+
+def run_card(model: LanguageModel, info: dict[str, Any] | None = None, metrics: list[dict] | None = None):
+    """The config, parameters by component, and the loss curve and samples when the run has them."""
+    cfg = model.config
+    return {
+        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else vars(cfg),
+        "params": group_totals(param_breakdown(cfg)),
+        "total_params": model.num_params(),
+        "info": info or {},
+        "curve": [
+            {"step": r["step"], "val_bpc": r["val_bpc"]} for r in (metrics or []) if r.get("val_bpc") is not None
+        ],
+    }

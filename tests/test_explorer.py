@@ -1,0 +1,251 @@
+"""The explorer's data and JSON API: every number it shows equals the model's own."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from attnlab import FeedForwardLM, TransformerLM, preset_config
+from attnlab.explorer import payloads, show
+from attnlab.explorer.app import create_app
+from attnlab.inspect.trace import trace
+from attnlab.tokenizers import ByteTokenizer, CodepointTokenizer
+
+from .conftest import run_cli
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+
+PROMPT = "Lily saw a cat. Lily"
+
+
+@pytest.fixture(scope="module")
+def model() -> TransformerLM:
+    torch.manual_seed(0)
+    m = TransformerLM(preset_config("lab", n_vocab=256, n_layers=2)).eval()
+    with torch.no_grad():  # weights large enough that the heads attend unevenly
+        for p in m.parameters():
+            p.mul_(10)
+    return m
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    return fastapi_testclient.TestClient(create_app(model, ByteTokenizer()))
+
+
+def _model_weights(model, prompt):
+    ids = ByteTokenizer().encode(prompt)
+    with torch.no_grad():
+        _, weights = model.forward_with_weights(torch.tensor([ids]))
+    return ids, [w[0] for w in weights]
+
+
+def test_api_attention_returns_the_models_weights_by_layer_head_query_key(client, model):
+    r = client.post("/api/attention", json={"prompt": PROMPT})
+    assert r.status_code == 200
+    body = r.json()
+    ids, weights = _model_weights(model, PROMPT)
+    assert body["tokens"] == list(PROMPT)
+    got = torch.tensor(body["weights"])
+    assert got.shape == (2, 4, len(ids), len(ids))
+    assert torch.allclose(got, torch.stack(weights), atol=1e-7)
+
+
+def test_head_and_overview_encode_the_same_weights(client, model):
+    _, weights = _model_weights(model, PROMPT)
+    r = client.post("/api/head", json={"prompt": PROMPT, "layer": 1, "head": 2}).json()
+    f32 = np.frombuffer(base64.b64decode(r["f32"]), dtype="<f4").reshape(len(PROMPT), len(PROMPT))
+    assert np.array_equal(f32, weights[1][2].numpy())
+    ov = client.post("/api/overview", json={"prompt": PROMPT}).json()
+    u8 = np.frombuffer(base64.b64decode(ov["thumbs"][1][2]), dtype=np.uint8).reshape(len(PROMPT), len(PROMPT))
+    assert np.abs(u8 / 255 - weights[1][2].numpy()).max() <= 0.5 / 255 + 1e-7
+
+
+def test_a_long_prompt_is_pooled_for_the_model_view():
+    torch.manual_seed(0)
+    long_model = TransformerLM(preset_config("lab", n_vocab=256, max_len=1024)).eval()
+    ov = payloads.overview(long_model, ByteTokenizer(), "a" * 1024)
+    assert ov["size"] == payloads.THUMB and len(base64.b64encode(ov["thumbs"][0][0])) < 30_000
+    assert sum(len(h) for layer in ov["thumbs"] for h in layer) == 4 * payloads.THUMB**2
+
+
+def test_query_key_products_add_up_to_the_score(client, model):
+    ids = ByteTokenizer().encode(PROMPT)
+    _, cache = model.run_with_cache(torch.tensor([ids]), names=["blocks.0.attn.scores_BHLK"])
+    pair = client.post("/api/query_key", json={"prompt": PROMPT, "layer": 0, "head": 1, "query": 19, "key": 0}).json()
+    assert math.isclose(sum(pair["products"]), pair["score"], rel_tol=1e-5)
+    assert math.isclose(
+        pair["score"], float(cache["blocks.0.attn.scores_BHLK"][0, 1, 19, 0]), rel_tol=1e-4, abs_tol=1e-5
+    )
+    qkv = client.post("/api/qkv", json={"prompt": PROMPT, "layer": 0, "head": 1}).json()
+    products = np.array(qkv["q"][19]) * np.array(qkv["k"][0]) * qkv["scale"]
+    assert np.allclose(products, pair["products"], atol=1e-6)
+    bad = client.post("/api/query_key", json={"prompt": PROMPT, "layer": 0, "head": 1, "query": 2, "key": 5})
+    assert bad.status_code == 422 and "key <= query" in bad.json()["detail"]
+
+
+def test_next_tokens_and_the_lens_end_at_the_models_prediction(client, model):
+    body = client.post("/api/next", json={"prompt": PROMPT, "k": 5}).json()
+    ids = ByteTokenizer().encode(PROMPT)
+    with torch.no_grad():
+        probs_LV = model(torch.tensor([ids]))[0].softmax(-1)
+    for t in (0, 7, len(ids) - 1):
+        top = body["positions"][t]["top"]
+        assert [e["token"] for e in top] == [ByteTokenizer().token_str(int(i)) for i in probs_LV[t].topk(5).indices]
+        last_layer = body["lens"][t][-1]["top"][0]
+        assert last_layer["token"] == top[0]["token"] and math.isclose(last_layer["prob"], top[0]["prob"], rel_tol=1e-4)
+    assert [r["layer"] for r in body["lens"][0]] == ["embeddings", "after block 0", "after block 1"]
+
+
+def test_the_trace_view_has_the_traces_steps(client, model):
+    body = client.post("/api/trace", json={"prompt": "Lily"}).json()
+    assert [s["name"] for s in body["steps"]] == [s.name for s in trace(model, ByteTokenizer().encode("Lily")).steps]
+    assert body["steps"][0]["symbolic"] == "B L" and body["max_abs_diff"] < 1e-4
+    masked = next(s for s in body["steps"] if s["name"].endswith("masked_BHLK"))
+    assert masked["values"][0][1] is None and masked["values"][1][0] is not None  # -inf is null in JSON
+
+
+def _events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_generate_streams_the_greedy_tokens(client, model):
+    r = client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "greedy": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    assert [e for e, _ in events] == ["token"] * 12 + ["done"]
+    expected = model.generate(torch.tensor([ByteTokenizer().encode(PROMPT)]), 12, greedy=True)[0, len(PROMPT) :]
+    assert [d["id"] for e, d in events if e == "token"] == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/api/attention", {"prompt": ""}, "at least 1 character"),
+        ("/api/attention", {"prompt": "x" * (payloads.MAX_PROMPT_CHARS + 1)}, "at most"),
+        ("/api/attention", {"prompt": "x" * 100}, "this model sees at most 64"),
+        ("/api/generate", {"prompt": "x", "max_new_tokens": payloads.MAX_NEW_TOKENS + 1}, "less than or equal"),
+        ("/api/generate", {"prompt": "x", "temperature": 0}, "greater than 0"),
+        ("/api/head", {"prompt": "x", "layer": 7, "head": 0}, "this model has 2 layers"),
+        ("/api/next", {"prompt": "x", "k": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(client, path, body, words):
+    r = client.post(path, json=body)
+    assert 400 <= r.status_code < 500
+    detail = r.json()["detail"]
+    text = detail if isinstance(detail, str) else " ".join(d["msg"] for d in detail)
+    assert words in text
+
+
+def test_the_api_is_described_by_openapi(client):
+    spec = client.get("/openapi.json").json()
+    assert {
+        "/api/attention",
+        "/api/overview",
+        "/api/head",
+        "/api/qkv",
+        "/api/next",
+        "/api/trace",
+        "/api/generate",
+    } <= set(spec["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="attnlab-data"' in page.text
+
+
+def test_the_mlp_baseline_says_why_it_has_no_attention():
+    mlp_client = fastapi_testclient.TestClient(
+        create_app(FeedForwardLM(preset_config("lab", model="mlp")), ByteTokenizer())
+    )
+    body = mlp_client.post("/api/attention", json={"prompt": "abc"}).json()
+    assert body["weights"] is None and "no attention" in body["why"]
+    assert mlp_client.post("/api/next", json={"prompt": "abc"}).json()["lens"] is None
+
+
+def test_chips_show_which_byte_of_a_character_a_token_is():
+    tok = ByteTokenizer()
+    chips = payloads.token_chips(tok, tok.encode("é😀a\n<b>"))
+    assert [c["text"] for c in chips] == [
+        "é 1/2",
+        "é 2/2",
+        "😀 1/4",
+        "😀 2/4",
+        "😀 3/4",
+        "😀 4/4",
+        "a",
+        "\\n",
+        "<",
+        "b",
+        ">",
+    ]
+    assert [c["partial"] for c in chips][:7] == [True] * 6 + [False]
+    assert [c["text"] for c in payloads.token_chips(CodepointTokenizer(), CodepointTokenizer().encode("é!"))] == [
+        "é",
+        "!",
+    ]
+
+
+def test_fifty_concurrent_requests_complete(model):
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(model, ByteTokenizer()), host="127.0.0.1", port=0, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            prompts = [f"{PROMPT} {i}" for i in range(50)]
+            codes = list(
+                pool.map(
+                    lambda p: (
+                        httpx.post(f"http://127.0.0.1:{port}/api/attention", json={"prompt": p}, timeout=60).status_code
+                    ),
+                    prompts,
+                )
+            )
+        assert codes == [200] * 50
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_attention_html_writes_one_self_contained_file(tmp_path, capsys):
+    out = tmp_path / "a.html"
+    code, stdout, _ = run_cli(
+        ["attention", "--random", "--preset", "lab", "--prompt", "<img src=x onerror=alert(1)>", "--html", str(out)],
+        capsys,
+    )
+    assert code == 0 and stdout.strip() == str(out)
+    page = out.read_text()
+    fetched = page.replace("http://www.w3.org/2000/svg", "")  # the SVG namespace is a name, not a request
+    assert "http://" not in fetched and "https://" not in fetched and "<link" not in page and "<script src" not in page
+    assert "<img src=x" not in page  # the prompt is data, never markup
+
+
+def test_show_gives_each_view_its_own_frame(model):
+    a, b = show(model, ByteTokenizer(), "ab"), show(model, ByteTokenizer(), "cd")
+    assert a.data.startswith('<iframe id="attnlab-view-') and a.data.split('"')[1] != b.data.split('"')[1]
+
+
+def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["serve", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    code, _, err = run_cli(["serve", str(tmp_path), "--port", "70000"], capsys)
+    assert code == 2 and "--port" in err
