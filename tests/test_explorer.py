@@ -249,3 +249,13 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     code, _, err = run_cli(["serve", str(tmp_path), "--port", "70000"], capsys)
     assert code == 2 and "--port" in err
+
+
+def test_the_run_card_takes_a_lab_models_samples(tmp_path):
+    from attnlab.cli import _lab_samples
+
+    (tmp_path / "transformer").mkdir()
+    lab = {"prompts": ["Once", "The dog"], "transformer": {"samples": [" upon a time", " ran"]}}
+    (tmp_path / "metrics.json").write_text(json.dumps(lab))
+    assert _lab_samples(tmp_path / "transformer") == {"Once": " upon a time", "The dog": " ran"}
+    assert _lab_samples(tmp_path / "mlp") == {}

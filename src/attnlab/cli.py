@@ -290,6 +290,16 @@ def _write_text_atomically(path: Path, text: str) -> Path:
     return path
 
 
+def _lab_samples(run_dir: Path) -> dict[str, str]:
+    """The samples `attnlab lab` wrote for this model (RUN/../metrics.json), prompt -> text; else {}."""
+    try:
+        lab = json.loads((run_dir.parent / "metrics.json").read_text(encoding="utf-8"))
+        samples = lab[run_dir.name]["samples"]
+        return {str(p): str(t) for p, t in zip(lab["prompts"], samples, strict=True)}
+    except (OSError, ValueError, KeyError, TypeError):  # not a lab's model, or a file of another shape
+        return {}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .explorer.app import create_app
     from .runtime import resolve_device
@@ -312,7 +322,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 continue  # a line cut short by a kill: the rest of the curve still shows
             if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("val_bpc"), float):
                 metrics.append(row)
-    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": ckpt.state.get("run", {}), "metrics": metrics})
+    info = dict(ckpt.state.get("run", {}))
+    info["samples"] = _lab_samples(run_dir)
+    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": metrics})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr
