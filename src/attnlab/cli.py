@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _finite(text: str) -> float:
+    """argparse type: a float that is a number (not nan or inf), so no run starts on one."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
 def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
@@ -44,10 +56,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--preset", default=None, help="model sizes: lab | small (default) | medium | large")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--max-time", type=float, default=None, help="training budget in seconds (per model)")
+    p.add_argument("--max-time", type=_finite, default=None, help="training budget in seconds (per model)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step and process (default 16)")
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--lr", type=_finite, default=None, help="peak learning rate")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 | mps")
@@ -548,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=_finite, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=_finite, default=None)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -642,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("both", "off", "on"), default="both", help="eager and/or torch.compile")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--budget", type=float, default=5.0, help="seconds of timed steps per training row")
+    p.add_argument("--budget", type=_finite, default=5.0, help="seconds of timed steps per training row")
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=500)
     p.add_argument("--gen-max-len", type=int, default=256, help="context length of the generation rows")
@@ -674,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="run a student's lab notebook and report each exercise: passed or the mistake")
     p.add_argument("notebook", help="the .ipynb file to check (it runs in a temporary copy)")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds each cell may run (300)")
+    p.add_argument("--timeout", type=_finite, default=300.0, metavar="S", help="seconds each cell may run (300)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_check)
 

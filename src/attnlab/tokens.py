@@ -185,15 +185,77 @@ def write_token_files_meta(out: Path, source: str, tokenizer: Tokenizer, train: 
     return meta
 
 
+TOKEN_DTYPES = ("uint16", "uint32")  # the only dtypes a token file may name (never "O": object pointers)
+_META_KEYS = {"format", "source", "tokenizer", "dtype", "train", "valid"}
+_PART_KEYS = {"file", "tokens", "chars", "replaced", "dropped"}
+
+
+def _bad(meta_path: Path, what: str) -> AttnlabError:
+    return AttnlabError(f"{meta_path}: {what}; remake the token files with `attnlab prepare SRC --out FILE.bin`")
+
+
+def _count(meta_path: Path, where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**48:
+        raise _bad(meta_path, f"{where} is {value!r}, not a count of tokens or characters")
+    return value
+
+
+def _token_part(meta_path: Path, name: str, part: Any, dtype: np.dtype, n_vocab: int) -> TokenStream:
+    """One split of a token file, checked: a sibling file of exactly `tokens` ids, all below n_vocab."""
+    if not isinstance(part, dict):
+        raise _bad(meta_path, f'"{name}" is {type(part).__name__}, not an object')
+    if unknown := set(part) - _PART_KEYS:
+        raise _bad(meta_path, f'"{name}" has unknown key(s) {", ".join(sorted(unknown))}')
+    file = part.get("file")
+    # Only a file beside the JSON: a name such as "../secret.txt" or "/etc/passwd" is not read.
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", ".."):
+        raise _bad(meta_path, f'"{name}.file" is {file!r}; it must be the name of a file beside {meta_path.name}')
+    tokens, chars = (_count(meta_path, f'"{name}.{k}"', part.get(k)) for k in ("tokens", "chars"))
+    path = meta_path.parent / file
+    if not path.is_file():
+        raise _bad(meta_path, f"{file} is missing")
+    if path.stat().st_size != tokens * dtype.itemsize:
+        raise _bad(meta_path, f"{file} holds {path.stat().st_size:,} bytes, not {tokens:,} tokens of {dtype.name}")
+    ids = memmap_tokens(path, dtype, tokens)
+    if tokens and int(ids.max()) >= n_vocab:  # one pass over the file, before any id reaches an embedding
+        raise _bad(meta_path, f"{file} holds id {int(ids.max())}, outside the tokenizer's {n_vocab} ids")
+    return TokenStream(ids, chars)
+
+
 def read_token_files(path: str | Path) -> tuple[Tokenizer, TokenStream, TokenStream]:
-    """The tokenizer and the memory-mapped train and validation tokens written by `attnlab prepare`."""
+    """The tokenizer and the memory-mapped train and validation tokens written by `attnlab prepare`.
+
+    The JSON beside the token files is checked before anything is read through it: its keys and their
+    types, a token dtype, file names beside it only, file sizes that match the counts, ids that fit.
+    """
     path = Path(path)
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise AttnlabError(f"{path}: no {meta_path.name} beside it; make it with `attnlab prepare SRC --out {path}`")
-    meta = json.loads(meta_path.read_text())
-    streams = [
-        TokenStream(memmap_tokens(path.parent / part["file"], meta["dtype"], part["tokens"]), part["chars"])
-        for part in (meta["train"], meta["valid"])
-    ]
-    return tokenizer_from_dict(meta["tokenizer"]), streams[0], streams[1]
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(meta_path, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _bad(meta_path, f"holds {type(meta).__name__}, not an object")
+    if unknown := set(meta) - _META_KEYS:
+        raise _bad(meta_path, f"unknown key(s) {', '.join(sorted(unknown))}")
+    if missing := {"tokenizer", "dtype", "train", "valid"} - set(meta):
+        raise _bad(meta_path, f"missing key(s) {', '.join(sorted(missing))}")
+    if meta.get("format", TOKEN_FILES_FORMAT) != TOKEN_FILES_FORMAT:
+        raise _bad(meta_path, f"format {meta['format']!r}; this attnlab reads format {TOKEN_FILES_FORMAT}")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise _bad(meta_path, f"dtype {meta['dtype']!r}; token files are {' or '.join(TOKEN_DTYPES)}")
+    if not isinstance(meta["tokenizer"], dict):
+        raise _bad(meta_path, '"tokenizer" is not an object')
+    try:
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    except AttnlabError as e:
+        raise _bad(meta_path, str(e)) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise _bad(meta_path, f"its tokenizer cannot be built ({type(e).__name__}: {e})") from None
+    dtype = np.dtype(meta["dtype"])
+    if dtype.itemsize < token_dtype(tokenizer.n_vocab).itemsize:
+        raise _bad(meta_path, f"dtype {dtype.name} cannot hold the {tokenizer.n_vocab:,} ids of its tokenizer")
+    train, valid = (_token_part(meta_path, k, meta[k], dtype, tokenizer.n_vocab) for k in ("train", "valid"))
+    return tokenizer, train, valid

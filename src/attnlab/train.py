@@ -68,13 +68,28 @@ class TrainConfig:
             raise AttnlabError("give a training budget: --steps N and/or --max-time SECONDS")
         if self.steps is not None and self.steps < 1:
             raise AttnlabError(f"--steps {self.steps}: must be >= 1")
-        if self.max_time is not None and self.max_time <= 0:
-            raise AttnlabError(f"--max-time {self.max_time}: must be > 0 seconds")
+        # Ranges written so that NaN fails them (every comparison with NaN is False).
+        if self.max_time is not None and not 0 < self.max_time < math.inf:
+            raise AttnlabError(f"--max-time {self.max_time}: must be a finite number of seconds > 0")
+        if self.eval_every_s is not None and not 0 < self.eval_every_s < math.inf:
+            raise AttnlabError(f"--eval-every-s {self.eval_every_s}: must be a finite number of seconds > 0")
+        for name, ok, allowed in (
+            ("lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
+            ("weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+            ("grad_clip", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
+            ("min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+            ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ):
+            if not ok(value := getattr(self, name)):
+                raise AttnlabError(f"--{name.replace('_', '-')} {value}: must be {allowed}")
+        if self.warmup_steps < 0 or self.final_eval_chars < 1:
+            raise AttnlabError("--warmup-steps must be >= 0 and final_eval_chars >= 1")
+        if not 0 <= self.seed < 2**63:
+            raise AttnlabError(f"--seed {self.seed}: must be between 0 and 2**63 - 1")
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if not self.lr > 0:
-            raise AttnlabError(f"--lr {self.lr}: must be > 0")
         if self.optimizer not in optim.OPTIMIZERS:
             raise AttnlabError(f"--optimizer {self.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}")
         check_dtype(self.dtype)

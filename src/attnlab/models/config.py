@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -74,8 +75,10 @@ class ModelConfig:
             raise AttnlabError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads} (0 = n_heads)")
         if problem := SCHEMES[self.positions].check(self):
             raise AttnlabError(problem)
-        if self.norm_eps <= 0 or self.rope_theta <= 0:
-            raise AttnlabError("norm_eps and rope_theta must be > 0")
+        for name in ("norm_eps", "rope_theta"):  # NaN fails every comparison, so ask for what is right
+            value = getattr(self, name)
+            if not (0 < value < math.inf):
+                raise AttnlabError(f"{name}={value}: must be a finite number > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

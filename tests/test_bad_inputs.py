@@ -1,0 +1,97 @@
+"""The bad-input sweep: each input is one line on stderr, exit status 2, no traceback, nothing written.
+
+Each row is a class of mistake (issue: "fix the class, not the example"); the table grows with every
+class made safe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attnlab import ModelConfig, TrainConfig
+from attnlab.errors import AttnlabError
+
+from .conftest import run_cli
+
+TRAIN = ["train", "--steps", "1", "--out", "{tmp}/run"]
+NUMBERS = [
+    # Not-a-number and infinity, for every float flag of every verb that has one.
+    (TRAIN + ["--max-time", "nan"], "not a finite number"),
+    (TRAIN + ["--max-time", "inf"], "not a finite number"),
+    (TRAIN + ["--max-time", "-5"], "must be a finite number of seconds > 0"),
+    (TRAIN + ["--lr", "inf"], "not a finite number"),
+    (TRAIN + ["--lr", "nan"], "not a finite number"),
+    (TRAIN + ["--lr", "0"], "--lr 0.0: must be a finite number > 0"),
+    (TRAIN + ["--lr=-1e-3"], "must be a finite number > 0"),
+    (TRAIN + ["--lr", "fast"], "'fast' is not a number"),
+    (TRAIN + ["--seed", "-1"], "--seed -1"),
+    (TRAIN + ["--seed", str(2**64)], "--seed"),
+    (TRAIN + ["--set", "norm_eps=nan"], "norm_eps=nan: must be a finite number > 0"),
+    (TRAIN + ["--set", "norm_eps=0"], "norm_eps=0.0: must be a finite number > 0"),
+    (TRAIN + ["--set", "rope_theta=inf"], "rope_theta=inf: must be a finite number > 0"),
+    (TRAIN + ["--set", "dropout=nan"], "dropout=nan"),
+    (TRAIN + ["--set", "dropout=1"], "dropout=1.0"),
+    (["lab", "--max-time", "nan", "--out", "{tmp}/lab"], "not a finite number"),
+    (["lab", "--max-time=-inf", "--out", "{tmp}/lab"], "not a finite number"),
+    (["compare", "--vary", "n_heads=2,4", "--max-time", "nan", "--out", "{tmp}/cmp"], "not a finite number"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--temperature", "nan"], "not a finite number"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--temperature", "inf"], "not a finite number"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--temperature", "0"], "must be > 0"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--top-p", "nan"], "not a finite number"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--top-p", "1.5"], "must be in (0, 1]"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--top-k", "0"], "--top-k 0"),
+    (["generate", "{ckpt}", "--prompt", "Once", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
+    (["bench", "--budget", "nan"], "not a finite number"),
+    (["bench", "--budget", "inf"], "not a finite number"),
+    (["check", "{tmp}/x.ipynb", "--timeout", "nan"], "not a finite number"),
+    (["check", "{tmp}/x.ipynb", "--timeout", "inf"], "not a finite number"),
+    (["serve", "{ckpt}", "--port", "0"], "--port 0"),
+    (["serve", "{ckpt}", "--port", "70000"], "--port 70000"),
+]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("bad") / "run"
+    from attnlab import run
+
+    run.start(out, data="builtin", preset="lab", steps=2, eval_every=10**6, final_eval_chars=1000)
+    return str(out)
+
+
+@pytest.mark.parametrize(("args", "words"), NUMBERS, ids=[" ".join(a[0:1] + a[-2:]) for a, _ in NUMBERS])
+def test_a_bad_number_is_one_line_and_exit_2(tmp_path, ckpt, capsys, args, words):
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out, err = run_cli([a.format(tmp=tmp_path, ckpt=ckpt) for a in args], capsys)
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err and words in err, err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"max_time": math.nan},
+        {"max_time": math.inf},
+        {"steps": 10, "lr": math.inf},
+        {"steps": 10, "lr": math.nan},
+        {"steps": 10, "weight_decay": math.nan},
+        {"steps": 10, "grad_clip": -1.0},
+        {"steps": 10, "min_lr_ratio": 2.0},
+        {"steps": 10, "beta2": 1.0},
+        {"steps": 10, "eval_every_s": math.nan},
+        {"steps": 10, "seed": -3},
+    ],
+)
+def test_the_library_refuses_the_same_numbers(fields):
+    with pytest.raises(AttnlabError):
+        TrainConfig(**fields).validate()
+
+
+@pytest.mark.parametrize("field", ["norm_eps", "rope_theta"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, -1.0])
+def test_a_config_refuses_a_float_that_is_not_a_positive_number(field, value):
+    with pytest.raises(AttnlabError, match=field):
+        ModelConfig(**{field: value})
