@@ -95,3 +95,47 @@ def test_the_library_refuses_the_same_numbers(fields):
 def test_a_config_refuses_a_float_that_is_not_a_positive_number(field, value):
     with pytest.raises(AttnlabError, match=field):
         ModelConfig(**{field: value})
+
+
+# Output paths: for every verb that writes, a path that is a file (or a folder), lies under a file, or is empty.
+WRITERS = {
+    "train": (["train", "--steps", "1"], "--out", "dir"),
+    "lab": (["lab", "--max-time", "1"], "--out", "dir"),
+    "compare": (["compare", "--vary", "n_heads=2,4", "--steps", "1"], "--out", "dir"),
+    "attention png": (["attention", "--random", "--prompt", "hi"], "--out", "file"),
+    "attention html": (["attention", "--random", "--prompt", "hi"], "--html", "file"),
+    "embeddings": (["embeddings", "--random"], "--out", "file"),
+    "bench": (["bench", "--budget", "0.1"], "--out", "file"),
+    "prepare": (["prepare", "builtin"], "--out", "file"),
+    "export": (["export", "{ckpt}"], "--hf", "dir"),
+    "notebook": (["notebook"], "--out", "dir"),
+}
+OUTPUT_CASES = [
+    (name, [*args, flag, target], words)
+    for name, (args, flag, kind) in WRITERS.items()
+    for target, words in [
+        ("{tmp}/a_file" if kind == "dir" else "{tmp}/a_folder", "is a file" if kind == "dir" else "is a folder"),
+        ("{tmp}/a_file/inside", "lies under"),
+        ("", "is empty"),
+    ]
+] + [
+    ("picture suffix", ["attention", "--random", "--prompt", "hi", "--out", "{tmp}/p.bmp"], "pictures are written as"),
+    ("embeddings suffix", ["embeddings", "--random", "--out", "{tmp}/p.gif"], "pictures are written as"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "words"), OUTPUT_CASES, ids=[f"{n}:{a[-1] or 'empty'}" for n, a, _ in OUTPUT_CASES]
+)
+def test_a_bad_output_path_is_refused_before_any_work(tmp_path, ckpt, capsys, name, args, words):
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "a_folder").mkdir()
+    before = {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    code, out, err = run_cli([a.format(tmp=tmp_path, ckpt=ckpt) for a in args], capsys)
+    assert code == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
+    assert {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")} == before
+
+
+def test_a_picture_without_a_suffix_is_written_as_png_and_that_path_printed(tmp_path, capsys):
+    code, out, _ = run_cli(["attention", "--random", "--prompt", "hi", "--out", str(tmp_path / "pic")], capsys)
+    assert code == 0 and out.strip() == str(tmp_path / "pic.png") and (tmp_path / "pic.png").is_file()

@@ -705,12 +705,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Each verb's output paths and what they must be: checked before any work, so a bad path costs nothing.
+OUTPUTS = {
+    "train": [("out", "dir")],
+    "lab": [("out", "dir")],
+    "compare": [("out", "dir")],
+    "attention": [("out", "picture"), ("html", "file")],
+    "embeddings": [("out", "picture")],
+    "bench": [("out", "file")],
+    "prepare": [("out", "file")],
+    "export": [("hf", "dir")],
+    "notebook": [("out", "dir")],
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from .runtime import check_output
+
+    for attr, kind in OUTPUTS.get(args.command, []):
+        value = getattr(args, attr, None)
+        if value is not None:
+            setattr(args, attr, str(check_output(value, f"--{attr}", kind)))
+
+
 def main(argv: list[str] | None = None) -> int:
     from .threads import use_threads
     from .train import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         if args.threads is not None:
             use_threads(args.threads)
         return args.func(args)

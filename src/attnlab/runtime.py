@@ -91,3 +91,37 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)  # that GPU: with no argument, only the current one
     elif device == "mps":
         torch.mps.synchronize()
+
+
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def check_output(text: str, flag: str, kind: str) -> Path:
+    """An output path checked before any work starts: `kind` "dir" (a run folder), "file" or "picture".
+
+    Refused in one line: an empty path, a folder where a file goes or the other way round, a path under
+    a file, a place that cannot be written. A picture without a suffix gets ".png"; one whose suffix
+    matplotlib does not write is refused.
+    """
+    if not text or not text.strip():
+        raise AttnlabError(f"{flag} is empty; give a {'folder' if kind == 'dir' else 'file'} name")
+    path = Path(text)
+    if kind != "dir" and path.is_dir():
+        raise AttnlabError(f"{flag} {path} is a folder; give a file name")
+    if kind == "picture":
+        if not path.suffix:
+            path = path.with_name(path.name + ".png")
+        elif path.suffix.lower() not in PICTURE_SUFFIXES:
+            raise AttnlabError(
+                f"{flag} {path}: pictures are written as {', '.join(PICTURE_SUFFIXES)}; change the suffix"
+            )
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise AttnlabError(f"{flag} {path} is a file; give a folder (the output is several files)")
+    for place in (path, *path.parents) if kind == "dir" else path.parents:
+        if place.exists():
+            if not place.is_dir():
+                raise AttnlabError(f"{flag} {path} lies under {place}, which is a file; give another path")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise AttnlabError(f"{flag} {path}: {place} is not writable; give a path you may write to")
+            break
+    return path
