@@ -139,3 +139,21 @@ def test_a_bad_output_path_is_refused_before_any_work(tmp_path, ckpt, capsys, na
 def test_a_picture_without_a_suffix_is_written_as_png_and_that_path_printed(tmp_path, capsys):
     code, out, _ = run_cli(["attention", "--random", "--prompt", "hi", "--out", str(tmp_path / "pic")], capsys)
     assert code == 0 and out.strip() == str(tmp_path / "pic.png") and (tmp_path / "pic.png").is_file()
+
+
+# Sizes that cannot fit: refused from the parameter formula before anything is allocated (no hang).
+MEMORY = [
+    (["train", "--steps", "1", "--set", "n_layers=100000000", "--out", "{tmp}/r"], "needs"),
+    (["train", "--steps", "1", "--set", "emb_dim=2000000", "--out", "{tmp}/r"], "needs"),
+    (["train", "--steps", "1", "--preset", "gpt3-175b", "--out", "{tmp}/r"], "needs"),
+    (["trace", "--random", "--preset", "gpt3-175b", "--prompt", "hi"], "needs"),
+    (["attention", "--random", "--preset", "gpt3-175b", "--prompt", "hi", "--out", "{tmp}/a.png"], "needs"),
+    (["next", "--random", "--preset", "gpt3-175b", "--prompt", "hi"], "needs"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), MEMORY, ids=[" ".join(a[:1] + a[-3:-1]) for a, _ in MEMORY])
+def test_a_model_too_large_for_this_machine_is_refused_at_once(tmp_path, capsys, args, words):
+    code, _, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
+    assert code == 2 and words in err and "GiB" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -144,3 +144,15 @@ def test_table_shows_the_total_with_thousands_separators_and_says_the_head_is_ti
 def test_a_context_below_one_is_rejected() -> None:
     with pytest.raises(AttnlabError, match="context=0"):
         flops_per_token(preset_config("lab"), 0)
+
+
+@pytest.mark.parametrize("name", ["lab", "small", "gpt2", "gpt3-175b"])
+@pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False, "positions": "none"}, {"norm_placement": "post"}])
+def test_param_count_is_the_breakdowns_total_without_its_rows(name, changes):
+    from attnlab.inspect.params import param_count
+
+    cfg = preset_config(name, **changes)
+    assert param_count(cfg) == sum(param_breakdown(cfg).values())
+    assert param_count(preset_config(name, model="mlp")) == sum(
+        param_breakdown(preset_config(name, model="mlp")).values()
+    )

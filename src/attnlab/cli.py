@@ -216,6 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenizer)
     """The model to look inside: a checkpoint, or with --random an untrained model of a preset."""
     from .models import build_model, preset_config
+    from .run import check_fits
     from .runtime import resolve_device
     from .tokenizers import ByteTokenizer
 
@@ -228,6 +229,7 @@ def _inspect_model(args: argparse.Namespace):  # noqa: ANN202 - (model, tokenize
     torch.manual_seed(args.seed)
     tokenizer = ByteTokenizer()
     cfg = preset_config(args.preset or "lab", model=args.model, n_vocab=tokenizer.n_vocab)
+    check_fits(cfg, training=False)
     return build_model(cfg).to(device).eval(), tokenizer
 
 

@@ -29,9 +29,23 @@ from . import distributed
 from .checkpoint import load_checkpoint
 from .data import Prepared, check_length, prepare_data
 from .errors import AttnlabError
+from .inspect.params import param_count
 from .models import ModelConfig, build_model, preset_config
-from .runtime import notice, resolve_device
+from .runtime import memory_limit, notice, resolve_device
 from .train import Callback, TrainConfig, TrainResult, TrainState, train
+
+
+def check_fits(cfg: ModelConfig, training: bool) -> None:
+    """Refuse, before anything is allocated, a model whose fp32 weights (and, to train, gradients and
+    two AdamW moments) exceed this machine's memory: building it would hang or be killed."""
+    n = param_count(cfg)
+    need = n * 4 * (4 if training else 1)
+    have = memory_limit()
+    if need > have:
+        raise AttnlabError(
+            f"a model of {n:,} parameters needs {need / 2**30:,.1f} GiB to {'train' if training else 'hold'}, "
+            f"more than the {have / 2**30:,.1f} GiB here; choose a smaller preset or fewer layers and channels"
+        )
 
 
 def start(
@@ -67,6 +81,7 @@ def start(
         else:
             cfg = preset_config(preset, model=model, n_vocab=n_vocab).with_overrides(config or {})
         check_length(prepared.train, cfg.max_len, "the training split")
+        check_fits(cfg, training=True)
         torch.manual_seed(tcfg.seed)
         net = build_model(cfg).to(tcfg.device)
         if distributed.is_main():

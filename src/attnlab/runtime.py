@@ -93,6 +93,18 @@ def synchronize(device: str) -> None:
         torch.mps.synchronize()
 
 
+def memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's, or less under a cgroup limit."""
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limit = min(limit, int(text))
+    except OSError:
+        pass
+    return limit
+
+
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 

@@ -90,6 +90,18 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def param_count(cfg: ModelConfig) -> int:
+    """The model's total parameters from its config alone: the sum of `param_breakdown` without its
+    per-layer rows, so a config with any number of layers is counted at once (memory checks)."""
+    V, C = cfg.n_vocab, cfg.emb_dim
+    head = 0 if cfg.tie_embeddings else V * C
+    if cfg.model == "mlp":
+        return V * C + sum(_mlp_components(cfg).values()) + head
+    blocks = cfg.n_layers * sum(_block_components(cfg).values())
+    final = _norm(cfg) if cfg.norm_placement == "pre" else 0
+    return V * C + SCHEMES[cfg.positions].n_params(cfg) + blocks + final + head
+
+
 def _group_of(name: str) -> str:
     if name.startswith("embed.") or name == "lm_head":
         return "embeddings"
