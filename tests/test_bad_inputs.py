@@ -157,3 +157,33 @@ def test_a_model_too_large_for_this_machine_is_refused_at_once(tmp_path, capsys,
     code, _, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2 and words in err and "GiB" in err and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+# Text and names: prompts that are not UTF-8 (the shell hands Python undecodable bytes as surrogates),
+# an empty data source, tokenizer names with a size that is not one.
+TEXT = [
+    (["generate", "{ckpt}", "--prompt", "Once \udcff"], "not valid UTF-8"),
+    (["next", "{ckpt}", "--prompt", "\udcff\udcfe"], "not valid UTF-8"),
+    (["lens", "{ckpt}", "--prompt", "a\ud800b"], "not valid UTF-8"),
+    (["trace", "{ckpt}", "--prompt", "\udcc3"], "not valid UTF-8"),
+    (["attention", "{ckpt}", "--prompt", "x\udcff", "--out", "{tmp}/a.png"], "not valid UTF-8"),
+    (["train", "--steps", "1", "--data", "", "--out", "{tmp}/r"], "--data is empty"),
+    (["train", "--steps", "1", "--data", "   ", "--out", "{tmp}/r"], "--data is empty"),
+    (["eval", "{ckpt}", "--data", ""], "--data is empty"),
+    (["lab", "--data", "", "--out", "{tmp}/lab"], "--data is empty"),
+    (["train", "--steps", "1", "--tokenizer", "codepoint:abc", "--out", "{tmp}/r"], "codepoint:N takes"),
+    (["train", "--steps", "1", "--tokenizer", "codepoint:0", "--out", "{tmp}/r"], "codepoint:N takes"),
+    (["train", "--steps", "1", "--tokenizer", "codepoint:-5", "--out", "{tmp}/r"], "codepoint:N takes"),
+    (["train", "--steps", "1", "--tokenizer", "codepoint:99999999", "--out", "{tmp}/r"], "codepoint:N takes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    TEXT,
+    ids=[" ".join(a[:1] + a[-2:]).encode("ascii", "backslashreplace").decode() for a, _ in TEXT],
+)
+def test_bad_text_is_one_line_and_exit_2(tmp_path, ckpt, capsys, args, words):
+    code, _, err = run_cli([a.format(tmp=tmp_path, ckpt=ckpt) for a in args], capsys)
+    assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []

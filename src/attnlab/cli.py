@@ -722,8 +722,12 @@ OUTPUTS = {
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
+    from .data import SOURCES_HELP
     from .runtime import check_output
 
+    data = getattr(args, "data", None)
+    if data is not None and not data.strip():
+        raise AttnlabError(f"--data is empty; give one of: {SOURCES_HELP}")
     for attr, kind in OUTPUTS.get(args.command, []):
         value = getattr(args, attr, None)
         if value is not None:

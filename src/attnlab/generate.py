@@ -20,6 +20,12 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, max_len: int | None = None)
     """Prompt ids plus notices: characters the tokenizer cannot encode, and cropping to max_len."""
     if not prompt:
         raise AttnlabError("empty prompt: pass some text with --prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes the shell or a client could not decode as UTF-8
+        raise AttnlabError(
+            "the prompt is not valid UTF-8 text; pass it as UTF-8 (check the terminal's encoding)"
+        ) from None
     notices = []
     dropped = tokenizer.unencodable(prompt)
     if dropped:

@@ -35,7 +35,12 @@ def make_tokenizer(
     if name == "codepoint":
         return CodepointTokenizer()
     if name.startswith("codepoint:"):
-        return CodepointTokenizer(int(name.split(":", 1)[1]))
+        size = name.split(":", 1)[1]
+        if not size.isdigit() or not 2 <= int(size) <= 0x110000:
+            raise AttnlabError(
+                f"tokenizer {name!r}: codepoint:N takes a vocabulary size from 2 to 1114112, e.g. codepoint:256"
+            )
+        return CodepointTokenizer(int(size))
     if name != "char" and name != "bpe" and not name.startswith("bpe:"):
         raise AttnlabError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZER_NAMES)}")
     vocab_size = parse_bpe_spec(name) if name != "char" else 0
