@@ -53,11 +53,6 @@ class GenerateIn(PromptIn):
     seed: int | None = Field(None, ge=0, lt=2**63)
 
 
-def encode_overview(out: dict[str, Any]) -> dict[str, Any]:
-    """The overview with its byte images as base64 text (JSON has no bytes)."""
-    return out | {"thumbs": [[base64.b64encode(b).decode("ascii") for b in layer] for layer in out["thumbs"]]}
-
-
 def create_app(model: LanguageModel, tokenizer: Tokenizer, card: dict[str, Any] | None = None) -> FastAPI:
     """The explorer's app for one model (already loaded and checked)."""
     app = FastAPI(title="attnlab explorer", version=__version__, description="Attention, next tokens and traces.")
@@ -85,7 +80,7 @@ def create_app(model: LanguageModel, tokenizer: Tokenizer, card: dict[str, Any] 
 
     @app.post("/api/overview", summary="every head as a small byte image (weight x 255, base64), for the model view")
     def overview(body: PromptIn) -> dict[str, Any]:
-        return encode_overview(run(payloads.overview, body.prompt))
+        return payloads.as_text(run(payloads.overview, body.prompt))
 
     @app.post("/api/head", summary="one head's weights, query x key, as base64 little-endian float32")
     def head(body: HeadIn) -> dict[str, Any]:

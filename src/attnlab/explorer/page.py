@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -42,9 +41,7 @@ def render_page(card: dict[str, Any], static: dict[str, Any] | None = None) -> s
 
 def static_data(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
     """Every view's data for one prompt: the overview, each head's exact weights and q/k/v, next tokens, trace."""
-    ov = payloads.overview(model, tokenizer, prompt)
-    ov["thumbs"] = [[base64.b64encode(b).decode("ascii") for b in layer] for layer in ov["thumbs"]]
-    heads: dict[str, Any] = {}
+    ov = payloads.as_text(payloads.overview(model, tokenizer, prompt))
     if isinstance(model, TransformerLM):
         cfg, L = model.config, len(ov["ids"])
         n_weights = cfg.n_layers * cfg.n_heads * L * L
@@ -53,17 +50,10 @@ def static_data(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict
                 f"a file for {L} tokens would hold {n_weights:,} weights; shorten the prompt "
                 f"(at most {MAX_STATIC_WEIGHTS:,}) or use attnlab serve, which sends one head at a time"
             )
-        for layer in range(cfg.n_layers):
-            for h in range(cfg.n_heads):
-                f32 = payloads.head(model, tokenizer, prompt, layer, h)
-                heads[f"{layer},{h}"] = {
-                    "f32": base64.b64encode(f32).decode("ascii"),
-                    "qkv": payloads.qkv(model, tokenizer, prompt, layer, h),
-                }
     return {
         "prompt": prompt,
         "overview": ov,
-        "heads": heads,
+        "heads": payloads.every_head(model, tokenizer, prompt),
         "next": payloads.next_token(model, tokenizer, prompt),
         "trace": payloads.trace_steps(model, tokenizer, prompt),
     }

@@ -8,6 +8,7 @@ file both call them.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -98,12 +99,17 @@ def encode(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> list[int]
     return ids
 
 
+def _tokens(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> tuple[list[int], dict[str, Any]]:
+    """The prompt's ids, and the token fields every view's answer starts with."""
+    ids = encode(model, tokenizer, prompt)
+    chips = token_chips(tokenizer, ids)
+    return ids, {"tokens": [c["text"] for c in chips], "chips": chips, "ids": ids}
+
+
 @torch.no_grad()
 def attention(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
     """`tokens`, `chips` and `weights[layer][head][query][key]` (None for a model without attention)."""
-    ids = encode(model, tokenizer, prompt)
-    chips = token_chips(tokenizer, ids)
-    out: dict[str, Any] = {"tokens": [c["text"] for c in chips], "chips": chips, "ids": ids}
+    ids, out = _tokens(model, tokenizer, prompt)
     if not isinstance(model, TransformerLM):
         return out | {"weights": None, "why": NO_ATTENTION}
     model.eval()
@@ -123,9 +129,7 @@ def _weights(model: LanguageModel, ids: list[int]) -> list[torch.Tensor]:
 def overview(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
     """The model view's data: every head as a small byte image (weight x 255; prompts longer than
     THUMB tokens max-pooled to THUMB x THUMB, so a 1,024-token prompt stays a few hundred kB)."""
-    ids = encode(model, tokenizer, prompt)
-    chips = token_chips(tokenizer, ids)
-    out: dict[str, Any] = {"tokens": [c["text"] for c in chips], "chips": chips, "ids": ids}
+    ids, out = _tokens(model, tokenizer, prompt)
     if not isinstance(model, TransformerLM):
         return out | {"layers": 0, "heads": 0, "size": 0, "thumbs": [], "why": NO_ATTENTION}
     weights = _weights(model, ids)
@@ -137,6 +141,13 @@ def overview(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[st
             w_HLL = torch.nn.functional.adaptive_max_pool2d(w_HLL[None], size)[0]
         thumbs.append([(w_LL * 255).round().to(torch.uint8).numpy().tobytes() for w_LL in w_HLL])
     return out | {"layers": len(weights), "heads": int(weights[0].shape[0]), "size": size, "thumbs": thumbs}
+
+
+def as_text(overview_: dict[str, Any]) -> dict[str, Any]:
+    """The overview with its byte images as base64 text (JSON has no bytes)."""
+    return overview_ | {
+        "thumbs": [[base64.b64encode(b).decode("ascii") for b in layer] for layer in overview_["thumbs"]]
+    }
 
 
 def _check_head(model: LanguageModel, layer: int, head: int) -> Any:
@@ -157,50 +168,74 @@ def head(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, he
     return _weights(model, ids)[layer][head].numpy().astype("<f4").tobytes()
 
 
+def _attention_cache(model: TransformerLM, ids: list[int], layers: range | list[int]) -> dict[str, torch.Tensor]:
+    """One forward that keeps the queries, keys, values and weights of `layers`."""
+    kv = "BGKD" if model.config.grouped else "BHKD"
+    names = [f"blocks.{i}.attn.{n}" for i in layers for n in ("q_BHLD", f"k_{kv}", f"v_{kv}", "weights_BHLK")]
+    _, cache = model.run_with_cache(torch.tensor([ids], device=next(model.parameters()).device), names=names)
+    return cache
+
+
+def _one_head(model: TransformerLM, cache: dict[str, torch.Tensor], layer: int, head: int) -> list[torch.Tensor]:
+    """q_LD, k_LD, v_LD and weights_LL of one head (with grouped-query attention, its key/value head's)."""
+    cfg, p = model.config, f"blocks.{layer}.attn."
+    kv, g = ("BGKD" if cfg.grouped else "BHKD"), head // (cfg.n_heads // cfg.kv_heads)
+    return [
+        cache[name][0, h].float().cpu()
+        for name, h in ((p + "q_BHLD", head), (p + f"k_{kv}", g), (p + f"v_{kv}", g), (p + "weights_BHLK", head))
+    ]
+
+
+def _qkv_dict(model: TransformerLM, layer: int, head: int, q_LD, k_LD, v_LD) -> dict[str, Any]:  # noqa: ANN001
+    scale = 1 / math.sqrt(model.config.head_dim)
+    return {"layer": layer, "head": head, "q": q_LD.tolist(), "k": k_LD.tolist(), "v": v_LD.tolist(), "scale": scale}
+
+
 @torch.no_grad()
 def query_key(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int, query: int, key: int):
     """The score of one query-key pair dimension by dimension (q_d k_d / sqrt(D) add up to it), the
     weight it becomes, and the value vector the key passes on."""
-    if not isinstance(model, TransformerLM):
-        raise AttnlabError("the MLP baseline has no queries or keys")
+    _check_head(model, layer, head)
     ids = encode(model, tokenizer, prompt)
-    cfg = model.config
-    if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads and 0 <= key <= query < len(ids)):
-        raise AttnlabError(
-            f"layer {layer}, head {head}, query {query}, key {key}: need layer < {cfg.n_layers}, "
-            f"head < {cfg.n_heads} and key <= query < {len(ids)} (a query sees only earlier keys)"
-        )
-    device = next(model.parameters()).device
-    p = f"blocks.{layer}.attn."
-    names = [p + "q_BHLD", p + ("k_BGKD" if cfg.grouped else "k_BHKD"), p + ("v_BGKD" if cfg.grouped else "v_BHKD")]
-    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=[*names, p + "weights_BHLK"])
-    kv_head = head // (cfg.n_heads // cfg.kv_heads)
-    q_D = cache[names[0]][0, head, query].float().cpu()
-    k_D = cache[names[1]][0, kv_head, key].float().cpu()
-    v_D = cache[names[2]][0, kv_head, key].float().cpu()
-    products_D = q_D * k_D / math.sqrt(cfg.head_dim)
+    if not 0 <= key <= query < len(ids):
+        raise AttnlabError(f"query {query}, key {key}: need key <= query < {len(ids)} (a query sees only earlier keys)")
+    q_LD, k_LD, v_LD, w_LL = _one_head(model, _attention_cache(model, ids, [layer]), layer, head)
+    products_D = q_LD[query] * k_LD[key] / math.sqrt(model.config.head_dim)
     return {
-        "q": q_D.tolist(),
-        "k": k_D.tolist(),
+        "q": q_LD[query].tolist(),
+        "k": k_LD[key].tolist(),
         "products": products_D.tolist(),
         "score": float(products_D.sum()),
-        "weight": float(cache[p + "weights_BHLK"][0, head, query, key]),
-        "value": v_D.tolist(),
+        "weight": float(w_LL[query, key]),
+        "value": v_LD[key].tolist(),
     }
 
 
 @torch.no_grad()
 def qkv(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int) -> dict[str, Any]:
     """One head's queries, keys and values at every position (L x D each), for the query . key view."""
-    cfg = _check_head(model, layer, head)
+    _check_head(model, layer, head)
     ids = encode(model, tokenizer, prompt)
-    p = f"blocks.{layer}.attn."
-    kv = "BGKD" if cfg.grouped else "BHKD"
-    names = [p + "q_BHLD", p + f"k_{kv}", p + f"v_{kv}"]
-    _, cache = model.run_with_cache(torch.tensor([ids], device=next(model.parameters()).device), names=names)
-    kv_head = head // (cfg.n_heads // cfg.kv_heads)
-    q, k, v = (cache[n][0, h].float().cpu().tolist() for n, h in zip(names, (head, kv_head, kv_head), strict=True))
-    return {"layer": layer, "head": head, "q": q, "k": k, "v": v, "scale": 1 / math.sqrt(cfg.head_dim)}
+    q_LD, k_LD, v_LD, _ = _one_head(model, _attention_cache(model, ids, [layer]), layer, head)
+    return _qkv_dict(model, layer, head, q_LD, k_LD, v_LD)
+
+
+@torch.no_grad()
+def every_head(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, dict[str, Any]]:
+    """Each head's exact weights (base64 float32) and q/k/v, keyed "layer,head", from one forward
+    (a self-contained page embeds them all); {} for a model without attention."""
+    if not isinstance(model, TransformerLM):
+        return {}
+    ids = encode(model, tokenizer, prompt)
+    cfg = model.config
+    cache = _attention_cache(model, ids, range(cfg.n_layers))
+    heads = {}
+    for layer in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            q_LD, k_LD, v_LD, w_LL = _one_head(model, cache, layer, h)
+            f32 = base64.b64encode(w_LL.numpy().astype("<f4").tobytes()).decode("ascii")
+            heads[f"{layer},{h}"] = {"f32": f32, "qkv": _qkv_dict(model, layer, h, q_LD, k_LD, v_LD)}
+    return heads
 
 
 @torch.no_grad()
