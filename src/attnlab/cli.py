@@ -275,9 +275,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     model, tokenizer = _inspect_model(args)
     if args.html:
         from .explorer.page import standalone_html
+        from .runtime import write_text_atomically
 
-        page = standalone_html(model, tokenizer, args.prompt)
-        print(_write_text_atomically(Path(args.html), page))
+        print(write_text_atomically(Path(args.html), standalone_html(model, tokenizer, args.prompt)))
     if args.out:
         _need_transformer(model, "attention")
         head = _parse_head(args.head, model) if args.head else None
@@ -288,20 +288,6 @@ def cmd_attention(args: argparse.Namespace) -> int:
         out = attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(args.out), head)
         print(out)
     return 0
-
-
-def _write_text_atomically(path: Path, text: str) -> Path:
-    """Write `path` whole or not at all (a temporary file beside it, then a rename)."""
-    if path.is_dir():
-        raise AttnlabError(f"{path} is a folder; give a file name such as {path / 'attention.html'}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise AttnlabError(f"cannot write {path}: {e.strerror}; give a writable path") from None
-    return path
 
 
 def _lab_samples(run_dir: Path) -> dict[str, str]:
@@ -316,7 +302,7 @@ def _lab_samples(run_dir: Path) -> dict[str, str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .explorer.app import create_app
-    from .runtime import resolve_device
+    from .runtime import read_json_lines, resolve_device
 
     try:
         import uvicorn
@@ -326,16 +312,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise AttnlabError(f"--port {args.port}: must be between 1 and 65535")
     ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
     run_dir = ckpt.path.parent if ckpt.path.name == "checkpoint" else ckpt.path
-    metrics = []
-    log = run_dir / "metrics.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: the rest of the curve still shows
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("val_bpc"), float):
-                metrics.append(row)
+    metrics = [
+        row
+        for row in read_json_lines(run_dir / "metrics.jsonl")
+        if isinstance(row.get("step"), int) and isinstance(row.get("val_bpc"), float)
+    ]
     info = dict(ckpt.state.get("run", {}))
     info["samples"] = _lab_samples(run_dir)
     app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": metrics})

@@ -112,7 +112,8 @@ def run_lab(
     }
     if max_time and "eval_every" not in fields:
         fields["eval_every_s"] = max_time / 12  # a dozen points on each validation curve
-    TrainConfig(**fields).validate()  # before the data is loaded: a bad setting fails at once
+    tcfg = TrainConfig(**fields)
+    tcfg.validate()  # before the data is loaded: a bad setting fails at once
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
     vocabulary = word_set(prepared.corpus.train.chunks()) if prepared.corpus.train.text is not None else None
@@ -120,8 +121,8 @@ def run_lab(
     metrics: dict[str, Any] = {"data": info, "prompts": list(prompts), "preset": preset, "recipe": recipe_info}
     curves: dict[str, list[dict[str, Any]]] = {}
     sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
+    budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
     for kind in ("mlp", "transformer"):
-        budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
         notice(f"lab: training the {kind} for {budget}")
         config = transformer if kind == "transformer" else {}
         result = run.start(out / kind, data=prepared, model=kind, preset=preset, config=config, desc=kind, **fields)
@@ -141,20 +142,20 @@ def run_lab(
             "checkpoint": str(result.checkpoint),
         }
         curves[kind] = result.log
-    metrics["positions_lesson"] = _positions_lesson(metrics["transformer"], model, prepared.valid)
+    metrics["positions_lesson"] = _positions_lesson(model, prepared.valid, tcfg.eval_tokens)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_lab_report(out, metrics, curves)
     return metrics
 
 
-def _positions_lesson(tf: dict[str, Any], model: Any, valid: Any) -> dict[str, Any]:
-    """The lab's "why position embeddings": the trained Transformer evaluated with its positions taken out."""
-    tokens = 65_536  # the validation prefix of the curves: a few seconds
+def _positions_lesson(model: Any, valid: Any, tokens: int) -> dict[str, Any]:
+    """The lab's "why position embeddings": the trained Transformer evaluated with its positions taken
+    out, on the validation prefix of its curves (`tokens`: a few seconds)."""
     with_pos = evaluate(model, valid, max_tokens=tokens).bpc
     with without_positions(model):
         without = evaluate(model, valid, max_tokens=tokens).bpc
-    return {"scheme": tf["config"]["positions"], "val_bpc": with_pos, "val_bpc_without_positions": without}
+    return {"scheme": model.config.positions, "val_bpc": with_pos, "val_bpc_without_positions": without}
 
 
 def summary(metrics: dict[str, Any], out: Path) -> str:

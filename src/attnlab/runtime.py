@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -91,6 +92,35 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)  # that GPU: with no argument, only the current one
     elif device == "mps":
         torch.mps.synchronize()
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write `path` whole or not at all (a temporary file beside it, then a rename); returns `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AttnlabError(f"cannot write {path}: {e.strerror}; give a writable path") from None
+    return path
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per line; a line cut short (a kill, an interrupted
+    kernel) or anything but an object is skipped, so the rest of the file still counts. [] if absent."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def memory_limit() -> int:

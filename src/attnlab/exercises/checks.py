@@ -8,6 +8,7 @@ first place where it differs and by how much. A function not written yet gets on
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,11 @@ def _result(name: str, fn: Callable[..., Any] | None, passed: bool, mistake: str
     return record(CheckResult(name, passed, mistake, f"{'✓' if passed else '✗'} {name}: {text}", function))
 
 
+def _not_a_function(name: str, fn: Any) -> CheckResult | None:
+    """The result for something that is not a function (None: it is one)."""
+    return None if callable(fn) else _result(name, fn, False, None, f"expected a function, got {type(fn).__name__}")
+
+
 def _diagnosis(name: str, mistake: str, evidence: str = "") -> CheckResult:
     what = MISTAKES[mistake].what
     text = f"mistake `{mistake}`: {what}" + (f"\n  evidence: {evidence}" if evidence else "")
@@ -97,18 +103,23 @@ def _as_tensor(name: str, got: Any, want: torch.Tensor) -> torch.Tensor:
     return got
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Equal up to float32 rounding (float64 and einsum are fine), NaNs in the same places."""
+def _mismatch(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """True where `got` differs from `want` beyond float32 rounding (float64 and einsum are fine);
+    NaNs must sit in the same places. The one tolerance of every comparison here."""
     got, want = got.detach().double(), want.detach().double()
     scale = want.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max().item() if want.numel() else 0.0
-    return bool(torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True))
+    return ~torch.isclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return not bool(_mismatch(got, want).any())
 
 
 def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
+    index = tuple(int(i) for i in _mismatch(got, want).nonzero()[0])
     got, want = got.detach().double(), want.detach().double()
     diff = (got - want).abs()
     diff = torch.where(torch.isnan(got) != torch.isnan(want), torch.inf, diff.nan_to_num(nan=0.0))
-    index = tuple(int(i) for i in torch.nonzero(diff > 1e-5 * max(1.0, want.nan_to_num().abs().max().item()))[0])
     letters = shape_in_letters(tuple(want.shape), LETTERS).strip("()").split(", ")
     at = ", ".join(f"{letter.lower()}={i}" for letter, i in zip(letters, index, strict=True))
     nans = _nan_places(got)
@@ -119,14 +130,14 @@ def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
 
 
 def _nan_places(x: torch.Tensor) -> str:
-    """ "NaN at l=0 (every b, h, d)" for the positions (dim -2) where NaNs appear, else ""."""
+    """ "NaN at position(s) 0, 3" for the positions (dim -2) where NaNs appear, else ""."""
     if x.dim() < 2 or not torch.isnan(x).any():
         return ""
     rows = torch.isnan(x).flatten(0, -3).any(dim=(0, 2)).nonzero().flatten().tolist() if x.dim() > 2 else [0]
     return f"NaN at position(s) {', '.join(map(str, rows))}"
 
 
-def _match_mistake(name: str, got: list[torch.Tensor], cases: list[Case], wrong: Wrong) -> str | None:
+def _match_mistake(got: list[torch.Tensor], cases: list[Case], wrong: Wrong) -> str | None:
     """The id of the first wrong version whose outputs equal the student's on every case."""
     for mistake, fn in wrong:
         with torch.no_grad():
@@ -144,8 +155,8 @@ def _check_tensor_fn(
     evidence: Callable[[str, Callable[..., Any], list[Case], list[torch.Tensor]], str] | None = None,
 ) -> CheckResult:
     """The common check: run on every case, compare with the reference, else look for the mistake."""
-    if fn is None or not callable(fn):
-        return _result(name, fn, False, None, f"expected a function, got {type(fn).__name__}")
+    if (result := _not_a_function(name, fn)) is not None:
+        return result
     reference = getattr(ref, name)
     try:
         with torch.no_grad():
@@ -155,7 +166,7 @@ def _check_tensor_fn(
         return stop.result
     if all(_close(g, w) for g, w in zip(gots, wants, strict=True)):
         return _result(name, fn, True, None, f"correct on {len(cases)} inputs")
-    mistake = _match_mistake(name, gots, cases, wrong)
+    mistake = _match_mistake(gots, cases, wrong)
     if mistake is None:
         i = next(i for i, (g, w) in enumerate(zip(gots, wants, strict=True)) if not _close(g, w))
         where = ", ".join(_describe_arg(a) for a in cases[i])
@@ -183,8 +194,8 @@ DOCS = [
 def check_encode_doc(encode_doc: Callable[[str], torch.Tensor] | None) -> CheckResult:
     """Check `encode_doc(doc) -> LongTensor (L,)`: code points, characters >= 256 dropped."""
     name = "encode_doc"
-    if encode_doc is None or not callable(encode_doc):
-        return _result(name, encode_doc, False, None, f"expected a function, got {type(encode_doc).__name__}")
+    if (result := _not_a_function(name, encode_doc)) is not None:
+        return result
     try:
         gots = [_call(name, encode_doc, (doc,)) for doc in DOCS]
     except _Stop as stop:
@@ -233,10 +244,8 @@ def _pairs(where_LL: torch.Tensor, limit: int = 3) -> str:
 def check_causal_mask(make_causal_mask: Callable[[int], torch.Tensor] | None) -> CheckResult:
     """Check `make_causal_mask(L) -> FloatTensor (L, L)`: 0 where key j <= query i, a large negative elsewhere."""
     name = "make_causal_mask"
-    if make_causal_mask is None or not callable(make_causal_mask):
-        return _result(
-            name, make_causal_mask, False, None, f"expected a function, got {type(make_causal_mask).__name__}"
-        )
+    if (result := _not_a_function(name, make_causal_mask)) is not None:
+        return result
     try:
         for n in (1, 4, L):
             mask = _as_tensor(name, _call(name, make_causal_mask, (n,)), ref.make_causal_mask(n))
@@ -301,7 +310,8 @@ def _future_reach(f: Callable[[int], torch.Tensor], base: torch.Tensor, n: int) 
 def _attention_evidence(mistake: str, fn: Callable[..., Any], cases: list[Case], gots: list[torch.Tensor]) -> str:
     q, k, v = cases[0]
     if mistake in ("no_scaling", "scaled_by_d"):
-        return f"with D = {D}, your scores match q.k / {1 if mistake == 'no_scaling' else D}, not q.k / sqrt({D}) = 2"
+        divisor = 1 if mistake == "no_scaling" else D
+        return f"with D = {D}, your scores match q.k / {divisor}, not q.k / sqrt({D}) = {math.sqrt(D):g}"
     nans = _nan_places(gots[0])
     if mistake == "hides_self" and nans:
         return f"{nans}: query 0 has no key left to see, and softmax over only -inf is 0/0"
@@ -458,8 +468,8 @@ def check_sampling(sample_next: Callable[..., int] | None) -> CheckResult:
     """Check `sample_next(logits_V, temperature, top_k) -> int`: greedy at temperature 0, else a draw
     from softmax(logits / T) over the top_k best tokens. Draws are counted, so this takes a second."""
     name = "sample_next"
-    if sample_next is None or not callable(sample_next):
-        return _result(name, sample_next, False, None, f"expected a function, got {type(sample_next).__name__}")
+    if (result := _not_a_function(name, sample_next)) is not None:
+        return result
     gen = torch.Generator().manual_seed(0)
     try:
         for _ in range(5):

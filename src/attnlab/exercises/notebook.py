@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnlabError
+from ..runtime import read_json_lines
 from .checks import CHECKS
 from .result import LOG_ENV
 
@@ -151,13 +152,4 @@ async def _interrupt(client: Any) -> None:
 
 def _read_log(log: Path) -> dict[str, dict[str, Any]]:
     """The last result of each exercise (a student may run a check several times)."""
-    results: dict[str, dict[str, Any]] = {}
-    if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted kernel
-            if isinstance(row, dict) and row.get("name") in CHECKS:
-                results[row["name"]] = row
-    return results
+    return {row["name"]: row for row in read_json_lines(log) if row.get("name") in CHECKS}

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..errors import AttnlabError
+from ..runtime import write_text_atomically
 
 HERE = Path(__file__).parent
 STUDENT, SOLUTIONS = HERE / "lab.ipynb", HERE / "lab_solutions.ipynb"
@@ -24,11 +24,4 @@ def copy_notebook(out: str | Path = ".", solutions: bool = False) -> Path:
     target = out / source.name
     if target.exists():
         raise AttnlabError(f"{target} exists; move it away or give another --out, so no work is overwritten")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
-    except OSError as e:
-        raise AttnlabError(f"cannot write {target}: {e.strerror}; give a writable --out folder") from None
-    return target
+    return write_text_atomically(target, source.read_text(encoding="utf-8"))
