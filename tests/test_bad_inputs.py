@@ -26,7 +26,7 @@ NUMBERS = [
     (TRAIN + ["--lr", "0"], "--lr 0.0: must be a finite number > 0"),
     (TRAIN + ["--lr=-1e-3"], "must be a finite number > 0"),
     (TRAIN + ["--lr", "fast"], "'fast' is not a number"),
-    (TRAIN + ["--seed", "-1"], "--seed -1"),
+    (TRAIN + ["--seed", "-1"], "--seed: -1 is not between 0 and 2**63 - 1"),
     (TRAIN + ["--seed", str(2**64)], "--seed"),
     (TRAIN + ["--set", "norm_eps=nan"], "norm_eps=nan: must be a finite number > 0"),
     (TRAIN + ["--set", "norm_eps=0"], "norm_eps=0.0: must be a finite number > 0"),

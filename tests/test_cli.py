@@ -132,7 +132,7 @@ def test_resume_continues_to_more_steps(run_dir: Path, capsys, tmp_path: Path) -
         (["generate", "{run}", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
         (["generate", "{run}", "--prompt", "x", "--slide", "0"], "--slide 0"),
         (["train", "--optimizer", "sgd", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
-        (["generate", "{corrupt}", "--prompt", "x"], "corrupt or incomplete"),
+        (["generate", "{corrupt}", "--prompt", "x"], "config.json: not valid JSON"),
         (["eval", "{run}", "--data", "missing.txt"], "no such file or folder"),
         (["eval", "{nothing}", "--data", "builtin"], "no such checkpoint"),
         (["eval", "{run}", "--data", "builtin", "--split", "test"], "invalid choice"),

@@ -52,9 +52,11 @@ def test_resume_with_a_larger_budget_extends_the_run(corpus_file: Path, tmp_path
 
 
 def test_resume_refuses_a_folder_without_a_training_state(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "m", build_model(preset_config("lab")))
+    save_checkpoint(tmp_path / "m" / "checkpoint", build_model(preset_config("lab")))
     with pytest.raises(AttnlabError, match="no training state to resume from"):
         run.resume(tmp_path / "m", steps=10)
+    with pytest.raises(AttnlabError, match="is a checkpoint folder; give the run folder that holds it"):
+        run.resume(tmp_path / "m" / "checkpoint", steps=10)  # resuming there would nest a checkpoint in it
 
 
 def test_runs_can_share_one_tokenized_corpus(corpus_file: Path, tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ CRAFTED = [
     ("unknown part key", lambda m: m | {"train": {**m["train"], "offset": 3}}, "unknown key(s) offset"),
     ("missing key", lambda m: {k: v for k, v in m.items() if k != "valid"}, "missing key(s) valid"),
     ("unknown tokenizer", lambda m: m | {"tokenizer": {"kind": "pickle"}}, "unknown tokenizer kind"),
-    ("broken tokenizer", lambda m: m | {"tokenizer": {"kind": "char"}}, "tokenizer cannot be built"),
+    ("broken tokenizer", lambda m: m | {"tokenizer": {"kind": "char"}}, "missing key(s) chars"),
     ("other format", lambda m: m | {"format": 99}, "format 99"),
     ("a list", lambda m: [m], "not an object"),
 ]

@@ -21,6 +21,7 @@ from .errors import AttnlabError
 from .inspect.params import flops_per_token
 from .models import build_model, preset_config
 from .models.sampling import default_slide
+from .run import check_fits
 from .runtime import DTYPES, autocast_context, available_devices, check_dtype, resolve_device, synchronize
 from .train import TrainConfig, make_optimizer
 
@@ -164,6 +165,9 @@ def run_bench(
         raise AttnlabError(f"--new-tokens {new_tokens}: must be >= 1")
     for dtype in dtypes:
         check_dtype(dtype, "--dtypes")
+    TrainConfig(steps=1, batch_size=batch_size).validate()
+    check_fits(preset_config(preset), training=True, batch_size=batch_size)  # before any model is built
+    check_fits(preset_config(preset, max_len=gen_max_len), training=False)
     for device in devices:
         # MFU is against the device's best matmul rate in any dtype (as in the PaLM and nanoGPT papers'
         # use of a GPU's bf16 peak): an fp32 run on a GPU leaves its bf16 tensor cores idle, and its

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import AttnlabError
 from .models import LanguageModel, ModelConfig, build_model
+from .runtime import check_object, json_type_name, memory_limit, read_json
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
 WEIGHTS, CONFIG, STATE, OPTIMIZER = "model.safetensors", "config.json", "state.json", "optimizer.safetensors"
@@ -47,8 +48,12 @@ class Checkpoint:
             raise AttnlabError(f"checkpoint {self.path} was saved without an optimizer")
         tensors = self.tensors or _load_tensors(self.path / OPTIMIZER)
         try:
-            optimizer.load_state_dict(optimizer_from_flat(tensors, self.state["optimizer"]))
-        except (ValueError, KeyError, RuntimeError) as e:
+            saved = optimizer_from_flat(tensors, self.state["optimizer"])
+            _check_optimizer_state(saved, optimizer)
+            optimizer.load_state_dict(saved)
+        except AttnlabError as e:
+            raise AttnlabError(f"checkpoint {self.path}: {e}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
             raise AttnlabError(
                 f"checkpoint {self.path}: the optimizer state does not fit this optimizer ({e})"
             ) from None
@@ -82,6 +87,26 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+def _check_optimizer_state(saved: dict[str, Any], optimizer: Optimizer) -> None:
+    """The saved state belongs to this optimizer's parameters (shapes, not just counts: torch checks
+    only counts, and another model's moments of other shapes would load and fail at the first step).
+    JSON gave lists where the optimizer keeps tuples (AdamW's betas): they become tuples again."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, per_param in saved["state"].items():
+        if not 0 <= idx < len(params):
+            raise AttnlabError(f"the optimizer state names parameter {idx}, but the model has {len(params)}")
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[idx].shape:
+                raise AttnlabError(
+                    f"the optimizer's {key} of parameter {idx} has shape {list(value.shape)}, but the parameter "
+                    f"{list(params[idx].shape)}: it is another model's optimizer"
+                )
+    for group, now in zip(saved["param_groups"], optimizer.param_groups, strict=False):
+        for key, value in group.items():
+            if isinstance(now.get(key), tuple) and isinstance(value, list):
+                group[key] = tuple(value)
+
+
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -92,6 +117,20 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the half-written `.NAME.tmpPID` folders of saves that were killed (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # someone else's live process
+            pass
 
 
 def save_checkpoint(
@@ -115,6 +154,7 @@ def save_checkpoint(
         opt_tensors, state["optimizer"] = optimizer_to_flat(optimizer)
         tensors.update(opt_tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -158,6 +198,70 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path) if path.exists() else {}
 
 
+def read_config(ckpt: Path) -> tuple[ModelConfig, Tokenizer | None]:
+    """A checkpoint's config.json, checked: its keys, the model config's fields and ranges, the
+    tokenizer's, and a tokenizer whose ids are the model's."""
+    where = str(ckpt / CONFIG)
+    meta = check_object(
+        read_json(ckpt / CONFIG), where, {"format": int, "model": dict, "tokenizer": dict}, required=("model",)
+    )
+    if meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise AttnlabError(f"{where}: format {meta['format']}, from a newer attnlab; upgrade attnlab to load it")
+    cfg = ModelConfig.from_dict(meta["model"], f"{where}: model")
+    tokenizer = tokenizer_from_dict(meta["tokenizer"], f"{where}: tokenizer") if "tokenizer" in meta else None
+    if tokenizer is not None and tokenizer.n_vocab != cfg.n_vocab:
+        raise AttnlabError(
+            f"{where}: the tokenizer has {tokenizer.n_vocab:,} ids but the model {cfg.n_vocab:,} "
+            "(n_vocab); the two were not saved together"
+        )
+    return cfg, tokenizer
+
+
+def check_weights(path: Path, cfg: ModelConfig) -> None:
+    """The weights file holds exactly the tensors of the model `cfg` builds, each of its shape; read
+    from the file's header and a model built on the meta device, so nothing is allocated first."""
+    if not path.is_file():
+        raise AttnlabError(f"{path}: missing; the checkpoint is incomplete")
+    if path.stat().st_size > memory_limit():
+        raise AttnlabError(
+            f"{path}: {path.stat().st_size / 2**30:,.1f} GiB of weights do not fit this machine's memory"
+        )
+    with safe_open(path, "pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    blocks = {int(k.split(".")[1]) for k in saved if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if cfg.model == "transformer" and cfg.n_layers != len(blocks):  # before building n_layers modules
+        raise AttnlabError(f"{path}: holds {len(blocks)} blocks, but the config says n_layers={cfg.n_layers}")
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    if missing := [k for k in wanted if k not in saved]:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AttnlabError(f"{path}: no tensor {missing[0]!r}{more}; the config and the weights do not match")
+    if extra := [k for k in saved if k not in wanted]:
+        raise AttnlabError(f"{path}: an unexpected tensor {extra[0]!r}; the config and the weights do not match")
+    for name, shape in wanted.items():
+        if saved[name] != shape:
+            raise AttnlabError(
+                f"{path}: {name} has shape {list(saved[name])}, but the config makes it {list(shape)}; "
+                "the config and the weights do not match"
+            )
+
+
+def check_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, Tokenizer | None, dict[str, Any]]:
+    """A checkpoint checked as a whole without building its model: (its folder, the model config, the
+    tokenizer, the state). Config, tokenizer, the weights' names and shapes and state.json must agree."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        cfg, tokenizer = read_config(ckpt)
+        check_weights(ckpt / WEIGHTS, cfg)
+        state = read_json(ckpt / STATE) if (ckpt / STATE).exists() else {}
+    except (OSError, SafetensorError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AttnlabError(f"checkpoint {ckpt} is corrupt or incomplete ({first[:200]})") from None
+    if not isinstance(state, dict):
+        raise AttnlabError(f"{ckpt / STATE}: holds {json_type_name(state)}, not an object")
+    return ckpt, cfg, tokenizer, state
+
+
 def load_checkpoint(
     path: str | Path,
     device: str = "cpu",
@@ -170,21 +274,19 @@ def load_checkpoint(
     The model is built from the saved config, or, given `model`, the weights are loaded into it
     (its config must be the saved one); given `optimizer` too (built over `model`'s parameters), its
     state is restored. `with_state` also loads the optimizer and random-state tensors into `tensors`.
+    The checkpoint is checked as a whole first (config, tokenizer, weights' names and shapes, state),
+    so one that does not hang together is one line saying what does not match.
     """
     if optimizer is not None and model is None:
         raise AttnlabError("load_checkpoint: give the model the optimizer was built over (model=...)")
-    ckpt = resolve_checkpoint(path)
+    ckpt, cfg, tokenizer, state = check_checkpoint(path)
+    if model is not None and model.config != cfg:
+        raise AttnlabError(f"checkpoint {ckpt} holds another model's config; build the model from its config")
     try:
-        meta = json.loads((ckpt / CONFIG).read_text())
-        cfg = ModelConfig.from_dict(meta["model"])
-        tokenizer = tokenizer_from_dict(meta["tokenizer"]) if "tokenizer" in meta else None
         built = model is None
         if model is None:
             model = build_model(cfg)
-        elif model.config != cfg:
-            raise AttnlabError(f"checkpoint {ckpt} holds another model's config; build the model from its config")
         model.load_state_dict(load_file(ckpt / WEIGHTS))
-        state = json.loads((ckpt / STATE).read_text()) if (ckpt / STATE).exists() else {}
         tensors = _load_tensors(ckpt / OPTIMIZER) if with_state else {}
     except AttnlabError:
         raise

@@ -17,13 +17,19 @@ from .optim import OPTIMIZERS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_DIVERGED = 1  # the run itself failed (a loss that is not a number), not its input
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_BAD_INPUT, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
+
+
+def one_line(text: str) -> str:
+    """A message on one line whatever the user typed into it: line breaks in echoed values are escaped."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _finite(text: str) -> float:
@@ -35,6 +41,26 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
+
+
+def _integer(text: str, low: int, high: int | None, allowed: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < low or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed torch and numpy both take."""
+    return _integer(text, 0, 2**63, "between 0 and 2**63 - 1")
+
+
+def _positive(text: str) -> int:
+    """argparse type: a count of at least one."""
+    return _integer(text, 1, None, ">= 1")
 
 
 def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
@@ -61,7 +87,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=_finite, default=None, help="peak learning rate")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--device", default=None, help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 | mps")
     p.add_argument(
         "--dtype",
@@ -110,6 +136,7 @@ def _run_options(args: argparse.Namespace, default_max_time: float) -> dict[str,
         "seed": args.seed or 0,
         "device": args.device or "auto",
         "train_overrides": overrides,
+        "resume": args.resume,
     }
 
 
@@ -124,18 +151,21 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed, run
-    from .runtime import notice
 
-    if args.resume:
-        if args.set or args.preset or args.tokenizer:
-            notice("notice: --preset, --set and --tokenizer are ignored with --resume (the checkpoint's are used)")
-        run.resume(args.out, data=args.data, **_train_overrides(args))
+    if args.resume:  # the run's own model and tokenizer; asking for others is refused, not ignored
+        same = {
+            "model": args.model,
+            "preset": args.preset,
+            "tokenizer": args.tokenizer,
+            "config": _parse_sets(args.set),
+        }
+        run.resume(args.out, data=args.data, same_as=same, **_train_overrides(args))
     else:
         run.start(
             args.out,
             data=args.data or "builtin",
             tokenizer=args.tokenizer or "bytes",
-            model=args.model,
+            model=args.model or "transformer",
             preset=args.preset or "small",
             config=_parse_sets(args.set),
             **_train_overrides(args),
@@ -183,12 +213,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import encode_split, load_corpus, load_whole_text
+    from .data import encode_split, load_corpus, load_whole_text, prepare_data
     from .runtime import resolve_device
     from .train import evaluate
 
     ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
-    if args.split == "all":
+    if args.data.endswith(".bin"):  # token files: their validation split, made by their own tokenizer
+        if args.split == "all":
+            raise AttnlabError(
+                f"--data {args.data}: token files are evaluated on their validation split; drop --split all"
+            )
+        prepared = prepare_data(args.data)
+        if prepared.tokenizer.to_dict() != ckpt.tokenizer.to_dict():
+            raise AttnlabError(
+                f"--data {args.data}: made by the {prepared.tokenizer.name} tokenizer, not the model's "
+                f"({ckpt.tokenizer.name}); prepare the text with --tokenizer {ckpt.tokenizer.name}"
+            )
+        stream = prepared.valid
+    elif args.split == "all":
         stream = encode_split(load_whole_text(args.data), ckpt.tokenizer, args.data)
     else:
         stream = encode_split(load_corpus(args.data).valid, ckpt.tokenizer, f"{args.data} valid")
@@ -382,23 +424,19 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_checkpoint
+    from .checkpoint import check_checkpoint
     from .inspect.params import format_params_table, params_report
-    from .models import PRESETS, ModelConfig, preset_config
+    from .models import PRESETS, preset_config
 
     if args.target in PRESETS:
         cfg = preset_config(args.target, model=args.model)
     else:
         try:
-            path = resolve_checkpoint(args.target)
-        except AttnlabError:
+            cfg = check_checkpoint(args.target)[1]
+        except AttnlabError as e:
             raise AttnlabError(
-                f"{args.target!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder"
+                f"{args.target!r} is not a preset ({', '.join(PRESETS)}); as a checkpoint: {e}"
             ) from None
-        try:
-            cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text())["model"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise AttnlabError(f"checkpoint {path} is corrupt or incomplete ({e})") from None
     report = params_report(cfg, args.context)
     print(json.dumps(report) if args.format == "json" else format_params_table(report))
     return 0
@@ -510,7 +548,7 @@ def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None
     p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
     p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
     p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with --random")
-    p.add_argument("--seed", type=int, default=0, help="with --random: the initialisation seed")
+    p.add_argument("--seed", type=_seed, default=0, help="with --random: the initialisation seed")
     p.add_argument("--device", default="cpu")
     if prompt:
         p.add_argument("--prompt", required=True)
@@ -529,10 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast (default): Muon, rotary positions, 3 blocks; classic: AdamW, learned positions, 4 blocks",
     )
     p.add_argument("--out", default="runs/lab", help="run folder (default: runs/lab)")
+    p.add_argument("--resume", action="store_true", help="continue the models of --out from their checkpoints")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("train", help="train one model, with checkpoints and a metrics log")
-    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer")
+    p.add_argument("--model", choices=("mlp", "transformer"), default=None, help="transformer (default) | mlp")
     _add_train_options(p)
     p.add_argument("--out", required=True, help="run folder: checkpoint/ and metrics.jsonl go here")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -547,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=_finite, default=None)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--slide",
         type=int,
@@ -590,27 +629,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect_source(p, prompt=False)
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--neighbours", default="aeiouAT.,! ", help="characters whose nearest neighbours to list")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive, default=5)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_embeddings)
 
     p = sub.add_parser("next", help="the most likely next tokens after a prompt")
     _add_inspect_source(p)
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=_positive, default=10)
     p.add_argument("--all-positions", action="store_true", help="also after every prefix of the prompt")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_next)
 
     p = sub.add_parser("lens", help="logit lens: the next-token guess after each layer")
     _add_inspect_source(p)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_positive, default=5)
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_lens)
 
     p = sub.add_parser("params", help="parameters per component and FLOPs per token of a preset or checkpoint")
     p.add_argument("target", metavar="PRESET_OR_CKPT", help="a preset name (gpt2, gpt3-175b, small...) or a checkpoint")
     p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with a preset")
-    p.add_argument("--context", type=int, default=None, help="context length for the FLOPs (default: max_len)")
+    p.add_argument("--context", type=_positive, default=None, help="context length for the FLOPs (default: max_len)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_params)
 
@@ -629,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(p)
     p.add_argument("--out", default="runs/compare", help="run folder (default: runs/compare)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted variant from its checkpoint (not from scratch)"
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="training and generation speed: eager vs compiled, fp32 vs bf16, KV cache")
@@ -716,8 +758,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a verb runs (reading the arguments, loading a module)
+        print("attnlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     from .threads import use_threads
-    from .train import TrainingInterrupted
+    from .train import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -726,10 +776,13 @@ def main(argv: list[str] | None = None) -> int:
             use_threads(args.threads)
         return args.func(args)
     except AttnlabError as e:
-        print(f"attnlab {args.command}: error: {e}", file=sys.stderr)
+        print(one_line(f"attnlab {args.command}: error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as e:
+        print(one_line(f"attnlab {args.command}: error: {e}"), file=sys.stderr)
+        return EXIT_DIVERGED
     except TrainingInterrupted as e:
-        print(f"attnlab {args.command}: {e}", file=sys.stderr)
+        print(one_line(f"attnlab {args.command}: {e}"), file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"attnlab {args.command}: interrupted", file=sys.stderr)

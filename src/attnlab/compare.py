@@ -23,7 +23,7 @@ from .errors import AttnlabError
 from .generate import generate_text
 from .models import Sampling, preset_config
 from .report import write_compare_report
-from .runtime import notice, resolve_device
+from .runtime import notice, read_json_lines, resolve_device
 from .train import TrainConfig
 
 Variant = dict[str, str]
@@ -64,12 +64,26 @@ def slug(variant: Variant) -> str:
     return ",".join(f"{k}={v}" for k, v in variant.items()).replace("/", "_")
 
 
-def _finished(run_dir: Path) -> list[dict[str, Any]] | None:
-    log = run_dir / "metrics.jsonl"
-    if not log.exists():
+def _saved_settings(run_dir: Path) -> Any:
+    """The settings a variant was started with (kept in its checkpoint's state), or None."""
+    try:
+        return json.loads((run_dir / "checkpoint" / "state.json").read_text(encoding="utf-8")).get("compare")
+    except (OSError, ValueError, AttributeError):
         return None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return rows if rows and rows[-1].get("final") else None
+
+
+def _finished(run_dir: Path, name: str, settings: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A variant's log rows if it finished with these `settings` (model, data, budget, seed, training
+    fields); None if it must train (again), saying why when it had finished with other settings."""
+    rows = read_json_lines(run_dir / "metrics.jsonl")
+    if not rows or not rows[-1].get("final"):
+        return None
+    if (saved := _saved_settings(run_dir)) != settings:
+        old = saved if isinstance(saved, dict) else {}
+        changed = [f"{k} {old.get(k, '?')} -> {v}" for k, v in settings.items() if old.get(k) != v]
+        notice(f"compare: {name} finished before with other settings ({'; '.join(changed)[:300]}); training it again")
+        return None
+    return rows
 
 
 def run_compare(
@@ -85,8 +99,13 @@ def run_compare(
     one_at_a_time: bool = False,
     prompt: str = "Once upon a time",
     train_overrides: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train every variant; write DIR/results.json and DIR/report.html; return the results."""
+    """Train every variant; write DIR/results.json and DIR/report.html; return the results.
+
+    A variant that finished before with the same settings is kept; one that did not starts again, or
+    with `resume` continues from its checkpoint when it was started with the same settings.
+    """
     out = Path(out)
     todo = variants(vary, one_at_a_time)
     base = preset_config(preset)
@@ -94,7 +113,10 @@ def run_compare(
     fields = {"steps": steps, "max_time": max_time, "seed": seed, "device": device, **(train_overrides or {})}
     if max_time and "eval_every" not in fields:
         fields["eval_every_s"] = max_time / 10
-    TrainConfig(**fields).validate()
+    tcfg = TrainConfig(**fields)
+    tcfg.validate()
+    for cfg in configs:  # every variant fits before the first trains
+        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size)
     prepared = prepare_data(data, tokenizer)
     sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
     results, curves, samples = [], {}, {}
@@ -107,16 +129,25 @@ def run_compare(
             notice(f"compare: {name} is the same model as {done[key]['name']}, not trained again")
             results.append({**done[key], "name": name, "variant": variant, "same_as": done[key]["name"]})
             continue
-        rows = _finished(run_dir)
-        if rows is None:
+        # What a finished variant must share with this sweep to be kept (the device aside).
+        settings = json.loads(
+            json.dumps(
+                {"model": cfg.to_dict(), "data": prepared.info(), **{k: v for k, v in fields.items() if k != "device"}}
+            )
+        )
+        rows = _finished(run_dir, name, settings)
+        if rows is None and resume and _saved_settings(run_dir) == settings:
+            notice(f"compare: {name}, continued")
+            model = run.resume(run_dir, data=prepared, desc=name, **fields).model
+            rows = read_json_lines(run_dir / "metrics.jsonl")
+        elif rows is None:
             if run_dir.exists():
-                shutil.rmtree(run_dir)  # an unfinished variant starts again from scratch
+                shutil.rmtree(run_dir)  # an unfinished or outdated variant starts again from scratch
             notice(f"compare: {name}")
-            info = {"variant": variant}
+            info = {"variant": variant, "compare": settings}
             result = run.start(run_dir, data=prepared, preset=preset, config=cfg, run_info=info, desc=name, **fields)
             model = result.model
-            rows = _finished(run_dir)
-            assert rows is not None
+            rows = read_json_lines(run_dir / "metrics.jsonl")
         else:
             notice(f"compare: {name} already finished, skipped")
             model = load_checkpoint(run_dir, device=resolve_device(device)).model

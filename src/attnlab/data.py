@@ -20,7 +20,7 @@ from .builtin_corpus import builtin_stories
 from .errors import AttnlabError
 from .runtime import cache_dir, notice
 from .tokenizers import ENDOFTEXT, Tokenizer, describe_unencodable, make_tokenizer
-from .tokens import TokenStream, cached_tokens, dropped_chars, read_chunks, read_token_files
+from .tokens import TokenStream, cached_tokens, check_text, dropped_chars, read_chunks, read_token_files
 
 HUB_REPO = "roneneldan/TinyStories"
 HUB_VALID = "TinyStoriesV2-GPT4-valid.txt"
@@ -84,14 +84,12 @@ def split_train_valid(text: str, what: str, valid_fraction: float = VALID_FRACTI
 def read_text(path: Path) -> str:
     """Read a UTF-8 file; undecodable bytes become U+FFFD with a counted warning."""
     raw = path.read_bytes()
+    check_text(path, raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("utf-8", errors="replace")
-        bad = text.count("\ufffd")
-        if bad > 0.01 * max(1, len(raw)):
-            raise AttnlabError(f"{path}: not UTF-8 text ({bad} undecodable bytes); convert it to UTF-8") from None
-        notice(f"warning: {path}: replaced {bad} undecodable bytes with U+FFFD")
+        notice(f"warning: {path}: replaced {text.count(chr(0xFFFD))} undecodable bytes with U+FFFD")
     if not text.strip():
         raise AttnlabError(f"{path}: the file is empty; give a text with at least a few stories")
     return text
@@ -99,6 +97,7 @@ def read_text(path: Path) -> str:
 
 def _file_split(path: Path, in_memory_limit: int) -> TextSplit:
     if path.stat().st_size > in_memory_limit:
+        check_text(path)  # streamed later: its first MiB says what it is
         return TextSplit(path=path)
     return TextSplit(text=read_text(path))
 

@@ -34,10 +34,16 @@ def _load_hf(path_or_model: Any) -> Any:
         path = Path(path_or_model).expanduser()
         if not (path / "config.json").is_file():
             raise AttnlabError(f"{path}: not a Hugging Face model folder (no config.json)")
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise AttnlabError(
+                f"{path}: no .safetensors weights{f' (only {pickles[0]}, a pickle)' if pickles else ''}; attnlab never "
+                "unpickles a file (it can run code): save the model with save_pretrained(safe_serialization=True)"
+            )
         from transformers import AutoModelForCausalLM
 
         try:
-            return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+            return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", use_safetensors=True)
         except (OSError, ValueError, KeyError) as e:
             raise AttnlabError(f"{path}: could not load with transformers ({str(e).splitlines()[0][:200]})") from None
     return path_or_model

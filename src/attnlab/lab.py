@@ -14,7 +14,7 @@ from .data import prepare_data
 from .errors import AttnlabError
 from .generate import generate_text
 from .inspect.ablations import without_positions
-from .models import Sampling
+from .models import Sampling, preset_config
 from .report import write_lab_report
 from .runtime import notice
 from .train import TrainConfig, evaluate
@@ -89,12 +89,14 @@ def run_lab(
     sample_tokens: int = 200,
     train_overrides: dict[str, Any] | None = None,
     recipe: str = DEFAULT_RECIPE,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train both models with `max_time` seconds each; write metrics.json and report.html into `out`.
 
     `recipe` names one of `RECIPES`; `train_overrides` (TrainConfig fields) win over its settings. The
     recipe's changes to the Transformer apply to the default preset, `small`; a preset named here is
-    trained as it is (the lab's exact sizes, say), with the recipe's training settings.
+    trained as it is (the lab's exact sizes, say), with the recipe's training settings. With `resume`,
+    a model that has a checkpoint in `out` continues from it (a finished one is only evaluated again).
     """
     out = Path(out)
     if recipe not in RECIPES:
@@ -114,6 +116,9 @@ def run_lab(
         fields["eval_every_s"] = max_time / 12  # a dozen points on each validation curve
     tcfg = TrainConfig(**fields)
     tcfg.validate()  # before the data is loaded: a bad setting fails at once
+    for kind in ("mlp", "transformer"):  # and both models must fit before the first one trains
+        cfg = preset_config(preset, model=kind).with_overrides(transformer if kind == "transformer" else {})
+        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size)
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
     vocabulary = word_set(prepared.corpus.train.chunks()) if prepared.corpus.train.text is not None else None
@@ -125,7 +130,11 @@ def run_lab(
     for kind in ("mlp", "transformer"):
         notice(f"lab: training the {kind} for {budget}")
         config = transformer if kind == "transformer" else {}
-        result = run.start(out / kind, data=prepared, model=kind, preset=preset, config=config, desc=kind, **fields)
+        if resume and (out / kind / "checkpoint").is_dir():
+            asked = {"model": kind, "preset": preset, "config": config}
+            result = run.resume(out / kind, data=prepared, desc=kind, same_as=asked, **fields)
+        else:
+            result = run.start(out / kind, data=prepared, model=kind, preset=preset, config=config, desc=kind, **fields)
         model = result.model
         samples = [generate_text(model, prepared.tokenizer, p, sample_tokens, sampling) for p in prompts]
         metrics["device"] = str(next(model.parameters()).device)

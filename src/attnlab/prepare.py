@@ -15,7 +15,7 @@ from typing import Any
 from .data import VALID_FRACTION, Corpus, TextSplit, build_tokenizer, encode_split, load_corpus
 from .errors import AttnlabError
 from .tokenizers import ENDOFTEXT, token_dtype
-from .tokens import read_chunks, write_token_file, write_token_files_meta
+from .tokens import check_text, read_chunks, write_token_file, write_token_files_meta
 
 
 def _byte_ranges(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -57,6 +57,7 @@ def prepare(source: str, out: str | Path, tokenizer: str = "bytes") -> dict[str,
     valid_out = out.with_suffix(".valid.bin")
     path = Path(source).expanduser()
     if path.is_file():
+        check_text(path)  # what `train --data FILE` refuses, prepare refuses too
         train_range, valid_range = _byte_ranges(path)
         tok = build_tokenizer(tokenizer, Corpus(source, _ByteRange(path, train_range), TextSplit(text="")))
         train = write_token_file(path, train_range, tok, out, "train")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint
+from .checkpoint import CONFIG, Checkpoint, load_checkpoint
 from .data import Prepared, check_length, prepare_data
 from .errors import AttnlabError
 from .inspect.params import param_count
@@ -35,9 +35,19 @@ from .runtime import memory_limit, notice, resolve_device
 from .train import Callback, TrainConfig, TrainResult, TrainState, train
 
 
-def check_fits(cfg: ModelConfig, training: bool) -> None:
-    """Refuse, before anything is allocated, a model whose fp32 weights (and, to train, gradients and
-    two AdamW moments) exceed this machine's memory: building it would hang or be killed."""
+def activation_bytes(cfg: ModelConfig, batch_size: int) -> int:
+    """About what one training step of `batch_size` sequences keeps for the backward pass, in fp32: per
+    token and block the residual stream, norms, q/k/v and outputs (~10 C), the MLP's hidden units (~3 F)
+    and the attention weights before and after the softmax (2 H L); then the logits and their gradient."""
+    C, F, L = cfg.emb_dim, cfg.n_hidden, cfg.max_len
+    attention = 2 * cfg.n_heads * L if cfg.model == "transformer" else 0
+    per_token = cfg.n_layers * (10 * C + 3 * F + attention) + 3 * cfg.n_vocab
+    return batch_size * L * per_token * 4
+
+
+def check_fits(cfg: ModelConfig, training: bool, batch_size: int = 0) -> None:
+    """Refuse, before anything is allocated, a model whose fp32 weights (and, to train, gradients, two
+    AdamW moments and a batch's activations) exceed this machine's memory: it would hang or be killed."""
     n = param_count(cfg)
     need = n * 4 * (4 if training else 1)
     have = memory_limit()
@@ -45,6 +55,12 @@ def check_fits(cfg: ModelConfig, training: bool) -> None:
         raise AttnlabError(
             f"a model of {n:,} parameters needs {need / 2**30:,.1f} GiB to {'train' if training else 'hold'}, "
             f"more than the {have / 2**30:,.1f} GiB here; choose a smaller preset or fewer layers and channels"
+        )
+    if batch_size and need + (act := activation_bytes(cfg, batch_size)) > have:
+        raise AttnlabError(
+            f"--batch-size {batch_size:,}: a step of {batch_size:,} x {cfg.max_len} tokens needs about "
+            f"{act / 2**30:,.1f} GiB of activations, more than the {have / 2**30:,.1f} GiB here; use a smaller "
+            "batch (with --grad-accum for the same global batch)"
         )
 
 
@@ -80,8 +96,8 @@ def start(
             cfg = dataclasses.replace(config, n_vocab=n_vocab)
         else:
             cfg = preset_config(preset, model=model, n_vocab=n_vocab).with_overrides(config or {})
+        check_fits(cfg, training=True, batch_size=tcfg.batch_size)
         check_length(prepared.train, cfg.max_len, "the training split")
-        check_fits(cfg, training=True)
         torch.manual_seed(tcfg.seed)
         net = build_model(cfg).to(tcfg.device)
         if distributed.is_main():
@@ -94,9 +110,10 @@ def start(
 def resume(
     out_dir: str | Path,
     *,
-    data: str | None = None,
+    data: str | Prepared | None = None,
     desc: str | None = None,
     callback: Callback | None = None,
+    same_as: dict[str, Any] | None = None,
     **train_fields: Any,
 ) -> TrainResult:
     """Continue the run in `out_dir` from its checkpoint, exactly where it stopped.
@@ -106,12 +123,20 @@ def resume(
     run is kept when the number of processes changed (a 2-process run resumed in one process doubles
     the per-process batch), unless `batch_size` is given. The run continues on its saved device, or on
     `device`; when that device is not on this machine (a GPU run resumed on a laptop), on the best one
-    here, with a notice.
+    here, with a notice. `same_as` holds what the caller asked the run to be (`model`, `preset`,
+    `tokenizer`, `config` fields; None or empty: not asked): anything the run is not is refused, as is
+    another optimizer, since a run continues only as what it was.
     """
+    if (Path(out_dir) / CONFIG).is_file():
+        raise AttnlabError(
+            f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
+        )
     ckpt = load_checkpoint(out_dir, with_state=True)
     saved = TrainState.from_dict(ckpt.state, str(ckpt.path))
+    _check_same(ckpt, saved, {**(same_as or {}), "optimizer": train_fields.get("optimizer")}, out_dir)
     tcfg = dataclasses.replace(saved.train, **train_fields)
     tcfg.validate()
+    check_fits(ckpt.model.config, training=True, batch_size=tcfg.batch_size)
     with _processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
         world = distributed.world_size()
         if world != saved.world_size and "batch_size" not in train_fields:
@@ -122,17 +147,41 @@ def resume(
         tok = ckpt.tokenizer
         if tok is None:
             raise AttnlabError(f"{ckpt.path}: saved without a tokenizer, so not by a run; nothing to resume")
-        prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), tok)
+        if isinstance(data, Prepared):
+            prepared = data
+        else:
+            prepared = prepare_data(data or saved.run.get("data", {}).get("source", "builtin"), tok)
         if prepared.tokenizer.to_dict() != tok.to_dict():  # token files carry their own tokenizer
             raise AttnlabError(
-                f"--data {data}: its tokens were made by another tokenizer ({prepared.tokenizer.name}) than "
-                f"the run's ({tok.name}); prepare it with the run's tokenizer or resume on the run's own data"
+                f"--data {prepared.corpus.source}: its tokens were made by another tokenizer "
+                f"({prepared.tokenizer.name}) than the run's ({tok.name}); prepare it with the run's tokenizer "
+                "or resume on the run's own data"
             )
         model = ckpt.model.to(tcfg.device)
-        if distributed.is_main():
-            notice(f"resuming {ckpt.path} at step {saved.step} on {_where(tcfg)}")
         info, splits = {"data": prepared.info()}, (prepared.train, prepared.valid)
         return train(model, tok, *splits, tcfg, out_dir, info, ckpt, callback, desc or model.config.model)
+
+
+def _check_same(ckpt: Checkpoint, saved: TrainState, asked: dict[str, Any], out_dir: str | Path) -> None:
+    """Refuse to continue a run as something it is not: another model, preset, tokenizer, config or optimizer."""
+    cfg, tok = ckpt.model.config, ckpt.tokenizer
+    is_now = {
+        "model": cfg.model,
+        "preset": saved.run.get("preset"),
+        "tokenizer": tok.to_dict()["kind"] if tok is not None else None,
+        "optimizer": saved.train.optimizer,
+    }
+    fix = "start a new run in another --out, or resume without it"
+    for key, value in asked.items():
+        if key == "config" or value is None or is_now.get(key) is None:
+            continue
+        mine = value.split(":")[0] if key == "tokenizer" else value
+        if mine != is_now[key]:
+            raise AttnlabError(f"--{key} {value}: the run in {out_dir} was trained with {key} {is_now[key]}; {fix}")
+    changed = cfg.with_overrides(asked.get("config") or {})
+    for key, value in (asked.get("config") or {}).items():
+        if getattr(changed, key) != getattr(cfg, key):
+            raise AttnlabError(f"--set {key}={value}: the run in {out_dir} has {key}={getattr(cfg, key)}; {fix}")
 
 
 @contextlib.contextmanager

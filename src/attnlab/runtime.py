@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
 import platform
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,75 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def json_type_name(value: Any) -> str:
+    """What a JSON value is, in JSON's words (for messages about files that hold the wrong thing)."""
+    if value is None:
+        return "null"
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """isinstance for JSON: a bool is not an int, and an int is a float."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (isinstance(value, int) and float in kinds)
+
+
+def check_object(
+    value: Any, where: str, types: dict[str, Any], required: tuple[str, ...] = (), fix: str = ""
+) -> dict[str, Any]:
+    """`value` checked as a JSON object read from a file: only the keys of `types`, each of its type
+    (a type or a tuple of them), and every key of `required` present. The error names the file
+    (`where`), the key, what it holds and `fix`."""
+    tail = f"; {fix}" if fix else ""
+    if not isinstance(value, dict):
+        raise AttnlabError(f"{where}: holds {json_type_name(value)}, not an object{tail}")
+    if unknown := sorted(set(value) - set(types)):
+        raise AttnlabError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}{tail}")
+    if missing := [k for k in required if k not in value]:
+        raise AttnlabError(f"{where}: missing key(s) {', '.join(missing)}{tail}")
+    for key, item in value.items():
+        if not _fits(item, types[key]):
+            raise AttnlabError(f'{where}: "{key}" is {json_type_name(item)} ({str(item)[:40]}){tail}')
+    return value
+
+
+def field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """The JSON types each field of a dataclass may hold, from its annotations (`int | None` -> int or
+    null, `tuple[float, int]` -> a list), for `check_object`."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        if origin in (tuple, list):
+            out[f.name] = (list,)
+        elif origin is dict:
+            out[f.name] = (dict,)
+        elif origin in (typing.Union, types.UnionType):
+            out[f.name] = tuple(a for a in typing.get_args(hint) if isinstance(a, type))
+        else:
+            out[f.name] = (hint,)
+    return out
+
+
+def read_json(path: Path, fix: str = "") -> Any:
+    """A JSON file's value; a file that is not UTF-8 JSON (cut short, binary) is one line naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AttnlabError(f"{path}: not valid JSON ({str(e)[:80]}){'; ' + fix if fix else ''}") from None
+
+
 def memory_limit() -> int:
     """Bytes of memory this process may use: the machine's, or less under a cgroup limit."""
     limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -147,6 +219,8 @@ def check_output(text: str, flag: str, kind: str) -> Path:
     """
     if not text or not text.strip():
         raise AttnlabError(f"{flag} is empty; give a {'folder' if kind == 'dir' else 'file'} name")
+    if "\x00" in text:
+        raise AttnlabError(f"{flag} {text!r}: a path cannot hold a NUL character")
     path = Path(text)
     if kind != "dir" and path.is_dir():
         raise AttnlabError(f"{flag} {path} is a folder; give a file name")

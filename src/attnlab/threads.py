@@ -75,6 +75,8 @@ def use_threads(n: int) -> None:
 
     if n < 1:
         raise AttnlabError(f"--threads {n}: must be >= 1")
+    if n > (most := 4 * (os.cpu_count() or 1)):  # each is an OS thread; past the CPUs they only wait on each other
+        raise AttnlabError(f"--threads {n}: at most {most} here (4 x the {os.cpu_count()} CPUs)")
     import torch
 
     os.environ[THREADS_ENV] = str(n)  # fixed: no adjusting while training, and child processes inherit it

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import AttnlabError
-from .runtime import cache_dir, notice
+from .runtime import cache_dir, check_object, notice, read_json
 from .tokenizers import Tokenizer, describe_unencodable, token_dtype, tokenizer_from_dict
 
 CHUNK_BYTES = 8 * 2**20
@@ -47,6 +47,32 @@ class TokenStream:
     @property
     def chars_per_token(self) -> float:
         return self.n_chars / max(1, len(self.tokens))
+
+
+MAX_UNDECODABLE = 0.01  # more undecodable bytes than this share: not UTF-8 text (Latin-1, binary)
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def check_text(path: Path, raw: bytes | None = None) -> None:
+    """Refuse a file that is not UTF-8 text, from its first chunk (or `raw`, the whole file, when read):
+    UTF-16 and UTF-32 (a byte-order mark, or NUL bytes between characters), other binary data (NUL
+    bytes), or other encodings (over 1% of the bytes undecodable as UTF-8, e.g. Latin-1)."""
+    if raw is None:
+        with open(path, "rb") as f:
+            raw = f.read(CHUNK_BYTES)
+        whole = len(raw) == path.stat().st_size
+    else:
+        whole = True
+    if whole and not raw.strip():
+        raise AttnlabError(f"{path}: the file is empty; give a text with at least a few stories")
+    for bom, name in _BOMS.items():
+        if raw.startswith(bom):
+            raise AttnlabError(f"{path}: {name} text; convert it to UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+    if b"\x00" in raw:
+        raise AttnlabError(f"{path}: holds NUL bytes, so it is binary (or UTF-16 without a mark), not UTF-8 text")
+    bad = raw.decode("utf-8", errors="replace").count("\ufffd") - raw.count("\ufffd".encode())
+    if bad > MAX_UNDECODABLE * max(1, len(raw)):
+        raise AttnlabError(f"{path}: not UTF-8 text ({bad} undecodable bytes); convert it to UTF-8")
 
 
 def read_chunks(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int, int]]:
@@ -78,6 +104,20 @@ def dropped_chars(tokenizer: Tokenizer, text: str, ids: np.ndarray) -> Counter[s
     return tokenizer.unencodable(text)
 
 
+def _check_progress(progress_path: Path, fresh: dict[str, Any], tokens_on_disk: int) -> dict[str, Any]:
+    """The progress of an interrupted `write_token_file`, if it is this job's and consistent."""
+    types = {"job": dict, "pos": int, "tokens": int, "chars": int, "replaced": int, "dropped": dict, "pending": str}
+    state = check_object(read_json(progress_path), str(progress_path), types, required=tuple(types))
+    if state["job"] != fresh["job"]:
+        raise AttnlabError(f"{progress_path} belongs to another file, range or tokenizer")
+    start, end = fresh["job"]["range"]
+    if not start <= state["pos"] <= end or not 0 <= state["tokens"] <= tokens_on_disk:
+        raise AttnlabError(f"{progress_path}: position or token count out of range")
+    if min(state["chars"], state["replaced"]) < 0 or not all(type(n) is int for n in state["dropped"].values()):
+        raise AttnlabError(f"{progress_path}: a count is not a count")
+    return state
+
+
 def write_token_file(
     path: Path, byte_range: tuple[int, int], tokenizer: Tokenizer, out: Path, what: str
 ) -> dict[str, Any]:
@@ -89,10 +129,17 @@ def write_token_file(
     dtype = token_dtype(tokenizer.n_vocab)
     progress_path = out.with_name(out.name + ".progress.json")
     tmp = out.with_name(out.name + ".partial")
-    state: dict[str, Any] = {"pos": byte_range[0], "tokens": 0, "chars": 0, "replaced": 0, "dropped": {}, "pending": ""}
+    # The job the progress belongs to: another file, range or tokenizer starts afresh.
+    job = {"source": str(path.resolve()), "range": list(byte_range), "tokenizer": tokenizer.to_dict()}
+    fresh = {"job": job, "pos": byte_range[0], "tokens": 0, "chars": 0, "replaced": 0, "dropped": {}, "pending": ""}
+    state: dict[str, Any] = fresh
     if progress_path.exists() and tmp.exists():
-        state = {**state, **json.loads(progress_path.read_text())}
-        notice(f"prepare: continuing {what} at byte {state['pos']:,} ({state['tokens']:,} tokens written)")
+        try:
+            state = _check_progress(progress_path, fresh, tmp.stat().st_size // dtype.itemsize)
+            notice(f"prepare: continuing {what} at byte {state['pos']:,} ({state['tokens']:,} tokens written)")
+        except AttnlabError as e:
+            notice(f"prepare: {e}; tokenizing {what} from the start")
+            tmp.unlink()
     with open(tmp, "ab") as f:
         f.truncate(state["tokens"] * dtype.itemsize)  # drop a chunk written after the last save
     encoder = tokenizer.incremental_encoder(state["pending"])
@@ -154,7 +201,8 @@ def cached_tokens(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
     key = [str(path.resolve()), st.st_size, st.st_mtime_ns, tokenizer.to_dict(), CACHE_FORMAT]
     stem = cache_dir() / "tokens" / hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     meta_path = stem.with_suffix(".json")
-    if not meta_path.exists():
+    meta = _cached_meta(meta_path, stem.with_suffix(".bin"))
+    if meta is None:
         # Written under this process's own names, then renamed: several processes (torchrun's ranks)
         # may tokenize the same file at once, and each swaps in a complete file.
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +211,28 @@ def cached_tokens(path: Path, tokenizer: Tokenizer, what: str) -> TokenStream:
         os.replace(my_bin, stem.with_suffix(".bin"))
         my_meta.write_text(json.dumps({**part, "dtype": token_dtype(tokenizer.n_vocab).name}))
         os.replace(my_meta, meta_path)
-    else:
-        meta = json.loads(meta_path.read_text())
-        if meta["dropped"]:
-            notice(describe_unencodable(Counter(meta["dropped"]), what))
-    meta = json.loads(meta_path.read_text())
+        meta = _cached_meta(meta_path, stem.with_suffix(".bin"))
+        assert meta is not None, "the token cache entry just written does not read back"
+    elif meta["dropped"]:
+        notice(describe_unencodable(Counter(meta["dropped"]), what))
     return TokenStream(memmap_tokens(stem.with_suffix(".bin"), meta["dtype"], meta["tokens"]), meta["chars"])
+
+
+def _cached_meta(meta_path: Path, bin_path: Path) -> dict[str, Any] | None:
+    """A token cache entry's description, if the entry is whole and consistent (else it is remade)."""
+    if not meta_path.exists():
+        return None
+    types = {"file": str, "tokens": int, "chars": int, "replaced": int, "dropped": dict, "dtype": str}
+    try:
+        meta = check_object(read_json(meta_path), str(meta_path), types, required=tuple(types))
+        if meta["dtype"] not in TOKEN_DTYPES:
+            raise AttnlabError(f"{meta_path}: dtype {meta['dtype']!r}")
+        if not bin_path.is_file() or bin_path.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
+            raise AttnlabError(f"{bin_path} does not hold the {meta['tokens']:,} tokens its description counts")
+    except AttnlabError as e:
+        notice(f"notice: the token cache entry is damaged ({e}); tokenizing again")
+        return None
+    return meta
 
 
 def write_token_files_meta(out: Path, source: str, tokenizer: Tokenizer, train: dict, valid: dict) -> dict[str, Any]:

@@ -30,7 +30,15 @@ from .data import Batches, check_length
 from .errors import AttnlabError
 from .models import LanguageModel
 from .optim import MuonWithAdamW
-from .runtime import autocast_context, check_dtype, notice
+from .runtime import (
+    autocast_context,
+    check_dtype,
+    check_object,
+    field_types,
+    notice,
+    read_json_lines,
+    write_text_atomically,
+)
 from .threads import ThreadGovernor
 from .tokenizers import Tokenizer
 from .tokens import TokenStream
@@ -95,9 +103,10 @@ class TrainConfig:
         check_dtype(self.dtype)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict[str, Any], where: str = "training settings") -> TrainConfig:
+        """Settings saved with `asdict` (a checkpoint's state.json): keys and value types checked; ranges
+        are `validate`'s."""
+        return cls(**check_object(d, where, field_types(cls)))
 
 
 def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: float) -> float:
@@ -160,8 +169,24 @@ def evaluate(
 class TrainingInterrupted(Exception):
     """Raised after Ctrl-C: the checkpoint is saved and the run can be resumed."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint}; continue with --resume")
+    def __init__(self, step: int, checkpoint: Path, during: str = "") -> None:
+        super().__init__(
+            f"interrupted at step {step}{during}; checkpoint saved in {checkpoint}; "
+            "to continue, run the same command with --resume"
+        )
+        self.step, self.checkpoint = step, checkpoint
+
+
+class TrainingDiverged(Exception):
+    """Raised when the loss stops being a number: the weights of that step are not saved."""
+
+    def __init__(self, step: int, what: str, checkpoint: Path | None, saved_step: int | None) -> None:
+        kept = (
+            f"the last good checkpoint (step {saved_step}) is kept in {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint was saved before it"
+        )
+        super().__init__(f"{what} at step {step}; {kept}; lower --lr and train again")
         self.step, self.checkpoint = step, checkpoint
 
 
@@ -202,13 +227,23 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "checkpoint") -> TrainState:
-        if "train" not in d or "step" not in d:
+        """The state of a checkpoint's state.json, checked: types, counters >= 0, the saved settings."""
+        if not isinstance(d, dict) or "train" not in d or "step" not in d:
             raise AttnlabError(f"{where}: has no training state to resume from")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known and k != "run"}
-        values["train"] = TrainConfig.from_dict(d["train"])
-        values["loss_acc"] = tuple(d.get("loss_acc", (0.0, 0)))
-        run = {k: v for k, v in d.items() if k not in known and k != "optimizer"}
+        types = {**field_types(cls), "train": (dict,)}
+        del types["run"]
+        values = check_object({k: v for k, v in d.items() if k in types}, f"{where}: state.json", types)
+        for name in ("step", "elapsed_s", "tokens_seen", "next_eval_s"):
+            if name in values and not 0 <= values[name] < math.inf:
+                raise AttnlabError(f'{where}: state.json: "{name}" is {values[name]}, not a count >= 0')
+        if values.get("world_size", 1) < 1:
+            raise AttnlabError(f'{where}: state.json: "world_size" is {values["world_size"]}, not >= 1')
+        loss_acc = values.get("loss_acc", [0.0, 0])
+        if len(loss_acc) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in loss_acc):
+            raise AttnlabError(f'{where}: state.json: "loss_acc" is {loss_acc!r}, not [sum, count]')
+        values["loss_acc"] = (float(loss_acc[0]), int(loss_acc[1]))
+        values["train"] = TrainConfig.from_dict(d["train"], f'{where}: state.json: "train"')
+        run = {k: v for k, v in d.items() if k not in types and k != "optimizer"}
         return cls(**values, run=run)
 
 
@@ -239,11 +274,12 @@ class _StopFlag:
 
 
 def _trim_log(log_path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint, so a resumed run's log reads as one uninterrupted run."""
+    """Drop log rows written after the checkpoint, so a resumed run's log reads as one uninterrupted run
+    (and a line cut short by a kill goes too)."""
     if log_path.exists():
-        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if r["step"] <= step and not r.get("final")]
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        rows = read_json_lines(log_path)
+        kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step and not r.get("final")]
+        write_text_atomically(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def train(
@@ -281,7 +317,14 @@ def train(
     if resume is not None:
         st = TrainState.from_dict(resume.state, str(resume.path))
         st.train, st.world_size, st.run = tcfg, world, {**st.run, **(run_info or {})}
+        if missing := [k for k in ("rng.batches", "rng.torch") if k not in resume.tensors]:
+            raise AttnlabError(
+                f"checkpoint {resume.path}: no {missing[0]} (its optimizer.safetensors is missing or incomplete), "
+                "so it cannot continue; start the run again"
+            )
         resume.restore_optimizer(optimizer)
+        if main:
+            notice(f"resuming {resume.path} at step {st.step} on {device if world == 1 else f'{world} processes'}")
         batches.load_state_dict(resume.tensors["rng.batches"])
         torch.set_rng_state(resume.tensors["rng.torch"])
         if device.startswith("cuda") and "rng.cuda" in resume.tensors:
@@ -302,7 +345,16 @@ def train(
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    saved_step = st.step if resume is not None else None  # the step of the checkpoint on disk
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        return TrainingDiverged(step, what, ckpt_path if saved_step is not None else None, saved_step)
+
     def save() -> Path:
+        nonlocal saved_step
+        if not all(bool(p.isfinite().all()) for p in model.parameters()):  # never overwrite the last good one
+            raise diverged(st.step, "the weights stopped being finite numbers")
+        saved_step = st.step
         if not main:
             return ckpt_path
         tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
@@ -357,6 +409,10 @@ def train(
                     scaler.scale(loss).backward()
                 loss_value += loss.item()  # also waits for the device, so the timing below is honest
             loss_value = distributed.mean_across(loss_value, device)  # the mean over the global batch
+            if not math.isfinite(loss_value):  # stop before the step: the saved weights stay the last good ones
+                bar.close()
+                distributed.barrier()
+                raise diverged(st.step + 1, f"the training loss became {loss_value}")
             if tcfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -402,8 +458,12 @@ def train(
             path = save()
             distributed.barrier()
             raise TrainingInterrupted(st.step, path)
-    final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
     governor.restore()
+    path = save()  # before the final evaluation, so Ctrl-C during it loses no training
+    try:
+        final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(st.step, path, " during the final evaluation") from None
     tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
     final_row = {
         "step": st.step,
@@ -416,7 +476,6 @@ def train(
         "final": True,
     }
     write_row(final_row)
-    path = save()
     distributed.barrier()
     if main:
         notice(

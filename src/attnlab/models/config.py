@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import AttnlabError
+from ..runtime import check_object
 from .positions import SCHEMES
 
 MODEL_KINDS = ("mlp", "transformer")
@@ -84,12 +85,10 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise AttnlabError(f"unknown model config fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "model config") -> ModelConfig:
+        """A config saved with `to_dict` (a checkpoint's config.json): keys and value types checked first."""
+        types = {f.name: type(f.default) for f in fields(cls)}
+        return cls(**check_object(d, where, types))
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """This config with some fields changed: values as `--set key=value` strings, converted to each

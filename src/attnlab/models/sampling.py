@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import AttnlabError
+from ..runtime import memory_limit
 from .decoding import KVCache, compiled_decoder
 
 if TYPE_CHECKING:
@@ -119,6 +120,11 @@ def stream_tokens(
     decode = compiled_decoder(model) if compile and use_cache else model
     cache: KVCache | None = None
     B, prompt_len = ids_BL.shape
+    if (need := B * (prompt_len + max_new_tokens) * ids_BL.element_size()) > memory_limit() // 2:
+        raise AttnlabError(
+            f"--max-new-tokens {max_new_tokens:,}: keeping that many tokens needs {need / 2**30:,.1f} GiB, more "
+            f"than this machine can spare; ask for fewer"
+        )
     ids_BT = ids_BL.new_empty(B, prompt_len + max_new_tokens)  # filled as it goes: no copy of the sequence per token
     ids_BT[:, :prompt_len] = ids_BL
     start = max(0, prompt_len - max_len)  # the window's first token

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnlabError
+from ..runtime import check_object
 from .base import ENDOFTEXT, IncrementalEncoder, StreamDecoder, Tokenizer, describe_unencodable, token_dtype
 from .basic import ByteTokenizer, CharTokenizer, CodepointTokenizer
 from .bpe import BPETokenizer, parse_bpe_spec, train_cached
@@ -54,18 +55,26 @@ def make_tokenizer(
     return train_cached(chunks, vocab_size, cache_dir)
 
 
-def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """The tokenizer a checkpoint or token file saved with `to_dict`."""
-    kind = d.get("kind")
+def tokenizer_from_dict(d: dict[str, Any], where: str = "tokenizer") -> Tokenizer:
+    """The tokenizer a checkpoint or token file saved with `to_dict`; its keys and values are checked
+    first, so a damaged file is one line naming what is wrong."""
+    kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "bytes":
+        check_object(d, where, {"kind": str})
         return ByteTokenizer()
     if kind == "codepoint":
-        return CodepointTokenizer(int(d["n_vocab"]))
+        check_object(d, where, {"kind": str, "n_vocab": int}, required=("n_vocab",))
+        if not 2 <= d["n_vocab"] <= 0x110000:
+            raise AttnlabError(f"{where}: a codepoint tokenizer of {d['n_vocab']} ids; it takes 2 to 1114112")
+        return CodepointTokenizer(d["n_vocab"])
     if kind == "char":
+        check_object(d, where, {"kind": str, "chars": str}, required=("chars",))
+        if len(set(d["chars"])) != len(d["chars"]):
+            raise AttnlabError(f'{where}: "chars" repeats a character, so its ids would not be the saved ones')
         return CharTokenizer(d["chars"])
     if kind == "bpe":
-        return BPETokenizer.from_dict(d)
-    raise AttnlabError(f"unknown tokenizer kind {kind!r} in checkpoint")
+        return BPETokenizer.from_dict(d, where)
+    raise AttnlabError(f"{where}: unknown tokenizer kind {kind!r}; the kinds are bytes, codepoint, char, bpe")
 
 
 __all__ = [

@@ -36,7 +36,7 @@ import numpy as np
 import regex
 
 from ..errors import AttnlabError
-from ..runtime import notice
+from ..runtime import check_object, notice, read_json
 from .base import ENDOFTEXT, IncrementalEncoder, Tokenizer, token_dtype
 
 # GPT-2's pre-tokeniser: contractions, words, numbers, punctuation runs, and whitespace. A space is
@@ -331,15 +331,24 @@ class BPETokenizer(Tokenizer):
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
-        if d.get("kind") != "bpe" or d.get("format") != FORMAT_VERSION:
-            raise AttnlabError(f"not a BPE tokenizer of format {FORMAT_VERSION} (kind {d.get('kind')!r})")
+    def from_dict(cls, d: dict[str, Any], where: str = "BPE tokenizer") -> BPETokenizer:
+        types = {"kind": str, "format": int, "vocab": list, "merges": list, "special_tokens": dict}
+        check_object(d, where, types, required=tuple(types))
+        if d["kind"] != "bpe" or d["format"] != FORMAT_VERSION:
+            raise AttnlabError(f"{where}: not a BPE tokenizer of format {FORMAT_VERSION} (kind {d['kind']!r})")
+        for key in ("vocab", "merges"):
+            if bad := next((x for x in d[key] if not isinstance(x, str)), None):
+                raise AttnlabError(f'{where}: "{key}" holds {bad!r}, not a token written as a string')
+        if bad := next(((s, i) for s, i in d["special_tokens"].items() if type(i) is not int), None):
+            raise AttnlabError(f"{where}: special token {bad[0]!r} has id {bad[1]!r}, not an integer")
         vocab = [gpt2_str_to_token(s) for s in d["vocab"]]
         merges = []
         for line in d["merges"]:
+            if line.count(" ") != 1:
+                raise AttnlabError(f"{where}: merge {line!r} is not two tokens separated by one space")
             a, b = line.split(" ")
             merges.append((gpt2_str_to_token(a), gpt2_str_to_token(b)))
-        return cls(vocab, merges, {s: int(i) for s, i in d["special_tokens"].items()})
+        return cls(vocab, merges, d["special_tokens"])
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -351,7 +360,7 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(read_json(Path(path)), str(path))
 
     def save_gpt2_files(self, folder: str | Path) -> tuple[Path, Path]:
         """Write GPT-2's `vocab.json` ({token: id}) and `merges.txt` (one "left right" per line)."""
@@ -370,7 +379,9 @@ class BPETokenizer(Tokenizer):
         cls, vocab_json: str | Path, merges_txt: str | Path, special_tokens: Iterable[str] = (ENDOFTEXT,)
     ) -> BPETokenizer:
         """Load GPT-2's format; each of `special_tokens` found in the vocabulary is special."""
-        raw = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        raw = read_json(Path(vocab_json))
+        if not isinstance(raw, dict) or not all(type(i) is int for i in raw.values()):
+            raise AttnlabError(f"{vocab_json}: not GPT-2's vocab.json (an object of token -> integer id)")
         specials = {s: int(raw[s]) for s in special_tokens if s in raw}
         by_id = {int(i): s for s, i in raw.items()}
         if sorted(by_id) != list(range(len(by_id))):
@@ -381,6 +392,8 @@ class BPETokenizer(Tokenizer):
         for line in Path(merges_txt).read_text(encoding="utf-8").splitlines():
             if line.startswith("#version") or not line.strip():
                 continue
+            if line.count(" ") != 1:
+                raise AttnlabError(f"{merges_txt}: merge {line[:40]!r} is not two tokens separated by one space")
             a, b = line.split(" ")
             merges.append((gpt2_str_to_token(a), gpt2_str_to_token(b)))
         return cls(vocab, merges, specials)
@@ -469,10 +482,14 @@ def train_cached(
     digest = hashlib.sha256(f"bpe-v{FORMAT_VERSION}:{vocab_size}:{ENDOFTEXT}\n".encode())
     digest.update(text.encode("utf-8"))
     path = cache_dir / f"{digest.hexdigest()[:20]}-{vocab_size}.json"
+    tok = None
     if path.exists():
-        log(f"bpe: using the tokenizer trained before on this text ({path})")
-        tok = BPETokenizer.load(path)
-    else:
+        try:
+            tok = BPETokenizer.load(path)
+            log(f"bpe: using the tokenizer trained before on this text ({path})")
+        except AttnlabError as e:  # a damaged cache entry is rebuilt, not trusted
+            log(f"bpe: {e}; learning it again")
+    if tok is None:
         log(f"bpe: learning a {vocab_size}-token vocabulary from {len(text):,} characters ...")
         with warnings.catch_warnings():  # the shortfall is reported below, once, through `log`
             warnings.simplefilter("ignore")

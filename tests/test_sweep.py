@@ -1,0 +1,427 @@
+"""The bad-input sweep, part two: every verb's flags, data files, checkpoints and resume conflicts.
+
+Each row is one bad input; each must give exit status 2, one line on stderr, no traceback, and change
+no file that existed before (tests/test_bad_inputs.py holds part one; together they pass 400 rows).
+Rows are built from classes: a class of mistake is tried on every verb it applies to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from attnlab import run
+from attnlab.builtin_corpus import builtin_stories
+from attnlab.data import join_stories
+from attnlab.prepare import prepare
+
+from . import test_bad_inputs
+from .conftest import run_cli
+
+# A command per verb that is valid and cheap except for the one bad value a row adds to it.
+BASE = {
+    "train": ["train", "--steps", "1", "--out", "{tmp}/r"],
+    "lab": ["lab", "--steps", "1", "--out", "{tmp}/lab"],
+    "compare": ["compare", "--vary", "n_heads=2,4", "--steps", "1", "--out", "{tmp}/c"],
+    "generate": ["generate", "{ckpt}", "--prompt", "Once", "--max-new-tokens", "2"],
+    "eval": ["eval", "{ckpt}", "--data", "builtin"],
+    "trace": ["trace", "{ckpt}", "--prompt", "hi"],
+    "attention": ["attention", "{ckpt}", "--prompt", "hi", "--out", "{tmp}/a.png"],
+    "embeddings": ["embeddings", "{ckpt}", "--out", "{tmp}/e.png"],
+    "next": ["next", "{ckpt}", "--prompt", "hi"],
+    "lens": ["lens", "{ckpt}", "--prompt", "hi"],
+    "params": ["params", "small"],
+    "bench": ["bench", "--budget", "0.1", "--dtypes", "fp32", "--compile", "off"],
+    "prepare": ["prepare", "{files}/stories.txt", "--out", "{tmp}/d.bin"],
+    "info": ["info"],
+    "serve": ["serve", "{ckpt}"],
+    "notebook": ["notebook", "--out", "{tmp}/nb"],
+    "check": ["check", "{tmp}/missing.ipynb"],
+    "export": ["export", "{ckpt}", "--hf", "{tmp}/hf"],
+}
+
+# Flags by kind, and the verbs that have them (read from the parser in test_the_tables_cover_every_flag).
+INT_FLAGS = {
+    "--steps": ["lab", "train", "compare"],
+    "--batch-size": ["lab", "train", "compare", "bench"],
+    "--grad-accum": ["lab", "train", "compare"],
+    "--eval-every": ["lab", "train", "compare"],
+    "--seed": ["lab", "train", "compare", "generate", "trace", "attention", "embeddings", "next", "lens"],
+    "--max-new-tokens": ["generate"],
+    "--top-k": ["generate"],
+    "--slide": ["generate"],
+    "--top": ["embeddings", "next", "lens"],
+    "--context": ["params"],
+    "--port": ["serve"],
+    "--prompt-len": ["bench"],
+    "--new-tokens": ["bench"],
+    "--gen-max-len": ["bench"],
+    "--threads": list(BASE),
+}
+FLOAT_FLAGS = {
+    "--max-time": ["lab", "train", "compare"],
+    "--lr": ["lab", "train", "compare"],
+    "--temperature": ["generate"],
+    "--top-p": ["generate"],
+    "--budget": ["bench"],
+    "--timeout": ["check"],
+}
+CHOICE_FLAGS = {
+    "--dtype": ["lab", "train", "compare"],
+    "--optimizer": ["lab", "train", "compare"],
+    "--recipe": ["lab"],
+    "--model": ["train", "trace", "attention", "embeddings", "next", "lens", "params"],
+    "--format": ["eval", "trace", "embeddings", "next", "lens", "params", "bench", "info", "check"],
+    "--split": ["eval"],
+    "--compile": ["bench"],
+}
+
+# Values that are not of the flag's kind: refused by the parser, for every flag of that kind.
+ROWS: list[tuple[str, list[str], str]] = []
+for flag, verbs in INT_FLAGS.items():
+    for verb in verbs:
+        for value in ("abc", "1.5", ""):
+            ROWS.append((f"{verb} {flag} {value!r}", [*BASE[verb], flag, value], "invalid int value"))
+for flag, verbs in FLOAT_FLAGS.items():
+    for verb in verbs:
+        for value in ("nan", "inf", "-inf", "1e999", "abc"):
+            words = "is not a number" if value == "abc" else "not a finite number"
+            ROWS.append((f"{verb} {flag} {value}", [*BASE[verb], f"{flag}={value}"], words))
+for flag, verbs in CHOICE_FLAGS.items():
+    for verb in verbs:
+        ROWS.append((f"{verb} {flag} nope", [*BASE[verb], flag, "nope"], "invalid choice"))
+
+# Integers out of range: negative or zero where that means nothing, or too large to fit or to be true.
+RANGES = {
+    "--steps": (["-1", "0"], "must be >= 1"),
+    "--batch-size": (["-1", "0"], "must be >= 1"),
+    "--grad-accum": (["-1", "0"], "must be >= 1"),
+    "--eval-every": (["-1", "0"], "must be >= 1"),
+    "--seed": (["-1", str(2**64)], "--seed"),
+    "--max-new-tokens": (["-1"], "must be >= 0"),
+    "--top-k": (["-1", "0"], "--top-k"),
+    "--slide": (["-1", "0", "100000"], "--slide"),
+    "--top": (["-1", "0"], "--top"),
+    "--context": (["-1", "0"], "--context"),
+    "--port": (["-1", "0", "70000"], "--port"),
+    "--prompt-len": (["-1", "0"], "--prompt-len"),
+    "--new-tokens": (["-1", "0"], "--new-tokens"),
+    "--gen-max-len": (["-1", "0"], "--gen-max-len"),
+    "--threads": (["-1", "0", "100000"], "--threads"),
+}
+for flag, (values, words) in RANGES.items():
+    for verb in INT_FLAGS[flag]:
+        for value in values:
+            ROWS.append((f"{verb} {flag}={value}", [*BASE[verb], f"{flag}={value}"], words))
+ROWS += [
+    ("generate --max-new-tokens 10**12", [*BASE["generate"], "--max-new-tokens", str(10**12)], "GiB"),
+    ("bench --new-tokens 10**12", [*BASE["bench"], "--new-tokens", str(10**12)], "GiB"),
+    ("bench --gen-max-len 10**9", [*BASE["bench"], "--gen-max-len", str(10**9)], "GiB"),
+    ("train --batch-size 10**9", [*BASE["train"], "--batch-size", str(10**9)], "GiB"),
+    ("lab --batch-size 10**9", [*BASE["lab"], "--batch-size", str(10**9)], "GiB"),
+    ("compare --batch-size 10**9", [*BASE["compare"], "--batch-size", str(10**9)], "GiB"),
+    ("bench --batch-size 10**9", [*BASE["bench"], "--batch-size", str(10**9)], "GiB"),
+    ("train --set max_len=10**8", [*BASE["train"], "--set", f"max_len={10**8}"], "GiB"),
+    ("bench gpt3-175b", ["bench", "--preset", "gpt3-175b", "--budget", "0.1"], "GiB"),
+    (
+        "embeddings --random gpt3-175b",
+        ["embeddings", "--random", "--preset", "gpt3-175b", "--out", "{tmp}/e.png"],
+        "GiB",
+    ),
+    ("lens --random gpt3-175b", ["lens", "--random", "--preset", "gpt3-175b", "--prompt", "hi"], "GiB"),
+]
+
+# --set: fields that do not exist, values of the wrong type or range, and the form itself.
+SETS = [
+    ("nope=1", "no such config field"),
+    ("n_heads", "expected key=value"),
+    ("=3", "expected key=value"),
+    ("n_heads=two", "expected a int"),
+    ("n_heads=0", "n_heads=0"),
+    ("n_heads=-4", "n_heads=-4"),
+    ("head_dim=0", "head_dim=0"),
+    ("emb_dim=1.5", "expected a int"),
+    ("bias=maybe", "expected a bool"),
+    ("positions=alibi", "choose one of"),
+    ("mlp=tanh", "choose one of"),
+    ("norm=batch", "choose one of"),
+    ("n_kv_heads=3", "must divide"),
+    ("dropout=-0.1", "dropout=-0.1"),
+    ("norm_eps=-inf", "norm_eps=-inf"),
+    ("rope_theta=nan", "rope_theta=nan"),
+    ("max_len=0", "max_len=0"),
+    ("model=rnn", "choose one of"),
+]
+for value, words in SETS:
+    ROWS.append((f"train --set {value}", [*BASE["train"], "--set", value], words))
+    if not value.startswith("=") and "=" in value:  # the same value as a compare variant (--vary has its own form)
+        ROWS.append(
+            (f"compare --vary {value}", ["compare", "--vary", value, "--steps", "1", "--out", "{tmp}/c"], words)
+        )
+
+# Prompts: empty, and not UTF-8, for every verb that reads one.
+for verb in ("generate", "trace", "attention", "next", "lens"):
+    args = [a for a in BASE[verb] if a not in ("--prompt", "Once", "hi")]
+    ROWS.append((f"{verb} empty prompt", [*args, "--prompt", ""], "empty prompt"))
+    ROWS.append((f"{verb} lone surrogate", [*args, "--prompt", "ok\udc80"], "not valid UTF-8"))
+
+# Data files: each kind of file that is not a corpus, for every verb that reads --data (and prepare).
+DATA = {
+    "missing": ("{tmp}/no_such.txt", "no such file or folder"),
+    "empty": ("{files}/empty.txt", "empty"),
+    "blank": ("{files}/blank.txt", "empty"),
+    "binary": ("{files}/binary.txt", "NUL bytes"),
+    "utf16": ("{files}/utf16.txt", "UTF-16 text"),
+    "utf16 without mark": ("{files}/utf16le.txt", "NUL bytes"),
+    "latin-1": ("{files}/latin1.txt", "not UTF-8 text"),
+    "one story": ("{files}/one.txt", "cannot split"),
+    "no txt files": ("{files}/no_text", "no .txt files"),
+    "bin without json": ("{files}/lonely.bin", "no lonely.json beside it"),
+    "bin with broken json": ("{files}/broken.bin", "not valid JSON"),
+}
+DATA_VERBS = {
+    "train": lambda d: [*BASE["train"], "--data", d],
+    "lab": lambda d: [*BASE["lab"], "--data", d],
+    "compare": lambda d: [*BASE["compare"], "--data", d],
+    "eval": lambda d: ["eval", "{ckpt}", "--data", d],
+    "prepare": lambda d: ["prepare", d, "--out", "{tmp}/d.bin"],
+}
+for kind, (path, words) in DATA.items():
+    for verb, make in DATA_VERBS.items():
+        # prepare reads a .bin as the text it is asked to tokenize: binary, so refused as such
+        ROWS.append(
+            (f"{verb} --data {kind}", make(path), "NUL bytes" if verb == "prepare" and ".bin" in path else words)
+        )
+ROWS += [
+    ("eval --data bin of another tokenizer", [*BASE["eval"], "--data", "{files}/char.bin"], "not the model's"),
+    (
+        "eval --data bin --split all",
+        [*BASE["eval"], "--data", "{files}/bytes.bin", "--split", "all"],
+        "drop --split all",
+    ),
+]
+
+# Checkpoints that do not hang together, for every verb that loads one.
+CRAFTED = {
+    "missing": "no such checkpoint",
+    "a file": "not a checkpoint",
+    "empty folder": "not a checkpoint",
+    "config not json": "not valid JSON",
+    "config a list": "not an object",
+    "unknown model key": "unknown key(s) n_experts",
+    "model field of another type": '"n_layers" is a string',
+    "n_layers beyond the weights": "holds 1 blocks, but the config says n_layers=100000000",
+    "tokenizer larger than the model": "the tokenizer has 300 ids but the model 256",
+    "char table too short": "the tokenizer has 3 ids but the model 256",
+    "special token id a string": "not an integer",
+    "unknown tokenizer kind": "unknown tokenizer kind 'pickle'",
+    "weights cut short": "corrupt or incomplete",
+    "weights of another shape": "embed.tok.weight has shape [256, 32], but the config makes it [256, 48]",
+    "weights missing a tensor": "no tensor 'final_ln.bias'",
+    "state not json": "not valid JSON",
+    "state a list": "not an object",
+    "format from the future": "from a newer attnlab",
+}
+LOADERS = {
+    "generate": lambda c: ["generate", c, "--prompt", "Once", "--max-new-tokens", "2"],
+    "eval": lambda c: ["eval", c, "--data", "builtin"],
+    "trace": lambda c: ["trace", c, "--prompt", "hi"],
+    "attention": lambda c: ["attention", c, "--prompt", "hi", "--out", "{tmp}/a.png"],
+    "embeddings": lambda c: ["embeddings", c, "--out", "{tmp}/e.png"],
+    "next": lambda c: ["next", c, "--prompt", "hi"],
+    "lens": lambda c: ["lens", c, "--prompt", "hi"],
+    "export": lambda c: ["export", c, "--hf", "{tmp}/hf"],
+    "params": lambda c: ["params", c],
+    "train --resume": lambda c: ["train", "--resume", "--steps", "9", "--out", c],
+}
+for kind, words in CRAFTED.items():
+    for verb, make in LOADERS.items():
+        if verb == "train --resume" and kind == "a file":
+            words = "is a file; give a folder"  # refused as an output folder before it is read
+        ROWS.append((f"{verb} {kind}", make("{crafted}/" + kind.replace(" ", "_")), words))
+
+# Resuming a run as something it is not, or from state that is not a run's.
+ROWS += [
+    ("resume --model mlp", ["train", "--resume", "--model", "mlp", "--steps", "9", "--out", "{run}"], "--model mlp"),
+    (
+        "resume --optimizer muon",
+        ["train", "--resume", "--optimizer", "muon", "--steps", "9", "--out", "{run}"],
+        "adamw",
+    ),
+    ("resume --set", ["train", "--resume", "--set", "n_layers=2", "--steps", "9", "--out", "{run}"], "n_layers=1"),
+    ("resume --set unknown", ["train", "--resume", "--set", "nope=2", "--steps", "9", "--out", "{run}"], "no such"),
+    ("resume --preset", ["train", "--resume", "--preset", "small", "--steps", "9", "--out", "{run}"], "preset lab"),
+    ("resume --tokenizer", ["train", "--resume", "--tokenizer", "char", "--steps", "9", "--out", "{run}"], "bytes"),
+    ("resume into the checkpoint", ["train", "--resume", "--steps", "9", "--out", "{run}/checkpoint"], "run folder"),
+    ("resume nothing", ["train", "--resume", "--steps", "9", "--out", "{tmp}/none"], "no such checkpoint"),
+    (
+        "resume other tokens",
+        ["train", "--resume", "--steps", "9", "--data", "{files}/char.bin", "--out", "{run}"],
+        "another tokenizer",
+    ),
+    ("resume --steps 0", ["train", "--resume", "--steps", "0", "--out", "{run}"], "must be >= 1"),
+    ("resume --lr nan", ["train", "--resume", "--lr", "nan", "--out", "{run}"], "not a finite number"),
+    ("resume a saved model", ["train", "--resume", "--steps", "9", "--out", "{crafted}/no_state"], "no training state"),
+]
+for kind, words in {
+    "state missing train": "no training state",
+    "state step negative": '"step" is -1',
+    "state step a string": '"step" is a string',
+    "state train unknown key": "unknown key(s) warp",
+    "state train lr a string": '"lr" is a string',
+    "state loss_acc short": '"loss_acc"',
+    "optimizer of another model": "another model's optimizer",
+    "optimizer state missing": "optimizer.safetensors is missing",
+}.items():
+    ROWS.append(
+        (f"resume {kind}", ["train", "--resume", "--steps", "9", "--out", "{crafted}/" + kind.replace(" ", "_")], words)
+    )
+
+
+def _write_data_files(files: Path) -> None:
+    files.mkdir()
+    (files / "empty.txt").write_bytes(b"")
+    (files / "blank.txt").write_text("\n\n   \n")
+    (files / "binary.txt").write_bytes(bytes(range(256)) * 64)
+    story = "Once upon a time there was a cat. " * 30 + "\n<|endoftext|>\n"
+    (files / "utf16.txt").write_bytes(story.encode("utf-16") * 3)
+    (files / "utf16le.txt").write_bytes(story.encode("utf-16-le") * 3)
+    (files / "latin1.txt").write_bytes(
+        ("Café, crème brûlée, déjà vu. " * 40 + "\n<|endoftext|>\n").encode("latin-1") * 3
+    )
+    (files / "one.txt").write_text("Only one story, on one line.")
+    (files / "no_text").mkdir()
+    (files / "no_text" / "notes.md").write_text("# not a .txt")
+    (files / "lonely.bin").write_bytes(b"\x00\x01" * 10)
+    (files / "broken.bin").write_bytes(b"\x00\x01" * 10)
+    (files / "broken.json").write_text('{"format": 1, "dtype": "uin')
+    (files / "stories.txt").write_text(join_stories(builtin_stories(n_chars=50_000)))
+    for tok in ("bytes", "char"):
+        prepare(str(files / "stories.txt"), files / f"{tok}.bin", tok)
+
+
+def _craft(crafted: Path, good: Path, other: Path) -> None:
+    """One folder per kind of damage, each a copy of a good checkpoint changed in one way."""
+    crafted.mkdir()
+    (crafted / "a_file").write_text("not a checkpoint")
+    (crafted / "empty_folder").mkdir()
+
+    def copy(name: str) -> Path:  # a run folder, as the verbs are given
+        shutil.copytree(good, crafted / name / "checkpoint")
+        return crafted / name / "checkpoint"
+
+    def change_json(name: str, file: str, change) -> None:  # noqa: ANN001
+        path = copy(name) / file
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+    copy("config_not_json").joinpath("config.json").write_text('{"model": {"n_lay')
+    change_json("config_a_list", "config.json", lambda m: [m])
+    change_json("unknown_model_key", "config.json", lambda m: m | {"model": m["model"] | {"n_experts": 8}})
+    change_json("model_field_of_another_type", "config.json", lambda m: m | {"model": m["model"] | {"n_layers": "1"}})
+    change_json("n_layers_beyond_the_weights", "config.json", lambda m: m | {"model": m["model"] | {"n_layers": 10**8}})
+    change_json(
+        "tokenizer_larger_than_the_model",
+        "config.json",
+        lambda m: m | {"tokenizer": {"kind": "codepoint", "n_vocab": 300}},
+    )
+    change_json("char_table_too_short", "config.json", lambda m: m | {"tokenizer": {"kind": "char", "chars": "abc"}})
+    bpe = {"kind": "bpe", "format": 1, "vocab": [], "merges": [], "special_tokens": {"<|endoftext|>": "256"}}
+    change_json("special_token_id_a_string", "config.json", lambda m: m | {"tokenizer": bpe})
+    change_json("unknown_tokenizer_kind", "config.json", lambda m: m | {"tokenizer": {"kind": "pickle"}})
+    change_json("format_from_the_future", "config.json", lambda m: m | {"format": 99})
+    weights = copy("weights_cut_short") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    change_json("weights_of_another_shape", "config.json", lambda m: m | {"model": m["model"] | {"emb_dim": 48}})
+    path = copy("weights_missing_a_tensor") / "model.safetensors"
+    save_file({k: v for k, v in load_file(path).items() if k != "final_ln.bias"}, path)
+    copy("state_not_json").joinpath("state.json").write_text("{")
+    change_json("state_a_list", "state.json", lambda s: [s])
+    change_json("state_missing_train", "state.json", lambda s: {k: v for k, v in s.items() if k != "train"})
+    change_json("state_step_negative", "state.json", lambda s: s | {"step": -1})
+    change_json("state_step_a_string", "state.json", lambda s: s | {"step": "2"})
+    change_json("state_train_unknown_key", "state.json", lambda s: s | {"train": s["train"] | {"warp": 9}})
+    change_json("state_train_lr_a_string", "state.json", lambda s: s | {"train": s["train"] | {"lr": "0.1"}})
+    change_json("state_loss_acc_short", "state.json", lambda s: s | {"loss_acc": [1.0]})
+    folder = copy("optimizer_of_another_model")
+    shutil.copy(other / "optimizer.safetensors", folder / "optimizer.safetensors")
+    state = json.loads((folder / "state.json").read_text())
+    state["optimizer"] = json.loads((other / "state.json").read_text())["optimizer"]
+    (folder / "state.json").write_text(json.dumps(state))
+    (copy("optimizer_state_missing") / "optimizer.safetensors").unlink()
+    no_state = copy("no_state")
+    (no_state / "state.json").write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sweep")
+    fields = dict(data="builtin", preset="lab", steps=2, eval_every=10**6, final_eval_chars=1000)
+    run.start(root / "run", **fields)
+    run.start(root / "other", config={"emb_dim": 48}, **fields)
+    _craft(root / "crafted", root / "run" / "checkpoint", root / "other" / "checkpoint")
+    _write_data_files(root / "files")
+    return {
+        "root": str(root),
+        "run": str(root / "run"),
+        "ckpt": str(root / "run"),
+        "crafted": str(root / "crafted"),
+        "files": str(root / "files"),
+    }
+
+
+def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "words"), ROWS, ids=[r[0].encode("ascii", "backslashreplace").decode() for r in ROWS]
+)
+def test_each_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, places, capsys, name, args, words):
+    before, mine = _snapshot(Path(places["root"])), _snapshot(tmp_path)
+    argv = [a.format(tmp=tmp_path, **places) for a in args]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, (name, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert words in err, err
+    assert _snapshot(Path(places["root"])) == before and _snapshot(tmp_path) == mine
+
+
+def test_the_sweep_holds_at_least_400_rows():
+    part_one = sum(
+        len(t)
+        for t in (test_bad_inputs.NUMBERS, test_bad_inputs.OUTPUT_CASES, test_bad_inputs.MEMORY, test_bad_inputs.TEXT)
+    )
+    assert part_one + len(ROWS) >= 400, part_one + len(ROWS)
+
+
+def test_the_tables_cover_every_flag():
+    """Every int, float and choice flag of every verb is in the tables above (a new flag must join them)."""
+    import argparse
+
+    from attnlab.cli import _finite, _positive, _seed, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, parser in sub.choices.items():
+        for action in parser._actions:
+            flag = action.option_strings[-1] if action.option_strings else None
+            if flag is None or flag == "--help":
+                continue
+            ints = (int, _seed, _positive)
+            table = INT_FLAGS if action.type in ints else FLOAT_FLAGS if action.type is _finite else None
+            if action.choices and action.nargs != 0:
+                table = CHOICE_FLAGS
+            if table is not None:
+                assert verb in table.get(flag, []), f"{verb} {flag} is not in the sweep"
+
+
+def test_a_saved_model_without_state_still_loads(places):
+    """The crafted checkpoints are damaged one way each: the undamaged parts still load."""
+    from attnlab import load_checkpoint
+
+    ckpt = load_checkpoint(Path(places["crafted"]) / "no_state")
+    assert ckpt.state == {} and torch.isfinite(next(ckpt.model.parameters())).all()
