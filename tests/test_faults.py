@@ -29,6 +29,11 @@ COMMAND = str(Path(sys.executable).with_name("attnlab"))  # the console script, 
 FAST = dict(data="builtin", preset="lab", eval_every=2, final_eval_chars=2000)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A background job (CI started with `&`) inherits SIGINT ignored; a terminal's command does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _one_line_130(proc: subprocess.Popen) -> str:
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err
@@ -39,7 +44,10 @@ def _one_line_130(proc: subprocess.Popen) -> str:
 @pytest.mark.parametrize("delay", [0.2, 0.5, 1.0])
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path: Path, delay: float) -> None:
     proc = subprocess.Popen(
-        [COMMAND, "train", "--steps", "5", "--out", str(tmp_path / "r")], stderr=subprocess.PIPE, text=True
+        [COMMAND, "train", "--steps", "100000", "--out", str(tmp_path / "r")],  # never done by then
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     time.sleep(delay)  # Python is up (its Ctrl-C handler is installed) and torch is still loading
     proc.send_signal(signal.SIGINT)
@@ -63,8 +71,12 @@ def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_steps(tmp_path: Path) 
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c_once_saved, daemon=True).start()
-    with pytest.raises(TrainingInterrupted, match="during the final evaluation") as caught:
-        train(model, ByteTokenizer(), train_stream, valid_stream, tcfg, out)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even when started ignored
+    try:
+        with pytest.raises(TrainingInterrupted, match="during the final evaluation") as caught:
+            train(model, ByteTokenizer(), train_stream, valid_stream, tcfg, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert caught.value.step == 3
     saved = load_checkpoint(out, with_state=True)
     assert saved.state["step"] == 3
@@ -88,7 +100,7 @@ def _interrupt_when(path: Path, proc: subprocess.Popen) -> str:
 def test_ctrl_c_mid_run_in_lab_says_how_to_continue_and_that_works(tmp_path: Path, capsys) -> None:
     out = tmp_path / "lab"
     args = ["lab", "--preset", "lab", "--steps", "1500", "--eval-every", "50", "--out", str(out)]
-    proc = subprocess.Popen([COMMAND, *args], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([COMMAND, *args], stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     line = _interrupt_when(out / "transformer" / "checkpoint", proc)
     assert "run the same command with --resume" in line, line
     code, _, err = run_cli([*args, "--resume"], capsys)
@@ -101,7 +113,9 @@ def test_ctrl_c_mid_run_in_lab_says_how_to_continue_and_that_works(tmp_path: Pat
 def test_ctrl_c_mid_run_in_compare_then_resume_continues_that_variant(tmp_path: Path, capsys) -> None:
     out = tmp_path / "c"
     args = ["compare", "--preset", "lab", "--vary", "n_heads=1", "--steps", "1500", "--eval-every", "50"]
-    proc = subprocess.Popen([COMMAND, *args, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [COMMAND, *args, "--out", str(out)], stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal
+    )
     line = _interrupt_when(out / "runs" / "n_heads=1" / "checkpoint", proc)
     assert "run the same command with --resume" in line, line
     step = load_checkpoint(out / "runs" / "n_heads=1", with_state=True).state["step"]

@@ -77,6 +77,15 @@ def test_top_k_1_sampling_equals_greedy(model) -> None:
     assert generate_text(model, tok, "The", 20, top_k=1, seed=1) == generate_text(model, tok, "The", 20, greedy=True)
 
 
+@pytest.mark.parametrize(
+    "extreme", [{"top_p": 1e-300}, {"top_p": 1e-12}, {"temperature": 1e-300}, {"temperature": 1e-30}]
+)
+def test_extreme_sampling_settings_are_greedy_not_nan(model, extreme: dict) -> None:
+    """A nucleus that rounds to 0 in float32, or a temperature whose 1/T overflows: the top token, always."""
+    tok = ByteTokenizer()
+    assert generate_text(model, tok, "The", 20, seed=1, **extreme) == generate_text(model, tok, "The", 20, greedy=True)
+
+
 def test_next_token_table_lists_probabilities_in_order(model) -> None:
     table = next_token_table(model, ByteTokenizer(), "Once upon", k=10)
     probs = [p for _, p in table]

@@ -1,5 +1,7 @@
 """attnlab: build, train, trace and see inside small transformer language models."""
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -7,21 +9,25 @@ from .threads import configure as _configure_threads
 
 _configure_threads()  # before anything loads torch: OpenMP reads its thread settings once, at start
 
-try:
-    from . import run
-    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from .data import prepare_data
-    from .errors import AttnlabError
-    from .generate import generate_text, next_token_table
-    from .interop import from_hf, to_hf  # transformers itself is imported only when they are called
-    from .models import FeedForwardLM, ModelConfig, Sampling, TransformerLM, build_model, preset_config
-    from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
-    from .train import TrainConfig, evaluate, train
-except KeyboardInterrupt:
-    if Path(sys.argv[0]).name == "attnlab":  # the command, still loading torch: Ctrl-C is a clean exit
-        sys.stderr.write("attnlab: interrupted\n")
-        raise SystemExit(130) from None
-    raise
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    sys.stderr.write("attnlab: interrupted\n")
+    os._exit(130)  # nothing has started yet, so there is nothing to clean up
+
+
+if Path(sys.argv[0]).name == "attnlab" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # The command, still loading torch (seconds): Ctrl-C is one line and exit 130 until `cli.main` starts.
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+from . import run
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import prepare_data
+from .errors import AttnlabError
+from .generate import generate_text, next_token_table
+from .interop import from_hf, to_hf  # transformers itself is imported only when they are called
+from .models import FeedForwardLM, ModelConfig, Sampling, TransformerLM, build_model, preset_config
+from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
+from .train import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 

@@ -53,7 +53,10 @@ class Sampling:
         logits_BV = logits_BV.float()
         if self.greedy:
             return logits_BV.argmax(dim=-1, keepdim=True)
-        probs_BV = filter_logits_BV(logits_BV / self.temperature, self.top_k, self.top_p).softmax(dim=-1)
+        # In float64 from the largest logit down: a tiny temperature (1e-300, which is 0 in float32) gives
+        # 0 for the top token and large negatives for the rest, not 0 / 0 or inf - inf (NaN).
+        scaled_BV = (logits_BV - logits_BV.amax(dim=-1, keepdim=True)).double() / self.temperature
+        probs_BV = filter_logits_BV(scaled_BV, self.top_k, self.top_p).softmax(dim=-1)
         return torch.multinomial(probs_BV.cpu(), 1, generator=generator).to(logits_BV.device)
 
 
@@ -67,6 +70,7 @@ def filter_logits_BV(logits_BV: torch.Tensor, top_k: int | None = None, top_p: f
         probs_BV = sorted_BV.softmax(dim=-1)
         # Drop a token when the mass before it already reaches top_p (the first token always stays).
         drop_sorted_BV = (probs_BV.cumsum(dim=-1) - probs_BV) >= top_p
+        drop_sorted_BV[:, 0] = False  # also when top_p rounds to 0 in float32 (1e-300)
         drop_BV = drop_sorted_BV.scatter(-1, order_BV, drop_sorted_BV)
         logits_BV = logits_BV.masked_fill(drop_BV, float("-inf"))
     return logits_BV
