@@ -5,7 +5,7 @@ import torch
 
 from attnlab.errors import AttnlabError
 from attnlab.inspect.params import flops_per_token, format_params_table, param_breakdown, params_report
-from attnlab.models import PRESETS, build_model, preset_config
+from attnlab.models import PRESETS, Seq2SeqTransformer, build_model, preset_config
 
 # Parameter counts of the released GPT-2 checkpoints (wte, wpe, 12/24/36/48 blocks, ln_f; head tied).
 GPT2_TOTALS = {
@@ -30,8 +30,9 @@ GPT3_TABLE_2_1 = {
 
 def _built_on_meta(name: str, model: str) -> torch.nn.Module:
     """The real module tree with shapes only: no memory, so even gpt3-175b builds in well under a second."""
+    cfg = preset_config(name, model=model)  # the encoder-decoder presets stay encoder-decoders
     with torch.device("meta"):
-        return build_model(preset_config(name, model=model))
+        return Seq2SeqTransformer(cfg) if cfg.model == "seq2seq" else build_model(cfg)
 
 
 @pytest.mark.parametrize("name", list(GPT2_TOTALS))

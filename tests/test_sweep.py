@@ -43,6 +43,7 @@ BASE = {
     "notebook": ["notebook", "--out", "{tmp}/nb"],
     "check": ["check", "{tmp}/missing.ipynb"],
     "export": ["export", "{ckpt}", "--hf", "{tmp}/hf"],
+    "seq2seq": ["seq2seq", "show", "abc", "cba"],
 }
 
 # Flags by kind, and the verbs that have them (read from the parser in test_the_tables_cover_every_flag).
@@ -134,6 +135,23 @@ ROWS += [
         "GiB",
     ),
     ("lens --random gpt3-175b", ["lens", "--random", "--preset", "gpt3-175b", "--prompt", "hi"], "GiB"),
+    # The encoder-decoder is not a language model: the LM verbs say so.
+    ("train --set model=seq2seq", [*BASE["train"], "--set", "model=seq2seq"], "encoder-decoder"),
+    (
+        "trace --random vaswani-base",
+        ["trace", "--random", "--preset", "vaswani-base", "--prompt", "hi"],
+        "encoder-decoder",
+    ),
+    (
+        "next --random vaswani-base",
+        ["next", "--random", "--preset", "vaswani-base", "--prompt", "hi"],
+        "encoder-decoder",
+    ),
+    ("seq2seq show nothing", ["seq2seq", "show"], "give a non-empty SOURCE and TARGET"),
+    ("seq2seq show blank", ["seq2seq", "show", " ", "x"], "give a non-empty SOURCE and TARGET"),
+    ("seq2seq show both", ["seq2seq", "show", "a", "b", "--task", "copy"], "not both"),
+    ("seq2seq show --task", ["seq2seq", "show", "--task", "chess"], "choose one of copy"),
+    ("seq2seq no verb", ["seq2seq"], "required"),
 ]
 
 # --set: fields that do not exist, values of the wrong type or range, and the form itself.
@@ -405,8 +423,13 @@ def test_the_tables_cover_every_flag():
 
     from attnlab.cli import _finite, _positive, _seed, build_parser
 
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for verb, parser in sub.choices.items():
+    def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    parsers = []
+    for verb, parser in subparsers(build_parser()).items():  # `seq2seq show` counts as seq2seq
+        parsers += [(verb, nested) for nested in subparsers(parser).values()] or [(verb, parser)]
+    for verb, parser in parsers:
         for action in parser._actions:
             flag = action.option_strings[-1] if action.option_strings else None
             if flag is None or flag == "--help":

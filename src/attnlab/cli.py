@@ -494,6 +494,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seq2seq_show(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, show_teacher_forcing, task_pairs
+
+    if args.task is not None:
+        if args.source is not None:
+            raise AttnlabError("give a SOURCE and a TARGET, or --task NAME, not both")
+        if args.task not in TASKS:
+            raise AttnlabError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
+        args.source, args.target = next(task_pairs(args.task, "train"))
+    if not args.source or not args.target or not args.source.strip() or not args.target.strip():
+        raise AttnlabError(
+            "give a non-empty SOURCE and TARGET (or --task NAME), e.g. 'J aime les champignons' 'I like mushrooms'"
+        )
+    print(show_teacher_forcing(args.source, args.target, words=args.words))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .interop import to_hf
@@ -720,7 +737,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
     p.add_argument("--hf", required=True, metavar="OUT", help="the folder to write (GPT-2 or Llama format)")
     p.set_defaults(func=cmd_export)
-    for verb in sub.choices.values():
+
+    p = sub.add_parser(
+        "seq2seq", help="the encoder-decoder Transformer (Vaswani et al. 2017) on source -> target tasks"
+    )
+    seq2seq = p.add_subparsers(dest="seq2seq_command", required=True, parser_class=_Parser)
+    p = seq2seq.add_parser("show", help="print how teacher forcing turns a (source, target) pair into what is trained")
+    p.add_argument("source", nargs="?", help="the source text (or --task for one of a task's pairs)")
+    p.add_argument("target", nargs="?", help="the target text")
+    p.add_argument("--task", default=None, help="show a training pair of this task instead")
+    p.add_argument("--words", action="store_true", help="words as the tokens (default: characters, as the tasks)")
+    p.set_defaults(func=cmd_seq2seq_show)
+
+    verbs = [
+        nested
+        for verb in sub.choices.values()
+        for nested in next(
+            (a.choices.values() for a in verb._actions if isinstance(a, argparse._SubParsersAction)), [verb]
+        )
+    ]
+    for verb in verbs:  # every verb (and `seq2seq show`, ...) takes --threads
         verb.add_argument(
             "--threads",
             type=int,

@@ -69,6 +69,41 @@ def _block_components(cfg: ModelConfig) -> dict[str, int]:
     }
 
 
+def _seq2seq_blocks(cfg: ModelConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """One encoder block's and one decoder block's parameters (the decoder adds cross-attention)."""
+    C, HD = cfg.emb_dim, cfg.n_heads * cfg.head_dim
+    attn = {p: _linear(C, HD, cfg.bias) for p in ("w_q", "w_k", "w_v")} | {"w_o": _linear(HD, C, cfg.bias)}
+    encoder = {
+        "ln1": _norm(cfg),
+        **{f"attn.{k}": n for k, n in attn.items()},
+        "ln2": _norm(cfg),
+        **_mlp_components(cfg),
+    }
+    cross = {"ln_cross": _norm(cfg), **{f"cross.{k}": n for k, n in attn.items()}}
+    decoder = {k: n for k, n in encoder.items() if not k.startswith(("ln2", "mlp."))} | cross
+    decoder |= {"ln2": _norm(cfg), **_mlp_components(cfg)}
+    return encoder, decoder
+
+
+def _seq2seq_breakdown(cfg: ModelConfig) -> dict[str, int]:
+    """The encoder-decoder's parameters by module (`Seq2SeqTransformer`): with one shared vocabulary,
+    one embedding table serves source, target and (tied) the output layer."""
+    V, C = cfg.n_vocab, cfg.emb_dim
+    pos = SCHEMES[cfg.positions].n_params(cfg)
+    counts = {"embed.tok": V * C, **({"embed.pos": pos} if pos else {})}
+    if cfg.n_src_vocab:
+        counts |= {"src_embed.tok": cfg.n_src_vocab * C, **({"src_embed.pos": pos} if pos else {})}
+    encoder, decoder = _seq2seq_blocks(cfg)
+    for i in range(cfg.n_enc_layers or cfg.n_layers):
+        counts.update({f"encoder.{i}.{part}": n for part, n in encoder.items()})
+    for i in range(cfg.n_layers):
+        counts.update({f"decoder.{i}.{part}": n for part, n in decoder.items()})
+    if cfg.norm_placement == "pre":
+        counts |= {"enc_ln": _norm(cfg), "dec_ln": _norm(cfg)}
+    counts["lm_head"] = 0 if cfg.tie_embeddings else V * C
+    return counts
+
+
 def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     """Parameter count per named module, in model order; the values sum to the model's total.
 
@@ -78,6 +113,8 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     head = 0 if cfg.tie_embeddings else V * C
     if cfg.model == "mlp":
         return {"embed.tok": V * C, **_mlp_components(cfg), "lm_head": head}
+    if cfg.model == "seq2seq":
+        return _seq2seq_breakdown(cfg)
     counts = {"embed.tok": V * C}
     if n_pos := SCHEMES[cfg.positions].n_params(cfg):  # sinusoidal and rotary positions are computed, not learned
         counts["embed.pos"] = n_pos
@@ -97,15 +134,21 @@ def param_count(cfg: ModelConfig) -> int:
     head = 0 if cfg.tie_embeddings else V * C
     if cfg.model == "mlp":
         return V * C + sum(_mlp_components(cfg).values()) + head
+    if cfg.model == "seq2seq":
+        encoder, decoder = _seq2seq_blocks(cfg)
+        pos = SCHEMES[cfg.positions].n_params(cfg)
+        embeddings = V * C + pos + ((cfg.n_src_vocab * C + pos) if cfg.n_src_vocab else 0)
+        blocks = (cfg.n_enc_layers or cfg.n_layers) * sum(encoder.values()) + cfg.n_layers * sum(decoder.values())
+        return embeddings + blocks + (2 * _norm(cfg) if cfg.norm_placement == "pre" else 0) + head
     blocks = cfg.n_layers * sum(_block_components(cfg).values())
     final = _norm(cfg) if cfg.norm_placement == "pre" else 0
     return V * C + SCHEMES[cfg.positions].n_params(cfg) + blocks + final + head
 
 
 def _group_of(name: str) -> str:
-    if name.startswith("embed.") or name == "lm_head":
+    if name.startswith(("embed.", "src_embed.")) or name == "lm_head":
         return "embeddings"
-    if ".attn." in name:
+    if ".attn." in name or ".cross." in name:
         return "attention"
     if name.startswith("mlp.") or ".mlp." in name:
         return "mlp"
@@ -127,6 +170,11 @@ def _flop_terms(cfg: ModelConfig, context: int) -> dict[str, int]:
     mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
     if cfg.model == "mlp":  # one token at a time: no attention, the context does not matter
         return {"matmul": 2 * mlp_matrices * C * F, "attention": 0, "lm_head": 2 * C * V}
+    if cfg.model == "seq2seq":  # per (source token, target token) pair, both sequences `context` long
+        enc, dec = cfg.n_enc_layers or cfg.n_layers, cfg.n_layers
+        block = 4 * C * HD + mlp_matrices * C * F  # q, k, v, o and the MLP
+        matmul_params = enc * block + dec * (block + 4 * C * HD)  # + cross-attention's q, k, v, o
+        return {"matmul": 2 * matmul_params, "attention": 2 * (enc + 2 * dec) * context * HD * 2, "lm_head": 2 * C * V}
     matmul_params = cfg.n_layers * (2 * C * HD + 2 * C * GD + mlp_matrices * C * F)
     return {
         "matmul": 2 * matmul_params,
@@ -210,6 +258,13 @@ def _shapes(cfg: ModelConfig) -> dict[str, str]:
         "mlp.fc_out": lin(F, C),
         "final_ln": norm,
         "lm_head": f"tied: embed.tok^T ({C} x {V})" if cfg.tie_embeddings else f"{C} x {V}",
+        # the encoder-decoder's own
+        "src_embed.tok": f"{cfg.n_src_vocab} x {C}",
+        "src_embed.pos": f"{cfg.max_len} x {C}",
+        "ln_cross": norm,
+        **{f"cross.{w}": lin(HD, C) if w == "w_o" else lin(C, HD) for w in ("w_q", "w_k", "w_v", "w_o")},
+        "enc_ln": norm,
+        "dec_ln": norm,
     }
 
 
@@ -281,18 +336,25 @@ def format_params_table(report: dict[str, Any]) -> str:
     sizes = f"V={cfg['n_vocab']} C={cfg['emb_dim']} F={cfg['n_hidden']}"
     if n_layers:
         sizes += f" H={cfg['n_heads']} D={cfg['head_dim']} layers={n_layers} max_len={cfg['max_len']}"
+    if cfg["model"] == "seq2seq":
+        sizes += f" H={cfg['n_heads']} D={cfg['head_dim']} encoder {cfg['n_enc_layers'] or cfg['n_layers']}"
+        sizes += f" + decoder {cfg['n_layers']} blocks, max_len={cfg['max_len']}"
     out = [f"{cfg['model']} model: {sizes}", ""]
 
     def share(n: int) -> str:
         return f"{100 * n / total:.1f}%"
 
     rows = []
+    stacks = {"blocks": n_layers}
+    if cfg["model"] == "seq2seq":
+        stacks = {"encoder": cfg["n_enc_layers"] or cfg["n_layers"], "decoder": cfg["n_layers"]}
     for name, n in comps.items():
-        if name.startswith("blocks.") and not name.startswith("blocks.0."):
+        stack, _, rest = name.partition(".")
+        if stack in stacks and not rest.startswith("0."):
             continue  # the same counts as block 0
-        if name.startswith("blocks.0."):
-            part = name.removeprefix("blocks.0.")
-            label, times, shape = f"blocks.*.{part}", n_layers, shapes[part]
+        if stack in stacks:
+            part = rest.removeprefix("0.")
+            label, times, shape = f"{stack}.*.{part}", stacks[stack], shapes[part]
         else:
             label, times, shape = name, 1, shapes[name]
         rows.append([label, shape, f"{n:,}", f"x{times}", f"{n * times:,}", share(n * times)])

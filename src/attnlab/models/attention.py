@@ -59,21 +59,23 @@ def attention(
     mask_LK: torch.Tensor | None = None,
     hook: Hook = NO_HOOK,
     dropout_p: float = 0.0,
+    keys: str = "K",
 ) -> torch.Tensor:
     """Steps 3-6 written out: softmax(q k^T / sqrt(D) + mask) v.
 
     `mask_LK` is boolean (True = may attend) or additive (0 or -inf, added to the scores); None
-    means the causal mask.
+    means the causal mask. It may carry batch and head dimensions (B, 1, L, K: a padding mask).
+    `keys` names the key positions in the hook names: K, or S for an encoder's source positions.
     """
     L, K = q_BHLD.shape[-2], k_BHKD.shape[-2]
     if mask_LK is None:
         mask_LK = causal_mask_LK(L, K, q_BHLD.device)
-    scores_BHLK = hook("scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(q_BHLD.shape[-1]))
+    scores_BHLK = hook(f"scores_BHL{keys}", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(q_BHLD.shape[-1]))
     if mask_LK.dtype == torch.bool:
         masked_BHLK = scores_BHLK.masked_fill(~mask_LK, float("-inf"))
     else:
         masked_BHLK = scores_BHLK + mask_LK
-    weights_BHLK = hook("weights_BHLK", hook("masked_BHLK", masked_BHLK).softmax(dim=-1))
+    weights_BHLK = hook(f"weights_BHL{keys}", hook(f"masked_BHL{keys}", masked_BHLK).softmax(dim=-1))
     return F.dropout(weights_BHLK, dropout_p) @ v_BHKD
 
 
@@ -141,3 +143,60 @@ class CausalSelfAttention(nn.Module):
         z_BHLD = hook("z_BHLD", z_BHLD)
         # 7. Merge the heads and project back to C channels.
         return hook("out_BLC", self.w_o(merge_heads(z_BHLD)))
+
+
+class MaskedAttention(CausalSelfAttention):
+    """The encoder-decoder's three attentions (Vaswani et al. 2017), with the same projections and steps:
+
+    - "encoder": self-attention in which every source position sees every other one;
+    - "decoder": causal self-attention over the target so far;
+    - "cross": the decoder's queries against the keys and values of the encoder's output `memory_BSC`.
+
+    `mask_B1LK` (True = may attend) hides padding, and in the decoder the future as well (see
+    `seq2seq.py`). Hook names are the LM's, with S for the source positions of cross-attention
+    (`k_BHSD`, `weights_BHLS`).
+    """
+
+    def __init__(self, cfg: ModelConfig, kind: str) -> None:
+        super().__init__(cfg)
+        self.kind, self.keys = kind, "S" if kind == "cross" else "K"
+        self.k_name, self.v_name = f"k_BH{self.keys}D", f"v_BH{self.keys}D"
+
+    def hook_names(self) -> list[str]:
+        K = self.keys
+        return [
+            "q_BHLD",
+            self.k_name,
+            self.v_name,
+            f"scores_BHL{K}",
+            f"masked_BHL{K}",
+            f"weights_BHL{K}",
+            "z_BHLD",
+            "out_BLC",
+        ]
+
+    def keys_values(self, source_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `source_BKC` (for cross-attention, the encoder's output: made once per source)."""
+        H, D = self.n_heads, self.head_dim
+        return split_heads(self.w_k(source_BKC), H, D), split_heads(self.w_v(source_BKC), H, D)
+
+    def forward(  # type: ignore[override]
+        self,
+        x_BLC: torch.Tensor,
+        mask_B1LK: torch.Tensor,
+        hook: Hook = NO_HOOK,
+        memory_BSC: torch.Tensor | None = None,
+        keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # 1-2. Queries from x; keys and values from x, or from the encoder's output (cross-attention),
+        # or given (a decoding step's cached ones).
+        q_BHLD = hook("q_BHLD", split_heads(self.w_q(x_BLC), self.n_heads, self.head_dim))
+        k_BHKD, v_BHKD = keys_values or self.keys_values(x_BLC if memory_BSC is None else memory_BSC)
+        k_BHKD, v_BHKD = hook(self.k_name, k_BHKD), hook(self.v_name, v_BHKD)
+        p_drop = self.dropout if self.training else 0.0
+        if self.impl == "sdpa" and not hook.enabled:  # 3-6 fused
+            z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, attn_mask=mask_B1LK, dropout_p=p_drop)
+        else:  # 3-6 written out
+            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, mask_B1LK, hook, p_drop, keys=self.keys)
+        # 7. Merge the heads and project back to C channels.
+        return hook("out_BLC", self.w_o(merge_heads(hook("z_BHLD", z_BHLD))))

@@ -11,7 +11,7 @@ from ..errors import AttnlabError
 from ..runtime import check_object
 from .positions import SCHEMES
 
-MODEL_KINDS = ("mlp", "transformer")
+MODEL_KINDS = ("mlp", "transformer", "seq2seq")
 ATTN_IMPLS = ("sdpa", "explicit")
 NORMS = ("layer", "rms")
 NORM_PLACEMENTS = ("pre", "post")
@@ -28,7 +28,7 @@ CHOICES = {
 
 @dataclass
 class ModelConfig:
-    model: str = "transformer"  # "mlp" (the one-token baseline) or "transformer"
+    model: str = "transformer"  # "mlp" (the one-token baseline), "transformer", or "seq2seq" (encoder-decoder)
     n_vocab: int = 256  # vocabulary size V (set from the tokenizer)
     max_len: int = 64  # context length: the longest sequence L the model sees
     emb_dim: int = 32  # channels C of the embeddings and the residual stream
@@ -50,6 +50,9 @@ class ModelConfig:
     n_kv_heads: int = 0  # grouped-query attention: key/value heads shared by n_heads / n_kv_heads queries (0 = n_heads)
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # LM head = token embedding^T (else its own V x C matrix)
+    # The encoder-decoder (model="seq2seq"): n_layers decoder blocks, and
+    n_enc_layers: int = 0  # encoder blocks (0 = n_layers)
+    n_src_vocab: int = 0  # the source's vocabulary (0 = the target's: one table embeds both, as in the paper)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +79,10 @@ class ModelConfig:
             raise AttnlabError(f"n_kv_heads={self.n_kv_heads}: must divide n_heads={self.n_heads} (0 = n_heads)")
         if problem := SCHEMES[self.positions].check(self):
             raise AttnlabError(problem)
+        if self.n_enc_layers < 0 or self.n_src_vocab < 0:
+            raise AttnlabError("n_enc_layers and n_src_vocab: must be >= 0 (0 = as the decoder's)")
+        if self.model == "seq2seq" and (self.grouped or self.positions == "rope"):
+            raise AttnlabError("model=seq2seq: the encoder-decoder takes no n_kv_heads and no rotary positions")
         for name in ("norm_eps", "rope_theta"):  # NaN fails every comparison, so ask for what is right
             value = getattr(self, name)
             if not (0 < value < math.inf):
@@ -130,6 +137,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(max_len=512, emb_dim=768, n_hidden=3072, head_dim=64, n_heads=12, n_layers=12, dropout=0.1),
 }
 
+# The encoder-decoder of Vaswani et al. 2017, "Attention Is All You Need", Table 3: N = 6 blocks in
+# each of encoder and decoder, d_model, d_ff, h heads of d_k = 64, dropout; post-norm, sinusoidal
+# positions, ReLU, one 37,000-token vocabulary shared by source and target, whose embedding is also
+# the pre-softmax matrix. The paper counts 65 M and 213 M parameters.
+for _name, (_c, _f, _heads, _drop) in {
+    "vaswani-base": (512, 2048, 8, 0.1),
+    "vaswani-big": (1024, 4096, 16, 0.3),
+}.items():
+    PRESETS[_name] = dict(
+        model="seq2seq", n_vocab=37000, max_len=512, emb_dim=_c, n_hidden=_f, head_dim=64, n_heads=_heads,
+        n_layers=6, dropout=_drop, norm_placement="post", positions="sinusoidal",
+    )  # fmt: skip
+
 # GPT-2 (Radford et al. 2019), the sizes of the four released checkpoints (n_embd, n_layer, n_head in
 # their config.json): n_ctx 1024, head dim 64, MLP width 4 * d_model, vocabulary 50257.
 # With the tied head these give exactly 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200 parameters.
@@ -176,7 +196,7 @@ def preset_config(name: str, model: str = "transformer", n_vocab: int | None = N
     """
     if name not in PRESETS:
         raise AttnlabError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    values: dict[str, Any] = {"n_vocab": 256, **PRESETS[name], **overrides}
+    values: dict[str, Any] = {"n_vocab": 256, "model": model, **PRESETS[name], **overrides}
     if n_vocab is not None:
         values["n_vocab"] = n_vocab
-    return ModelConfig(model=model, **values)
+    return ModelConfig(**values)

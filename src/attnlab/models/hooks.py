@@ -44,6 +44,22 @@ MEANINGS: dict[str, str] = {
     "resid_post_BLC": "residual stream after adding the MLP output: the block's output",
     "final_ln_BLC": "final norm of the residual stream (pre-norm models)",
     "logits_BLV": "logits: one score per vocabulary entry for the next token",
+    # The encoder-decoder (seq2seq.py): the encoder's blocks, then the decoder's with cross-attention.
+    "src_embed.tok_BLC": "source token embeddings (x sqrt(C) with sinusoidal positions)",
+    "src_embed.pos_LC": "source position vectors",
+    "src_embed.sum_BLC": "the encoder's input: source token (+ position) embeddings",
+    "memory_BSC": "the encoder's output: one vector per source position, what cross-attention reads",
+    "ln_cross_BLC": "norm of the residual stream around cross-attention",
+    "cross.q_BHLD": "cross-attention queries: what each target position looks for in the source",
+    "cross.k_BHSD": "cross-attention keys: one per source position, from the encoder's output",
+    "cross.v_BHSD": "cross-attention values: what each source position passes on",
+    "cross.scores_BHLS": "scores of each target query against each source key",
+    "cross.masked_BHLS": "cross-attention scores with source padding set to -inf",
+    "cross.weights_BHLS": "cross-attention weights: where in the source each target position looks",
+    "cross.z_BHLD": "weighted sum of the source's values, per head",
+    "cross.out_BLC": "cross-attention heads concatenated and projected back to C",
+    "resid_cross_BLC": "residual stream after adding the cross-attention output",
+    "dec_ln_BLC": "final norm of the decoder's stream (pre-norm encoder-decoders)",
 }
 
 
@@ -53,8 +69,8 @@ def symbolic_shape(name: str) -> str:
 
 
 def generic_name(name: str) -> str:
-    """`blocks.3.attn.q_BHLD` -> `attn.q_BHLD` (the key of MEANINGS)."""
-    return re.sub(r"^blocks\.\d+\.", "", name)
+    """`blocks.3.attn.q_BHLD` (or `encoder.3.`, `decoder.3.`) -> `attn.q_BHLD` (the key of MEANINGS)."""
+    return re.sub(r"^(blocks|encoder|decoder)\.\d+\.", "", name)
 
 
 def meaning(name: str) -> str:

@@ -1,0 +1,179 @@
+"""The encoder-decoder Transformer and its data: masks, causality, the KV cache, teacher forcing,
+the tasks' splits, and parameter counts against the paper's and the real modules'."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.errors import AttnlabError
+from attnlab.inspect.params import param_breakdown, param_count
+from attnlab.models import Seq2SeqTransformer, build_model, preset_config
+from attnlab.tasks import (
+    BOS,
+    EOS,
+    TASKS,
+    PairVocab,
+    held_out_pairs,
+    in_test_split,
+    number_words,
+    read_pairs,
+    show_teacher_forcing,
+    task_pairs,
+    teacher_forcing,
+)
+
+from .conftest import run_cli
+
+
+def _model(**fields) -> Seq2SeqTransformer:
+    torch.manual_seed(0)
+    cfg = preset_config("lab", model="seq2seq", head_dim=8, n_layers=2, norm_placement="post", positions="sinusoidal")
+    return Seq2SeqTransformer(cfg.with_overrides({"n_vocab": 40, **fields})).eval()
+
+
+# Two sources and two targets of different lengths: padding (id 0) in both.
+SRC_BS = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+TGT_BL = torch.tensor([[BOS, 5, 6, 0, 0, 0], [BOS, 8, 9, 10, 11, 12]])
+
+VARIANTS = [
+    {},
+    {"norm_placement": "pre"},
+    {"n_src_vocab": 30},
+    {"tie_embeddings": False, "n_enc_layers": 3},
+    {"positions": "learned", "norm": "rms", "mlp": "swiglu"},
+]
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_padding_never_receives_attention_in_any_of_the_three_attentions(fields):
+    model = _model(**fields)
+    logits_BLV, cache = model.run_with_cache(SRC_BS, TGT_BL)
+    src_pad, tgt_pad = SRC_BS == 0, TGT_BL == 0
+    for name, weights_BHLK in cache.items():
+        if not name.endswith(("weights_BHLK", "weights_BHLS")):
+            continue
+        pad_keys = tgt_pad if name.startswith("decoder.") and ".attn." in name else src_pad
+        at_padding_BHLK = pad_keys[:, None, None, :].expand_as(weights_BHLK)
+        assert (weights_BHLK[at_padding_BHLK] == 0).all() and at_padding_BHLK.any(), name
+        assert torch.allclose(weights_BHLK.sum(-1), torch.ones(()))  # every row still a distribution
+    assert torch.allclose(logits_BLV, model(SRC_BS, TGT_BL), atol=1e-5)  # the fused kernel computes the same
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_a_later_target_token_never_changes_earlier_decoder_outputs(fields):
+    model = _model(**fields)
+    before_BLV = model(SRC_BS, TGT_BL)
+    for k in range(1, TGT_BL.shape[1]):
+        changed_BL = TGT_BL.clone()
+        changed_BL[:, k] = 17
+        after_BLV = model(SRC_BS, changed_BL)
+        assert torch.allclose(after_BLV[:, :k], before_BLV[:, :k], atol=1e-5)
+        assert not torch.allclose(after_BLV[:, k:], before_BLV[:, k:])
+
+
+def test_padding_in_a_source_changes_nothing_for_its_real_positions():
+    model = _model()
+    alone_BLV = model(SRC_BS[:1, :3], TGT_BL[:1, :3])
+    padded_BLV = model(SRC_BS[:1], TGT_BL[:1, :3])
+    assert torch.allclose(alone_BLV, padded_BLV, atol=1e-5)
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_kv_cache_decoding_equals_decoding_without_it(fields):
+    model = _model(**fields)
+    tgt_BL = TGT_BL[1:]
+    src_BS = SRC_BS[1:]
+    full_BLV = model(src_BS, tgt_BL)
+    memory_BSC = model.encode(src_BS)
+    cache: list[dict] = [{} for _ in model.decoder]
+    steps = [model.decode(tgt_BL[:, i : i + 1], memory_BSC, src_BS, cache=cache, start=i) for i in range(6)]
+    assert torch.allclose(torch.cat(steps, dim=1), full_BLV, atol=1e-5)
+    assert cache[0]["self"][0].shape[2] == 6 and cache[0]["cross"][0].shape[2] == 5  # keys of 6 targets, 5 sources
+
+
+def test_teacher_forcing_shifts_the_gold_target_as_the_paper_trains():
+    text = show_teacher_forcing("J aime manger des champignons", "I like eating mushrooms", words=True)
+    assert "gold target     <bos> I like eating mushrooms <eos>" in text
+    assert "decoder input   <bos> I like eating mushrooms\n" in text
+    assert "labels          I like eating mushrooms <eos>" in text
+    assert "<bos>  ->  I    from <bos> and the encoder's output alone" in text
+    vocab = PairVocab.from_pairs([("abc", "cba"), ("ab", "b")])
+    batch = teacher_forcing([("abc", "cba"), ("ab", "b")], vocab)
+    a, b, c = (vocab.encode(ch)[0] for ch in "abc")
+    assert batch.encoder_input_BS.tolist() == [[a, b, c], [a, b, 0]]
+    assert batch.decoder_input_BL.tolist() == [[BOS, c, b, a], [BOS, b, 0, 0]]
+    assert batch.labels_BL.tolist() == [[c, b, a, EOS], [b, EOS, 0, 0]]
+    assert vocab.decode(batch.labels_BL[0].tolist()) == "cba"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_tasks_splits_never_overlap_and_are_fixed(task):
+    train = list(itertools.islice(task_pairs(task, "train", seed=3), 3000))
+    test = held_out_pairs(task)
+    assert not {s for s, _ in train} & {s for s, _ in test}
+    assert all(in_test_split(s) for s, _ in test) and not any(in_test_split(s) for s, _ in train)
+    assert test == held_out_pairs(task) and len({s for s, _ in test}) == len(test) == 1000
+
+
+def test_the_tasks_say_what_they_should():
+    pairs = {task: next(task_pairs(task, "train", seed=0)) for task in TASKS}
+    assert pairs["reverse"][1] == pairs["reverse"][0][::-1]
+    assert pairs["sort"][1] == "".join(sorted(pairs["sort"][0]))
+    a, b = pairs["addition"][0].split("+")
+    assert int(pairs["addition"][1]) == int(a) + int(b)
+    assert [number_words(n) for n in (0, 13, 40, 312, 1001, 250000)] == [
+        "zero",
+        "thirteen",
+        "forty",
+        "three hundred and twelve",
+        "one thousand and one",
+        "two hundred and fifty thousand",
+    ]
+    assert number_words(int(pairs["numbers"][1])) == pairs["numbers"][0]
+
+
+def test_a_parallel_text_file_splits_by_hash_and_refuses_other_lines(tmp_path: Path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{number_words(n)}\t{n}\n" for n in range(300)))
+    train, test = read_pairs(path)
+    assert len(train) + len(test) == 300 and not {s for s, _ in train} & {s for s, _ in test}
+    path.write_text("one\t1\ntwo 2\n")
+    with pytest.raises(AttnlabError, match="pairs.tsv:2: expected source<TAB>target"):
+        read_pairs(path)
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_the_parameter_formula_counts_the_real_modules(fields):
+    model = _model(**fields)
+    cfg = model.config
+    assert param_count(cfg) == model.num_params() == sum(param_breakdown(cfg).values())
+    modules = dict(model.named_modules())
+    for name, n in param_breakdown(cfg).items():
+        if name == "lm_head" and n == 0:
+            continue
+        assert sum(p.numel() for p in modules[name].parameters()) == n, name
+
+
+@pytest.mark.parametrize(("preset", "paper"), [("vaswani-base", 65e6), ("vaswani-big", 213e6)])
+def test_the_papers_two_models_have_its_parameter_counts_within_3_percent(preset, paper, capsys):
+    import json
+
+    code, out, _ = run_cli(["params", preset, "--format", "json"], capsys)
+    total = json.loads(out)["total"]
+    assert code == 0 and abs(total - paper) / paper < 0.03, total
+    assert total == param_count(preset_config(preset))
+
+
+def test_the_lm_verbs_refuse_the_encoder_decoder_in_one_line(tmp_path, capsys):
+    with pytest.raises(AttnlabError, match="encoder-decoder"):
+        build_model(preset_config("vaswani-base"))
+    for args in (
+        ["train", "--steps", "1", "--set", "model=seq2seq", "--out", str(tmp_path / "r")],
+        ["trace", "--random", "--preset", "vaswani-base", "--prompt", "hi"],
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and err.count("\n") == 1 and "encoder-decoder" in err, err
