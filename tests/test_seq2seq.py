@@ -177,3 +177,84 @@ def test_the_lm_verbs_refuse_the_encoder_decoder_in_one_line(tmp_path, capsys):
     ):
         code, _, err = run_cli(args, capsys)
         assert code == 2 and err.count("\n") == 1 and "encoder-decoder" in err, err
+
+
+# ---- decoding, training, evaluation ---------------------------------------------------------
+
+
+def test_beam_search_of_width_1_is_greedy_decoding():
+    from attnlab.models.translate import beam_search, greedy_decode
+
+    model = _model()
+    for row in SRC_BS:
+        src_S = row[row != 0]
+        assert beam_search(model, src_S, 8, beam=1, alpha=0.0) == greedy_decode(model, src_S[None], 8)[0]
+
+
+def test_a_wide_beam_finds_the_best_target_of_all_by_its_penalised_score():
+    """A vocabulary of 2 letters and targets of at most 3: every target is enumerated and scored."""
+    from attnlab.models.translate import beam_search, length_penalty
+
+    model = _model(n_vocab=5, max_len=4)
+    src_BS = torch.tensor([[3, 4, 3]])
+    best, best_score = None, float("-inf")
+    for n in range(4):
+        for letters in itertools.product([3, 4], repeat=n):
+            tgt_BL = torch.tensor([[BOS, *letters]])
+            logp_LV = model(src_BS, tgt_BL)[0].log_softmax(-1)
+            score = sum(logp_LV[i, t] for i, t in enumerate([*letters, EOS])).item() / length_penalty(n + 1, 0.6)
+            if n < 3 and score > best_score:  # a target of 3 letters cannot end within max_len = 4
+                best, best_score = list(letters), score
+    assert beam_search(model, src_BS[0], 3, beam=8, alpha=0.6) == best
+
+
+def test_train_eval_and_translate_a_task_end_to_end(tmp_path: Path, capsys):
+    import json
+
+    args = ["seq2seq", "train", "--task", "copy", "--steps", "150", "--batch-size", "32", "--lr", "3e-3"]
+    args += ["--set", "emb_dim=64", "--set", "n_hidden=128", "--set", "n_layers=2", "--set", "head_dim=16"]
+    args += ["--set", "norm_placement=pre", "--warmup-steps", "20", "--out", str(tmp_path / "copy")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "copy" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], rows
+    code, out, err = run_cli(["seq2seq", "eval", str(tmp_path / "copy"), "--format", "json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["task"] == "copy" and result["examples"] == 1000 and 0 <= result["exact_match"] <= 1
+    test = held_out_pairs("copy")[:20]
+    code, out, _ = run_cli(
+        ["seq2seq", "translate", str(tmp_path / "copy"), *[a for s, _ in test for a in ("--text", s)]], capsys
+    )
+    from attnlab.seq2seq_run import evaluate_seq2seq, translate
+
+    assert out.splitlines() == translate(tmp_path / "copy", [s for s, _ in test])
+    assert evaluate_seq2seq(tmp_path / "copy")["exact_match"] == result["exact_match"]  # decoding is deterministic
+
+
+def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, capsys):
+    from attnlab import run
+
+    run.start(tmp_path / "lm", data="builtin", preset="lab", steps=1, eval_every=10**6, final_eval_chars=500)
+    capsys.readouterr()
+    code, _, err = run_cli(["seq2seq", "eval", str(tmp_path / "lm")], capsys)
+    assert code == 2 and "not an encoder-decoder run" in err and err.count("\n") == 1, err
+    args = [
+        "seq2seq",
+        "train",
+        "--task",
+        "reverse",
+        "--steps",
+        "1",
+        "--set",
+        "n_layers=1",
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    assert run_cli(args, capsys)[0] == 0
+    capsys.readouterr()
+    for verb in (
+        ["generate", str(tmp_path / "s"), "--prompt", "abc"],
+        ["trace", str(tmp_path / "s"), "--prompt", "ab"],
+    ):
+        code, _, err = run_cli(verb, capsys)
+        assert code == 2 and "encoder-decoder" in err and err.count("\n") == 1, err

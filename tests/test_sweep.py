@@ -43,16 +43,32 @@ BASE = {
     "notebook": ["notebook", "--out", "{tmp}/nb"],
     "check": ["check", "{tmp}/missing.ipynb"],
     "export": ["export", "{ckpt}", "--hf", "{tmp}/hf"],
-    "seq2seq": ["seq2seq", "show", "abc", "cba"],
+    "seq2seq show": ["seq2seq", "show", "abc", "cba"],
+    "seq2seq train": ["seq2seq", "train", "--task", "copy", "--steps", "1", "--out", "{tmp}/s"],
+    "seq2seq eval": ["seq2seq", "eval", "{run}"],
+    "seq2seq translate": ["seq2seq", "translate", "{run}", "--text", "abc"],
 }
 
 # Flags by kind, and the verbs that have them (read from the parser in test_the_tables_cover_every_flag).
 INT_FLAGS = {
-    "--steps": ["lab", "train", "compare"],
-    "--batch-size": ["lab", "train", "compare", "bench"],
+    "--steps": ["lab", "train", "compare", "seq2seq train"],
+    "--batch-size": ["lab", "train", "compare", "bench", "seq2seq train"],
+    "--warmup-steps": ["seq2seq train"],
+    "--beam": ["seq2seq eval", "seq2seq translate"],
     "--grad-accum": ["lab", "train", "compare"],
     "--eval-every": ["lab", "train", "compare"],
-    "--seed": ["lab", "train", "compare", "generate", "trace", "attention", "embeddings", "next", "lens"],
+    "--seed": [
+        "lab",
+        "train",
+        "compare",
+        "generate",
+        "trace",
+        "attention",
+        "embeddings",
+        "next",
+        "lens",
+        "seq2seq train",
+    ],
     "--max-new-tokens": ["generate"],
     "--top-k": ["generate"],
     "--slide": ["generate"],
@@ -65,8 +81,9 @@ INT_FLAGS = {
     "--threads": list(BASE),
 }
 FLOAT_FLAGS = {
-    "--max-time": ["lab", "train", "compare"],
-    "--lr": ["lab", "train", "compare"],
+    "--max-time": ["lab", "train", "compare", "seq2seq train"],
+    "--lr": ["lab", "train", "compare", "seq2seq train"],
+    "--label-smoothing": ["seq2seq train"],
     "--temperature": ["generate"],
     "--top-p": ["generate"],
     "--budget": ["bench"],
@@ -77,7 +94,8 @@ CHOICE_FLAGS = {
     "--optimizer": ["lab", "train", "compare"],
     "--recipe": ["lab"],
     "--model": ["train", "trace", "attention", "embeddings", "next", "lens", "params"],
-    "--format": ["eval", "trace", "embeddings", "next", "lens", "params", "bench", "info", "check"],
+    "--format": ["eval", "trace", "embeddings", "next", "lens", "params", "bench", "info", "check", "seq2seq eval"],
+    "--schedule": ["seq2seq train"],
     "--split": ["eval"],
     "--compile": ["bench"],
 }
@@ -99,8 +117,10 @@ for flag, verbs in CHOICE_FLAGS.items():
 
 # Integers out of range: negative or zero where that means nothing, or too large to fit or to be true.
 RANGES = {
-    "--steps": (["-1", "0"], "must be >= 1"),
-    "--batch-size": (["-1", "0"], "must be >= 1"),
+    "--steps": (["-1", "0"], ">= 1"),
+    "--batch-size": (["-1", "0"], ">= 1"),
+    "--warmup-steps": (["-1", "0"], ">= 1"),
+    "--beam": (["-1", "0"], ">= 1"),
     "--grad-accum": (["-1", "0"], "must be >= 1"),
     "--eval-every": (["-1", "0"], "must be >= 1"),
     "--seed": (["-1", str(2**64)], "--seed"),
@@ -152,6 +172,55 @@ ROWS += [
     ("seq2seq show both", ["seq2seq", "show", "a", "b", "--task", "copy"], "not both"),
     ("seq2seq show --task", ["seq2seq", "show", "--task", "chess"], "choose one of copy"),
     ("seq2seq no verb", ["seq2seq"], "required"),
+    (
+        "seq2seq train nothing",
+        ["seq2seq", "train", "--steps", "1", "--out", "{tmp}/s"],
+        "give one of --task NAME or --data",
+    ),
+    (
+        "seq2seq train both",
+        ["seq2seq", "train", "--task", "copy", "--data", "{files}/one.txt", "--steps", "1", "--out", "{tmp}/s"],
+        "give one of",
+    ),
+    (
+        "seq2seq train --task",
+        ["seq2seq", "train", "--task", "chess", "--steps", "1", "--out", "{tmp}/s"],
+        "choose one of copy",
+    ),
+    ("seq2seq train no budget", ["seq2seq", "train", "--task", "copy", "--out", "{tmp}/s"], "give a training budget"),
+    (
+        "seq2seq train not pairs",
+        ["seq2seq", "train", "--data", "{files}/stories.txt", "--steps", "1", "--out", "{tmp}/s"],
+        "expected source<TAB>target",
+    ),
+    (
+        "seq2seq train missing",
+        ["seq2seq", "train", "--data", "{tmp}/none.tsv", "--steps", "1", "--out", "{tmp}/s"],
+        "no such file",
+    ),
+    (
+        "seq2seq train smoothing",
+        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--label-smoothing", "1", "--out", "{tmp}/s"],
+        "out of range",
+    ),
+    (
+        "seq2seq train --set",
+        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--set", "n_kv_heads=2", "--out", "{tmp}/s"],
+        "n_kv_heads",
+    ),
+    (
+        "seq2seq train short max_len",
+        ["seq2seq", "train", "--task", "numbers", "--steps", "1", "--set", "max_len=8", "--out", "{tmp}/s"],
+        "longer than max_len=8",
+    ),
+    (
+        "seq2seq train into a file",
+        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--out", "{files}/one.txt"],
+        "is a file",
+    ),
+    ("seq2seq eval an LM run", ["seq2seq", "eval", "{run}"], "not an encoder-decoder run"),
+    ("seq2seq eval nothing", ["seq2seq", "eval", "{tmp}/none"], "no such checkpoint"),
+    ("seq2seq translate an LM run", ["seq2seq", "translate", "{run}", "--text", "abc"], "not an encoder-decoder run"),
 ]
 
 # --set: fields that do not exist, values of the wrong type or range, and the form itself.
@@ -428,7 +497,7 @@ def test_the_tables_cover_every_flag():
 
     parsers = []
     for verb, parser in subparsers(build_parser()).items():  # `seq2seq show` counts as seq2seq
-        parsers += [(verb, nested) for nested in subparsers(parser).values()] or [(verb, parser)]
+        parsers += [(f"{verb} {name}", nested) for name, nested in subparsers(parser).items()] or [(verb, parser)]
     for verb, parser in parsers:
         for action in parser._actions:
             flag = action.option_strings[-1] if action.option_strings else None

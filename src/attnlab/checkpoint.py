@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import AttnlabError
-from .models import LanguageModel, ModelConfig, build_model
+from .models import LanguageModel, ModelConfig, Seq2SeqTransformer, build_model
 from .runtime import check_object, json_type_name, memory_limit, read_json
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -228,11 +228,18 @@ def check_weights(path: Path, cfg: ModelConfig) -> None:
         )
     with safe_open(path, "pt") as f:
         saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
-    blocks = {int(k.split(".")[1]) for k in saved if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    if cfg.model == "transformer" and cfg.n_layers != len(blocks):  # before building n_layers modules
-        raise AttnlabError(f"{path}: holds {len(blocks)} blocks, but the config says n_layers={cfg.n_layers}")
+    stacks = {"transformer": {"blocks": ("n_layers", cfg.n_layers)}, "mlp": {}}.get(
+        cfg.model,
+        {"encoder": ("n_enc_layers", cfg.n_enc_layers or cfg.n_layers), "decoder": ("n_layers", cfg.n_layers)},
+    )
+    for stack, (size_field, wanted_n) in stacks.items():  # before building that many modules
+        found = {int(k.split(".")[1]) for k in saved if k.startswith(f"{stack}.") and k.split(".")[1].isdigit()}
+        if len(found) != wanted_n:
+            what = "blocks" if stack == "blocks" else f"{stack} blocks"
+            raise AttnlabError(f"{path}: holds {len(found)} {what}, but the config says {size_field}={wanted_n}")
     with torch.device("meta"):
-        wanted = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+        built = Seq2SeqTransformer(cfg) if cfg.model == "seq2seq" else build_model(cfg)
+        wanted = {k: tuple(v.shape) for k, v in built.state_dict().items()}
     if missing := [k for k in wanted if k not in saved]:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise AttnlabError(f"{path}: no tensor {missing[0]!r}{more}; the config and the weights do not match")

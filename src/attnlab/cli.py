@@ -511,6 +511,49 @@ def cmd_seq2seq_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seq2seq_train(args: argparse.Namespace) -> int:
+    from .seq2seq_run import train_seq2seq
+
+    result = train_seq2seq(
+        args.out,
+        task=args.task,
+        data=args.data,
+        preset=args.preset,
+        config=_parse_sets(args.set),
+        max_time=args.max_time,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(f"checkpoint: {result['checkpoint']}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_seq2seq_eval(args: argparse.Namespace) -> int:
+    from .seq2seq_run import evaluate_seq2seq
+
+    result = evaluate_seq2seq(args.run, beam=args.beam, device=args.device)
+    if args.format == "json":
+        print(json.dumps(result))
+    else:
+        match, n = result["exact_match"], result["examples"]
+        print(f"{result['task']}: exact match {match:.2%} over {n:,} test pairs (beam {args.beam})")
+    return 0
+
+
+def cmd_seq2seq_translate(args: argparse.Namespace) -> int:
+    from .seq2seq_run import translate
+
+    for text in translate(args.run, args.text, beam=args.beam, device=args.device):
+        print(text)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .interop import to_hf
@@ -748,6 +791,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="show a training pair of this task instead")
     p.add_argument("--words", action="store_true", help="words as the tokens (default: characters, as the tasks)")
     p.set_defaults(func=cmd_seq2seq_show)
+    p = seq2seq.add_parser("train", help="train an encoder-decoder on a task or a source<TAB>target file")
+    p.add_argument("--task", default=None, help="copy | reverse | sort | addition | numbers | dates")
+    p.add_argument("--data", default=None, help="a text file of source<TAB>target lines (instead of --task)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint/ and metrics.jsonl go here")
+    p.add_argument("--max-time", type=_finite, default=None, help="training budget in seconds")
+    p.add_argument("--steps", type=_positive, default=None, help="optimizer steps")
+    p.add_argument("--preset", default="seq2seq-small", help="model sizes (default seq2seq-small)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--lr", type=_finite, default=1e-3, help="peak learning rate (noam: a scale, 1e-3 = the paper's)")
+    p.add_argument("--warmup-steps", type=_positive, default=200)
+    p.add_argument(
+        "--schedule", choices=("cosine", "noam"), default="cosine", help="noam: the paper's warm-up schedule"
+    )
+    p.add_argument("--label-smoothing", type=_finite, default=0.0, help="the paper's is 0.1")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_seq2seq_train)
+    p = seq2seq.add_parser("eval", help="exact-match accuracy on the run's test split")
+    p.add_argument("run", help="a run folder written by attnlab seq2seq train")
+    p.add_argument("--beam", type=_positive, default=1, help="beam width (1: greedy)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_seq2seq_eval)
+    p = seq2seq.add_parser("translate", help="decode a source text with a trained encoder-decoder")
+    p.add_argument("run", help="a run folder written by attnlab seq2seq train")
+    p.add_argument("--text", required=True, action="append", help="a source (give several --text for several)")
+    p.add_argument("--beam", type=_positive, default=1, help="beam width (1: greedy)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_seq2seq_translate)
 
     verbs = [
         nested
@@ -778,6 +851,7 @@ OUTPUTS = {
     "prepare": [("out", "file")],
     "export": [("hf", "dir")],
     "notebook": [("out", "dir")],
+    "seq2seq": [("out", "dir")],
 }
 
 

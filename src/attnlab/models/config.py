@@ -137,6 +137,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(max_len=512, emb_dim=768, n_hidden=3072, head_dim=64, n_heads=12, n_layers=12, dropout=0.1),
 }
 
+# The encoder-decoder for attnlab's tasks (`attnlab seq2seq train`): the paper's design at the `small`
+# LM's sizes, 3 + 3 blocks, sources and targets up to 96 characters.
+PRESETS["seq2seq-small"] = dict(
+    model="seq2seq", max_len=96, emb_dim=128, n_hidden=512, head_dim=32, n_heads=4, n_layers=3,
+    norm_placement="post", positions="sinusoidal",
+)  # fmt: skip
+
 # The encoder-decoder of Vaswani et al. 2017, "Attention Is All You Need", Table 3: N = 6 blocks in
 # each of encoder and decoder, d_model, d_ff, h heads of d_k = 64, dropout; post-norm, sinusoidal
 # positions, ReLU, one 37,000-token vocabulary shared by source and target, whose embedding is also
