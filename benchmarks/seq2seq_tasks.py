@@ -19,7 +19,7 @@ import torch
 
 from attnlab.seq2seq_run import evaluate_seq2seq, train_seq2seq
 
-SETTINGS = dict(batch_size=64, lr=1e-3, warmup_steps=200, schedule="cosine", config={"norm_placement": "pre"})
+SETTINGS = dict(batch_size=64, lr=1e-3, warmup_steps=200, schedule="cosine", config={})  # the preset: post-norm
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
-        "command": "python benchmarks/seq2seq_tasks.py --tasks " + " ".join(args.tasks) + f" --max-time {args.max_time:g}",
+        "command": f"python benchmarks/seq2seq_tasks.py --tasks {' '.join(args.tasks)} --max-time {args.max_time:g}",
         "machine": f"{torch.get_num_threads()} threads, {platform.machine()}, torch {torch.__version__}",
         "settings": {**SETTINGS, "preset": "seq2seq-small"},
         "rows": rows,

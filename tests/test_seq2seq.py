@@ -258,3 +258,48 @@ def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, 
     ):
         code, _, err = run_cli(verb, capsys)
         assert code == 2 and "encoder-decoder" in err and err.count("\n") == 1, err
+
+
+def test_attention_on_a_seq2seq_run_draws_its_three_attentions(tmp_path: Path, capsys):
+    args = [
+        "seq2seq",
+        "train",
+        "--task",
+        "reverse",
+        "--steps",
+        "2",
+        "--set",
+        "n_layers=2",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert run_cli(args, capsys)[0] == 0
+    capsys.readouterr()
+    code, out, err = run_cli(
+        ["attention", str(tmp_path / "r"), "--prompt", "abcde", "--out", str(tmp_path / "a.png")], capsys
+    )
+    assert code == 0, err
+    paths = out.split()
+    assert [Path(p).name for p in paths] == ["a-encoder.png", "a-decoder.png", "a-cross.png"]
+    assert all(Path(p).stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.slow
+def test_a_trained_reverse_model_reads_the_source_backwards(tmp_path: Path, capsys):
+    """60 s of training: the test split is solved, and cross-attention is an anti-diagonal."""
+    from attnlab.seq2seq_run import evaluate_seq2seq, load_seq2seq
+
+    args = ["seq2seq", "train", "--task", "reverse", "--max-time", "60", "--out", str(tmp_path / "r")]
+    assert run_cli(args, capsys)[0] == 0
+    assert evaluate_seq2seq(tmp_path / "r")["exact_match"] >= 0.95
+    run = load_seq2seq(tmp_path / "r")
+    source = "abcdefghij"
+    src_BS = torch.tensor([run.vocab.encode(source)])
+    tgt_BL = torch.tensor([[BOS, *run.vocab.encode(source[::-1])]])
+    _, cache = run.model.run_with_cache(src_BS, tgt_BL)
+    S = len(source)
+    best = 0.0
+    for i in range(run.model.config.n_layers):
+        looks_at = cache[f"decoder.{i}.cross.weights_BHLS"][0].mean(0).argmax(-1)[:S]  # target position t reads...
+        best = max(best, (looks_at == torch.arange(S - 1, -1, -1)).float().mean().item())  # ...source S - 1 - t
+    assert best >= 0.9, best

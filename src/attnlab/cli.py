@@ -315,6 +315,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
     if not args.out and not args.html:
         raise AttnlabError("say what to write: --out PICTURE.png, --html PAGE.html, or both")
+    if not args.random and _is_seq2seq(args.checkpoint):
+        return _seq2seq_attention(args)
     model, tokenizer = _inspect_model(args)
     if args.html:
         from .explorer.page import standalone_html
@@ -330,6 +332,48 @@ def cmd_attention(args: argparse.Namespace) -> int:
             _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
         out = attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(args.out), head)
         print(out)
+    return 0
+
+
+def _is_seq2seq(path: str | None) -> bool:
+    from .checkpoint import check_checkpoint
+
+    return path is not None and check_checkpoint(path)[1].model == "seq2seq"
+
+
+def _seq2seq_attention(args: argparse.Namespace) -> int:
+    """The encoder-decoder's three attentions for --prompt as the source and its greedy translation as
+    the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
+    from .inspect.pictures import attention_figure
+    from .models.translate import BOS, greedy_decode
+    from .runtime import resolve_device
+    from .seq2seq_run import load_seq2seq
+
+    if args.html or args.head:
+        raise AttnlabError("an encoder-decoder run draws all its heads as pictures: drop --html and --head")
+    run = load_seq2seq(args.checkpoint, resolve_device(args.device))
+    model, vocab = run.model, run.vocab
+    src = vocab.encode(args.prompt)[: model.config.max_len]
+    if not src:
+        raise AttnlabError("empty prompt: give the source text to translate")
+    device = next(model.parameters()).device
+    src_BS = torch.tensor([src], device=device)
+    target = greedy_decode(model, src_BS, model.config.max_len - 1)[0]
+    tgt_BL = torch.tensor([[BOS, *target]], device=device)
+    _, cache = model.run_with_cache(src_BS, tgt_BL)
+    sources = [vocab.token(i) for i in src]
+    reads = [vocab.token(i) for i in tgt_BL[0].tolist()]
+    out = Path(args.out)
+    for kind, queries, keys, causal, what in (
+        ("encoder", sources, sources, False, "encoder self-attention: every source position sees every other"),
+        ("decoder", reads, reads, True, "decoder self-attention (causal): the target read so far"),
+        ("cross", reads, sources, False, "cross-attention: where in the source each target position looks"),
+    ):
+        names = sorted(n for n in cache if n.startswith(f"{'encoder' if kind == 'encoder' else 'decoder'}."))
+        wanted = "attn.weights_BHLK" if kind != "cross" else "cross.weights_BHLS"
+        weights = [cache[n][0] for n in names if n.endswith(wanted)]
+        path = out.with_name(f"{out.stem}-{kind}{out.suffix}")
+        print(attention_figure(weights, queries, path, keys=keys, causal=causal, title=f"{what} ({args.prompt!r})"))
     return 0
 
 

@@ -20,41 +20,50 @@ def _save(fig: Figure, out: Path) -> Path:
 
 
 def attention_figure(
-    weights_LHQK: list[torch.Tensor], tokens: list[str], out: Path, head: tuple[int, int] | None = None
+    weights_LHQK: list[torch.Tensor],
+    tokens: list[str],
+    out: Path,
+    head: tuple[int, int] | None = None,
+    keys: list[str] | None = None,
+    causal: bool = True,
+    title: str = "attention weights (masked future keys left empty)",
 ) -> Path:
     """One heatmap per layer x head (or one large panel for `head=(layer, head)`).
 
-    Rows are queries, columns keys; the colour is the weight (cividis, 0 to 1); cells above the
-    diagonal are masked by causality and left empty (white).
+    Rows are queries (`tokens`), columns keys (`keys`, default the same tokens); the colour is the
+    weight (cividis, 0 to 1); with `causal`, cells above the diagonal are masked and left empty (white).
     """
     panels = [(layer, h) for layer in range(len(weights_LHQK)) for h in range(weights_LHQK[layer].shape[0])]
     if head is not None:
         panels = [head]
     n_layers = 1 if head is not None else len(weights_LHQK)
     n_heads = 1 if head is not None else weights_LHQK[0].shape[0]
-    L = len(tokens)
+    keys = tokens if keys is None else keys
+    Q, K = len(tokens), len(keys)
     cell = 0.32 if head is None else 0.5
-    side = max(2.6, L * cell)
-    fig = Figure(figsize=(n_heads * side + 1.2, n_layers * side + 0.6), constrained_layout=True)
+    width, height = max(2.6, K * cell), max(2.6, Q * cell)
+    fig = Figure(figsize=(n_heads * width + 1.2, n_layers * height + 0.6), constrained_layout=True)
     axes = np.atleast_2d(fig.subplots(n_layers, n_heads, squeeze=False))
     norm = Normalize(vmin=0.0, vmax=1.0)
     cmap = _cmap("cividis")
-    future_QK = np.triu(np.ones((L, L), dtype=bool), k=1)
-    labels = [t if t.strip() else repr(t)[1:-1] or "␣" for t in tokens]
-    labels = [t.replace(" ", "␣") for t in labels]
+    future_QK = np.triu(np.ones((Q, K), dtype=bool), k=1 + K - Q) if causal else np.zeros((Q, K), dtype=bool)
+
+    def shown(labels: list[str]) -> list[str]:
+        return [(t if t.strip() else repr(t)[1:-1] or "␣").replace(" ", "␣") for t in labels]
+
     image = None
     for ax, (layer, h) in zip(axes.flat, panels, strict=True):
         w_QK = weights_LHQK[layer][h].float().cpu().numpy()
         image = ax.imshow(np.ma.masked_array(w_QK, mask=future_QK), cmap=cmap, norm=norm, interpolation="nearest")
         ax.set_title(f"layer {layer}, head {h}", fontsize=9)
-        font = 8 if L <= 24 else 6
-        ax.set_xticks(range(L), labels, rotation=90, fontsize=font)
-        ax.set_yticks(range(L), labels, fontsize=font)
+        font = 8 if max(Q, K) <= 24 else 6
+        ax.set_xticks(range(K), shown(keys), rotation=90, fontsize=font)
+        ax.set_yticks(range(Q), shown(tokens), fontsize=font)
         ax.set_xlabel("key (attended to)", fontsize=8)
         ax.set_ylabel("query (attending)", fontsize=8)
     assert image is not None
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
-    fig.suptitle("attention weights (masked future keys left empty)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)
 
 
