@@ -238,20 +238,7 @@ def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, 
     capsys.readouterr()
     code, _, err = run_cli(["seq2seq", "eval", str(tmp_path / "lm")], capsys)
     assert code == 2 and "not an encoder-decoder run" in err and err.count("\n") == 1, err
-    args = [
-        "seq2seq",
-        "train",
-        "--task",
-        "reverse",
-        "--steps",
-        "1",
-        "--set",
-        "n_layers=1",
-        "--out",
-        str(tmp_path / "s"),
-    ]
-    assert run_cli(args, capsys)[0] == 0
-    capsys.readouterr()
+    _train_briefly(tmp_path / "s", capsys)
     for verb in (
         ["generate", str(tmp_path / "s"), "--prompt", "abc"],
         ["trace", str(tmp_path / "s"), "--prompt", "ab"],
@@ -260,21 +247,15 @@ def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, 
         assert code == 2 and "encoder-decoder" in err and err.count("\n") == 1, err
 
 
-def test_attention_on_a_seq2seq_run_draws_its_three_attentions(tmp_path: Path, capsys):
-    args = [
-        "seq2seq",
-        "train",
-        "--task",
-        "reverse",
-        "--steps",
-        "2",
-        "--set",
-        "n_layers=2",
-        "--out",
-        str(tmp_path / "r"),
-    ]
+def _train_briefly(out: Path, capsys) -> None:
+    """A run of two steps: enough to be a real encoder-decoder run folder."""
+    args = ["seq2seq", "train", "--task", "reverse", "--steps", "2", "--set", "n_layers=2", "--out", str(out)]
     assert run_cli(args, capsys)[0] == 0
     capsys.readouterr()
+
+
+def test_attention_on_a_seq2seq_run_draws_its_three_attentions(tmp_path: Path, capsys):
+    _train_briefly(tmp_path / "r", capsys)
     code, out, err = run_cli(
         ["attention", str(tmp_path / "r"), "--prompt", "abcde", "--out", str(tmp_path / "a.png")], capsys
     )
