@@ -21,7 +21,8 @@ def build_model(cfg: ModelConfig) -> LanguageModel:
     """The language model `cfg.model` names, built from `cfg` (weights initialised as GPT-2's)."""
     if cfg.model not in MODELS:  # the encoder-decoder maps a source to a target: not a next-token model
         raise AttnlabError(
-            f"model={cfg.model} is the encoder-decoder, not a language model: build it with Seq2SeqTransformer(cfg)"
+            f"model={cfg.model} is the encoder-decoder, not a language model: use attnlab seq2seq eval or translate, "
+            "or attnlab attention (in Python: Seq2SeqTransformer(cfg))"
         )
     return MODELS[cfg.model](cfg)
 
