@@ -49,6 +49,11 @@ BASE = {
     "seq2seq translate": ["seq2seq", "translate", "{run}", "--text", "abc"],
 }
 
+
+def _seq2seq_train(*options: str, out: str = "{tmp}/s") -> list[str]:
+    return ["seq2seq", "train", *options, "--out", out]
+
+
 # Flags by kind, and the verbs that have them (read from the parser in test_the_tables_cover_every_flag).
 INT_FLAGS = {
     "--steps": ["lab", "train", "compare", "seq2seq train"],
@@ -172,52 +177,32 @@ ROWS += [
     ("seq2seq show both", ["seq2seq", "show", "a", "b", "--task", "copy"], "not both"),
     ("seq2seq show --task", ["seq2seq", "show", "--task", "chess"], "choose one of copy"),
     ("seq2seq no verb", ["seq2seq"], "required"),
-    (
-        "seq2seq train nothing",
-        ["seq2seq", "train", "--steps", "1", "--out", "{tmp}/s"],
-        "give one of --task NAME or --data",
-    ),
+    ("seq2seq train nothing", _seq2seq_train("--steps", "1"), "give one of --task NAME or --data"),
     (
         "seq2seq train both",
-        ["seq2seq", "train", "--task", "copy", "--data", "{files}/one.txt", "--steps", "1", "--out", "{tmp}/s"],
+        _seq2seq_train("--task", "copy", "--data", "{files}/one.txt", "--steps", "1"),
         "give one of",
     ),
-    (
-        "seq2seq train --task",
-        ["seq2seq", "train", "--task", "chess", "--steps", "1", "--out", "{tmp}/s"],
-        "choose one of copy",
-    ),
-    ("seq2seq train no budget", ["seq2seq", "train", "--task", "copy", "--out", "{tmp}/s"], "give a training budget"),
+    ("seq2seq train --task", _seq2seq_train("--task", "chess", "--steps", "1"), "choose one of copy"),
+    ("seq2seq train no budget", _seq2seq_train("--task", "copy"), "give a training budget"),
     (
         "seq2seq train not pairs",
-        ["seq2seq", "train", "--data", "{files}/stories.txt", "--steps", "1", "--out", "{tmp}/s"],
+        _seq2seq_train("--data", "{files}/stories.txt", "--steps", "1"),
         "expected source<TAB>target",
     ),
-    (
-        "seq2seq train missing",
-        ["seq2seq", "train", "--data", "{tmp}/none.tsv", "--steps", "1", "--out", "{tmp}/s"],
-        "no such file",
-    ),
+    ("seq2seq train missing", _seq2seq_train("--data", "{tmp}/none.tsv", "--steps", "1"), "no such file"),
     (
         "seq2seq train smoothing",
-        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--label-smoothing", "1", "--out", "{tmp}/s"],
+        _seq2seq_train("--task", "copy", "--steps", "1", "--label-smoothing", "1"),
         "out of range",
     ),
-    (
-        "seq2seq train --set",
-        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--set", "n_kv_heads=2", "--out", "{tmp}/s"],
-        "n_kv_heads",
-    ),
+    ("seq2seq train --set", _seq2seq_train("--task", "copy", "--steps", "1", "--set", "n_kv_heads=2"), "n_kv_heads"),
     (
         "seq2seq train short max_len",
-        ["seq2seq", "train", "--task", "numbers", "--steps", "1", "--set", "max_len=8", "--out", "{tmp}/s"],
+        _seq2seq_train("--task", "numbers", "--steps", "1", "--set", "max_len=8"),
         "longer than max_len=8",
     ),
-    (
-        "seq2seq train into a file",
-        ["seq2seq", "train", "--task", "copy", "--steps", "1", "--out", "{files}/one.txt"],
-        "is a file",
-    ),
+    ("seq2seq train into a file", _seq2seq_train("--task", "copy", "--steps", "1", out="{files}/one.txt"), "is a file"),
     ("seq2seq eval an LM run", ["seq2seq", "eval", "{run}"], "not an encoder-decoder run"),
     ("seq2seq eval nothing", ["seq2seq", "eval", "{tmp}/none"], "no such checkpoint"),
     ("seq2seq translate an LM run", ["seq2seq", "translate", "{run}", "--text", "abc"], "not an encoder-decoder run"),

@@ -336,16 +336,18 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def _is_seq2seq(path: str | None) -> bool:
-    from .checkpoint import check_checkpoint
+    """Whether a run is an encoder-decoder, from its config alone (its loader checks the rest)."""
+    from .checkpoint import read_config, resolve_checkpoint
 
-    return path is not None and check_checkpoint(path)[1].model == "seq2seq"
+    return path is not None and read_config(resolve_checkpoint(path))[0].model == "seq2seq"
 
 
 def _seq2seq_attention(args: argparse.Namespace) -> int:
     """The encoder-decoder's three attentions for --prompt as the source and its greedy translation as
     the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
     from .inspect.pictures import attention_figure
-    from .models.translate import BOS, greedy_decode
+    from .models.seq2seq import BOS
+    from .models.translate import greedy_decode
     from .runtime import resolve_device
     from .seq2seq_run import load_seq2seq
 
@@ -369,9 +371,9 @@ def _seq2seq_attention(args: argparse.Namespace) -> int:
         ("decoder", reads, reads, True, "decoder self-attention (causal): the target read so far"),
         ("cross", reads, sources, False, "cross-attention: where in the source each target position looks"),
     ):
-        names = sorted(n for n in cache if n.startswith(f"{'encoder' if kind == 'encoder' else 'decoder'}."))
-        wanted = "attn.weights_BHLK" if kind != "cross" else "cross.weights_BHLS"
-        weights = [cache[n][0] for n in names if n.endswith(wanted)]
+        stack = model.encoder if kind == "encoder" else model.decoder
+        name = "cross.weights_BHLS" if kind == "cross" else "attn.weights_BHLK"
+        weights = [cache[f"{'encoder' if kind == 'encoder' else 'decoder'}.{i}.{name}"][0] for i in range(len(stack))]
         path = out.with_name(f"{out.stem}-{kind}{out.suffix}")
         print(attention_figure(weights, queries, path, keys=keys, causal=causal, title=f"{what} ({args.prompt!r})"))
     return 0
@@ -539,13 +541,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq_show(args: argparse.Namespace) -> int:
-    from .tasks import TASKS, show_teacher_forcing, task_pairs
+    from .tasks import show_teacher_forcing, task_pairs
 
     if args.task is not None:
         if args.source is not None:
             raise AttnlabError("give a SOURCE and a TARGET, or --task NAME, not both")
-        if args.task not in TASKS:
-            raise AttnlabError(f"--task {args.task}: choose one of {', '.join(TASKS)}")
         args.source, args.target = next(task_pairs(args.task, "train"))
     if not args.source or not args.target or not args.source.strip() or not args.target.strip():
         raise AttnlabError(

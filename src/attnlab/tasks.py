@@ -24,6 +24,7 @@ encoder's output alone.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import random
 from collections.abc import Callable, Iterator
@@ -34,10 +35,9 @@ from typing import Any
 import torch
 
 from .errors import AttnlabError
-from .models.seq2seq import PAD
+from .models.seq2seq import BOS, EOS, PAD
 from .runtime import check_object
 
-BOS, EOS = 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 TEST_SHARE = 10  # one source in 10 (by hash) is a test example
 TEST_SIZE = 1000  # test examples of a task (fewer when its test split is smaller)
@@ -178,8 +178,12 @@ class PairVocab:
     def n_vocab(self) -> int:
         return len(SPECIALS) + len(self.tokens)
 
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {tok: i + len(SPECIALS) for i, tok in enumerate(self.tokens)}
+
     def encode(self, text: str) -> list[int]:
-        index = {tok: i + len(SPECIALS) for i, tok in enumerate(self.tokens)}
+        index = self._index
         parts = self._split(text, self.words)
         if missing := sorted({tok for tok in parts if tok not in index}):
             raise AttnlabError(f"{text[:40]!r}: {' '.join(missing)[:40]!r} not in the vocabulary")

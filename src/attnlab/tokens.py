@@ -250,12 +250,14 @@ def write_token_files_meta(out: Path, source: str, tokenizer: Tokenizer, train: 
 
 
 TOKEN_DTYPES = ("uint16", "uint32")  # the only dtypes a token file may name (never "O": object pointers)
-_META_KEYS = {"format", "source", "tokenizer", "dtype", "train", "valid"}
+_META_TYPES = {"format": int, "source": str, "tokenizer": dict, "dtype": str, "train": dict, "valid": dict}
+_META_REQUIRED = ("tokenizer", "dtype", "train", "valid")
+_REMAKE = "remake the token files with `attnlab prepare SRC --out FILE.bin`"
 _PART_KEYS = {"file", "tokens", "chars", "replaced", "dropped"}
 
 
 def _bad(meta_path: Path, what: str) -> AttnlabError:
-    return AttnlabError(f"{meta_path}: {what}; remake the token files with `attnlab prepare SRC --out FILE.bin`")
+    return AttnlabError(f"{meta_path}: {what}; {_REMAKE}")
 
 
 def _count(meta_path: Path, where: str, value: Any) -> int:
@@ -264,10 +266,8 @@ def _count(meta_path: Path, where: str, value: Any) -> int:
     return value
 
 
-def _token_part(meta_path: Path, name: str, part: Any, dtype: np.dtype, n_vocab: int) -> TokenStream:
+def _token_part(meta_path: Path, name: str, part: dict[str, Any], dtype: np.dtype, n_vocab: int) -> TokenStream:
     """One split of a token file, checked: a sibling file of exactly `tokens` ids, all below n_vocab."""
-    if not isinstance(part, dict):
-        raise _bad(meta_path, f'"{name}" is {type(part).__name__}, not an object')
     if unknown := set(part) - _PART_KEYS:
         raise _bad(meta_path, f'"{name}" has unknown key(s) {", ".join(sorted(unknown))}')
     file = part.get("file")
@@ -296,28 +296,15 @@ def read_token_files(path: str | Path) -> tuple[Tokenizer, TokenStream, TokenStr
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise AttnlabError(f"{path}: no {meta_path.name} beside it; make it with `attnlab prepare SRC --out {path}`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(meta_path, f"not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise _bad(meta_path, f"holds {type(meta).__name__}, not an object")
-    if unknown := set(meta) - _META_KEYS:
-        raise _bad(meta_path, f"unknown key(s) {', '.join(sorted(unknown))}")
-    if missing := {"tokenizer", "dtype", "train", "valid"} - set(meta):
-        raise _bad(meta_path, f"missing key(s) {', '.join(sorted(missing))}")
+    meta = check_object(read_json(meta_path, _REMAKE), str(meta_path), _META_TYPES, _META_REQUIRED, _REMAKE)
     if meta.get("format", TOKEN_FILES_FORMAT) != TOKEN_FILES_FORMAT:
         raise _bad(meta_path, f"format {meta['format']!r}; this attnlab reads format {TOKEN_FILES_FORMAT}")
     if meta["dtype"] not in TOKEN_DTYPES:
         raise _bad(meta_path, f"dtype {meta['dtype']!r}; token files are {' or '.join(TOKEN_DTYPES)}")
-    if not isinstance(meta["tokenizer"], dict):
-        raise _bad(meta_path, '"tokenizer" is not an object')
     try:
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])  # checks its own keys and values
     except AttnlabError as e:
         raise _bad(meta_path, str(e)) from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise _bad(meta_path, f"its tokenizer cannot be built ({type(e).__name__}: {e})") from None
     dtype = np.dtype(meta["dtype"])
     if dtype.itemsize < token_dtype(tokenizer.n_vocab).itemsize:
         raise _bad(meta_path, f"dtype {dtype.name} cannot hold the {tokenizer.n_vocab:,} ids of its tokenizer")

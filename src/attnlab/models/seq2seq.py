@@ -30,7 +30,7 @@ from .hooks import NO_HOOK, Hook
 from .layers import MLP, Embeddings, make_norm
 from .positions import make_positions
 
-PAD = 0  # the padding id of every seq2seq vocabulary
+PAD, BOS, EOS = 0, 1, 2  # the special ids of every seq2seq vocabulary: padding, begin, end
 
 
 def padding_mask_B11S(ids_BS: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import AttnlabError
-from .seq2seq import Seq2SeqTransformer
-
-BOS, EOS = 1, 2  # as in attnlab.tasks' vocabularies (<pad> = 0)
+from .seq2seq import BOS, EOS, Seq2SeqTransformer
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -54,7 +52,7 @@ def beam_search(
     if not alpha >= 0:
         raise AttnlabError(f"--length-penalty {alpha}: must be >= 0")
     model.eval()
-    src_KS = src_S[None].expand(2 * beam, -1)
+    src_KS = src_S[None].expand(beam, -1)  # at most `beam` beams are kept
     memory_KSC = model.encode(src_S[None])  # one source: its keys and values serve every beam
     cache: list[dict] = [{} for _ in model.decoder]
     tokens_KT = torch.full((1, 1), BOS, dtype=torch.long, device=src_S.device)
