@@ -166,3 +166,17 @@ def test_console_entry_point_runs_as_a_module(run_dir: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "empty prompt" in proc.stderr
     proc = run_subprocess(["generate", str(run_dir / "r"), "--prompt", "One day", "--max-new-tokens", "3"], timeout=120)
     assert proc.returncode == 0 and len(proc.stdout) == 4
+
+
+def test_info_works_from_a_source_tree_that_is_not_installed(monkeypatch, capsys):
+    """PYTHONPATH=src python -m attnlab info: no package metadata, the version from the package itself."""
+    import importlib.metadata
+
+    import attnlab
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    code, out, err = run_cli(["info", "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)["attnlab"] == attnlab.__version__, err

@@ -259,3 +259,88 @@ def test_the_run_card_takes_a_lab_models_samples(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(lab))
     assert _lab_samples(tmp_path / "transformer") == {"Once": " upon a time", "The dog": " ran"}
     assert _lab_samples(tmp_path / "mlp") == {}
+
+
+# ---- an encoder-decoder run: the cross-attention mode -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seq2seq_client():
+    """An untrained encoder-decoder on the reverse task's letters, with weights scaled up so its heads
+    attend unevenly, served as `attnlab serve` serves a seq2seq run."""
+    from attnlab.explorer.app import create_seq2seq_app
+    from attnlab.models import Seq2SeqTransformer
+    from attnlab.seq2seq_run import Seq2SeqRun
+    from attnlab.tasks import PairVocab
+
+    vocab = PairVocab.from_pairs([("abcdefghijklmnopqrstuvwxyz", "")])
+    torch.manual_seed(0)
+    cfg = preset_config("seq2seq-small", n_vocab=vocab.n_vocab, n_enc_layers=2, n_layers=3)
+    model = Seq2SeqTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    run = Seq2SeqRun(model, vocab, {"kind": "seq2seq", "task": "reverse", "step": 0})
+    metrics = [{"step": 10, "train_loss": 2.5}, {"step": 20, "train_loss": 1.5}]
+    return fastapi_testclient.TestClient(create_seq2seq_app(run, metrics)), run
+
+
+def _reading(run, source):
+    from attnlab.seq2seq_run import source_and_reading
+
+    src, tgt = source_and_reading(run, source)
+    _, cache = run.model.run_with_cache(torch.tensor([src]), torch.tensor([tgt]))
+    return src, tgt, cache
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "queries", "keys"),
+    [
+        ("cross", "decoder.1.cross.weights_BHLS", "target", "source"),
+        ("encoder", "encoder.1.attn.weights_BHLK", "source", "source"),
+        ("decoder", "decoder.1.attn.weights_BHLK", "target", "target"),
+    ],
+)
+def test_each_attention_of_an_encoder_decoder_is_served_exactly(seq2seq_client, kind, name, queries, keys):
+    client, run = seq2seq_client
+    src, tgt, cache = _reading(run, "lilyhadaball")
+    ov = client.post("/api/overview", json={"prompt": "lilyhadaball", "kind": kind}).json()
+    assert [c["id"] for c in ov["source"]] == src and [c["id"] for c in ov["target"]] == tgt
+    assert ov["translation"] == run.vocab.decode(tgt[1:]) and ov["target"][0]["text"] == "<bos>"
+    ids = {"source": src, "target": tgt}
+    assert ov["ids"] == ids[queries] and [c["id"] for c in ov["key_chips"]] == ids[keys]
+    assert ov["causal"] == (kind == "decoder") and ov["layers"] == (2 if kind == "encoder" else 3)
+    assert (ov["size"], ov["cols"]) == (len(ids[queries]), len(ids[keys]))
+    thumb = np.frombuffer(base64.b64decode(ov["thumbs"][1][2]), np.uint8).reshape(ov["size"], ov["cols"])
+    expected = cache[name][0, 2]
+    assert np.array_equal(thumb, (expected * 255).round().to(torch.uint8).numpy())
+    h = client.post("/api/head", json={"prompt": "lilyhadaball", "kind": kind, "layer": 1, "head": 2}).json()
+    w = np.frombuffer(base64.b64decode(h["f32"]), "<f4").reshape(expected.shape)
+    assert np.array_equal(w, expected.numpy())
+    q = client.post("/api/qkv", json={"prompt": "lilyhadaball", "kind": kind, "layer": 1, "head": 2}).json()
+    scores = torch.tensor(q["q"]) @ torch.tensor(q["k"]).T * q["scale"]
+    if kind == "decoder":
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -math.inf)
+    assert torch.allclose(scores.softmax(-1), expected, atol=1e-5)
+
+
+def test_the_encoder_decoder_page_trace_card_and_refusals(seq2seq_client):
+    client, run = seq2seq_client
+    page = client.get("/")
+    assert page.status_code == 200 and '"model":"seq2seq"' in page.text
+    card = client.get("/api/card").json()
+    assert card["info"]["task"] == "reverse" and card["info"]["example"]
+    assert card["total_params"] == run.model.num_params() and [p["train_loss"] for p in card["curve"]] == [2.5, 1.5]
+    tr = client.post("/api/trace", json={"prompt": "abc"}).json()
+    assert tr["source_tokens"] == ["a", "b", "c"] and tr["max_abs_diff"] < 1e-4
+    names = [s["name"] for s in tr["steps"]]
+    assert names.index("memory_BSC") < names.index("decoder.0.cross.weights_BHLS")
+    for body, status, message in (
+        ({"prompt": "abc", "kind": "encoder", "layer": 2, "head": 0}, 422, "the encoder has 2 layers of 4 heads"),
+        ({"prompt": "ab1", "kind": "cross", "layer": 0, "head": 0}, 422, "not in the vocabulary"),
+        ({"prompt": "a" * 500, "kind": "cross", "layer": 0, "head": 0}, 422, "shorten it"),
+        ({"prompt": "abc", "kind": "sideways", "layer": 0, "head": 0}, 422, "encoder"),
+    ):
+        r = client.post("/api/head", json=body)
+        assert r.status_code == status and message in json.dumps(r.json()["detail"]), r.json()
+    assert client.post("/api/generate", json={"prompt": "abc"}).status_code == 404  # no sampling: it translates

@@ -48,18 +48,24 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(trained):
-    import uvicorn
-
     from attnlab import load_checkpoint
 
     ckpt = load_checkpoint(trained)
     app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": {}, "metrics": []})
+    for url in _serve(app):
+        yield url, ckpt
+
+
+def _serve(app):
+    """Serve `app` on a free loopback port in a thread while the caller uses its URL."""
+    import uvicorn
+
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}", ckpt
+    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
     srv.should_exit = True
     thread.join(10)
 
@@ -85,6 +91,15 @@ def _open(browser, url: str, prompt: str = PROMPT):
     return page, errors
 
 
+def _hovered_lines(page, layer: int, head: int, query: int) -> list[tuple[int, float]]:
+    """The head view of `layer`.`head` with `query` hovered: (key, weight) of each line drawn from it."""
+    page.select_option("#layer", str(layer))
+    page.select_option("#head", str(head))
+    page.wait_for_function(f"document.querySelector('#head').value === '{head}'")
+    page.hover(f"#head-view .hv-left .hv-tok[data-i='{query}']")
+    return page.eval_on_selector_all(".hv-line.hl", "els => els.map(e => [+e.dataset.k, +e.dataset.w])")
+
+
 def _weights(ckpt, prompt):
     ids = ckpt.tokenizer.encode(prompt)
     with torch.no_grad():
@@ -97,12 +112,8 @@ def test_chips_hover_and_the_highlighted_weights_equal_the_model(server, browser
     page, errors = _open(browser, url)
     ids, weights = _weights(ckpt, PROMPT)
     assert page.locator("#chips .chip").count() == len(ids)
-    page.select_option("#layer", "1")
-    page.select_option("#head", "2")
-    page.wait_for_function("document.querySelector('#layer').value === '1'")
     query = len(ids) - 1
-    page.hover(f"#head-view .hv-left .hv-tok[data-i='{query}']")
-    lines = page.eval_on_selector_all(".hv-line.hl", "els => els.map(e => [+e.dataset.k, +e.dataset.w])")
+    lines = _hovered_lines(page, 1, 2, query)
     assert [k for k, _ in lines] == list(range(query + 1))
     expected = weights[1][0, 2, query]
     assert max(abs(w - float(expected[k])) for k, w in lines) < 1e-4
@@ -189,3 +200,93 @@ def test_the_self_contained_file_works_from_disk_with_the_network_blocked(traine
     assert "step 2 of" in page.text_content("#trace-view")
     assert blocked == [] and errors == []
     context.close()
+
+
+# ---- an encoder-decoder run: the cross-attention mode -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seq2seq_server():
+    """`attnlab serve` of an encoder-decoder: ATTNLAB_SEQ2SEQ_RUN, or an untrained one of the reverse
+    task's letters (weights scaled up so that its heads attend unevenly)."""
+    from attnlab.explorer.app import create_seq2seq_app
+    from attnlab.models import Seq2SeqTransformer, preset_config
+    from attnlab.seq2seq_run import Seq2SeqRun, load_seq2seq
+    from attnlab.tasks import PairVocab
+
+    if os.environ.get("ATTNLAB_SEQ2SEQ_RUN"):
+        run = load_seq2seq(os.environ["ATTNLAB_SEQ2SEQ_RUN"])
+    else:
+        vocab = PairVocab.from_pairs([("abcdefghijklmnopqrstuvwxyz", "")])
+        torch.manual_seed(0)
+        model = Seq2SeqTransformer(preset_config("seq2seq-small", n_vocab=vocab.n_vocab, n_enc_layers=2)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(3)
+        run = Seq2SeqRun(model, vocab, {"kind": "seq2seq", "task": "reverse", "step": 0})
+    for url in _serve(create_seq2seq_app(run)):
+        yield url, run
+
+
+def test_the_cross_attention_mode_shows_target_rows_over_source_columns(seq2seq_server, browser):
+    from attnlab.seq2seq_run import source_and_reading
+
+    url, run = seq2seq_server
+    source = "abcdefghij"
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('source tokens')")
+    assert page.is_hidden("#next-section") and page.is_hidden("#gen-section") and page.is_visible("#kind")
+    page.fill("#prompt", source)
+    page.click("#go")
+    src, tgt = source_and_reading(run, source)
+    page.wait_for_function(f"document.querySelector('#status').textContent.startsWith('{len(src)} source tokens')")
+    _, cache = run.model.run_with_cache(torch.tensor([src]), torch.tensor([tgt]))
+    assert page.locator("#chips .chip").count() == len(src)
+    assert page.locator("#target-chips .chip").count() == len(tgt)
+    # cross: the decoder's positions on the left, the source's on the right; every source key is seen
+    left = page.eval_on_selector_all("#head-view .hv-left .hv-tok", "els => els.map(e => e.textContent)")
+    right = page.eval_on_selector_all("#head-view .hv-right .hv-tok", "els => els.map(e => e.textContent)")
+    assert left == [run.vocab.token(i) for i in tgt] and right == list(source)
+    query = len(tgt) - 1
+    lines = _hovered_lines(page, 1, 2, query)
+    assert [k for k, _ in lines] == list(range(len(src)))
+    expected = cache["decoder.1.cross.weights_BHLS"][0, 2, query]
+    assert max(abs(w - float(expected[k])) for k, w in lines) < 1e-5
+    n_heads = run.model.config.n_heads
+    assert page.locator(".mv-cell").count() == len(run.model.decoder) * n_heads
+    size = page.eval_on_selector(".mv-cell canvas", "c => [c.height, c.width]")
+    assert size == [len(tgt), len(src)]
+    if os.environ.get("ATTNLAB_SCREENSHOTS"):  # the head that reads the source most nearly backwards
+        out = Path(os.environ["ATTNLAB_SCREENSHOTS"])
+        backwards = torch.arange(len(src) - 1, -1, -1)
+        _, layer, head = max(
+            (float(w_LS[0, h, :-1].argmax(-1).eq(backwards).float().mean()), i, h)
+            for i in range(len(run.model.decoder))
+            for h in range(n_heads)
+            for w_LS in [cache[f"decoder.{i}.cross.weights_BHLS"]]
+        )
+        page.click(f".mv-cell[data-layer='{layer}'][data-head='{head}']")
+        page.wait_for_function(f"document.querySelector('#head').value === '{head}'")
+        page.mouse.move(0, 0)  # no query hovered: every weight above 0.1 drawn
+        page.locator("#head-section").screenshot(path=str(out / "explorer_cross_head_view.png"))
+        page.locator("#model-section").screenshot(path=str(out / "explorer_cross_model_view.png"))
+    # the encoder: source to source, every key; the decoder: target to target, the earlier keys only
+    page.select_option("#kind", "encoder")
+    page.wait_for_function(f"document.querySelectorAll('.mv-cell').length === {len(run.model.encoder) * n_heads}")
+    page.hover("#head-view .hv-left .hv-tok[data-i='0']")
+    assert len(page.eval_on_selector_all(".hv-line.hl", "els => els")) == len(src)
+    page.select_option("#kind", "decoder")
+    page.wait_for_function(
+        f"document.querySelectorAll('#head-view .hv-right .hv-tok').length === {len(tgt)}"
+        " && document.querySelector('.mv-cell canvas').width === document.querySelector('.mv-cell canvas').height"
+    )
+    lines = _hovered_lines(page, 1, 2, 3)
+    assert [k for k, _ in lines] == [0, 1, 2, 3]
+    expected = cache["decoder.1.attn.weights_BHLK"][0, 2, 3]
+    assert max(abs(w - float(expected[k])) for k, w in lines) < 1e-5
+    page.keyboard.press("ArrowRight")
+    assert "step 2 of" in page.text_content("#trace-view") and "tgt_BL" in page.text_content("#trace-view")
+    assert errors == []

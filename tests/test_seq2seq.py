@@ -241,7 +241,7 @@ def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, 
     _train_briefly(tmp_path / "s", capsys)
     for verb in (
         ["generate", str(tmp_path / "s"), "--prompt", "abc"],
-        ["trace", str(tmp_path / "s"), "--prompt", "ab"],
+        ["next", str(tmp_path / "s"), "--prompt", "ab"],
     ):
         code, _, err = run_cli(verb, capsys)
         assert code == 2 and "encoder-decoder" in err and err.count("\n") == 1, err
@@ -263,6 +263,67 @@ def test_attention_on_a_seq2seq_run_draws_its_three_attentions(tmp_path: Path, c
     paths = out.split()
     assert [Path(p).name for p in paths] == ["a-encoder.png", "a-decoder.png", "a-cross.png"]
     assert all(Path(p).stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_the_trace_walks_encoder_and_decoder_and_is_the_model(fields):
+    """Every hook point of the model is a step of the walk, recomputed from the weights, equal to the
+    model's own activation; the walk's logits are the model's."""
+    from attnlab.inspect.trace import trace_seq2seq
+
+    model = _model(**fields)
+    src, tgt = SRC_BS[1].tolist(), TGT_BL[1].tolist()
+    tr = trace_seq2seq(model, src, tgt)
+    names = [s.name for s in tr.steps]
+    assert set(model.hook_names()) <= set(names)
+    assert names.index("memory_BSC") < names.index("decoder.0.attn.q_BHLD") < names.index("decoder.0.cross.q_BHLD")
+    assert all(s.cache_diff is not None and s.cache_diff < 1e-5 for s in tr.steps if s.name in model.hook_names())
+    assert tr.max_abs_diff < 1e-5
+    rows = {s.name: s.row() for s in tr.steps}
+    H = model.config.n_heads
+    assert rows["decoder.1.cross.weights_BHLS"]["symbolic"] == "B H L S"
+    assert rows["decoder.1.cross.weights_BHLS"]["shape"] == [1, H, len(tgt), len(src)]
+    assert rows["encoder.0.attn.weights_BHLK"]["shape"] == [1, H, len(src), len(src)]
+    assert rows["encoder.0.attn.weights_BHLK"]["symbolic"] == "B H S S"
+    future = torch.ones(len(tgt), len(tgt), dtype=torch.bool).triu(1)
+    assert torch.all(tr.steps[names.index("decoder.0.attn.weights_BHLK")].tensor[0][:, future] == 0)
+    kinds = [h["attention"] for h in tr.heads]
+    n_enc = model.config.n_enc_layers or model.config.n_layers
+    assert kinds == ["encoder"] * n_enc * H + _decoder_kinds(model.config.n_layers, H)
+    assert max(h["sum_diff"] for h in tr.heads) < 1e-5
+
+
+def _decoder_kinds(n_layers: int, H: int) -> list[str]:
+    return [kind for _ in range(n_layers) for kind in ["decoder"] * H + ["cross"] * H]
+
+
+def test_attnlab_trace_on_a_seq2seq_run_reads_the_source_and_the_translation(tmp_path: Path, capsys):
+    import json
+
+    from attnlab.seq2seq_run import load_seq2seq, translate
+
+    _train_briefly(tmp_path / "r", capsys)
+    code, out, err = run_cli(["trace", str(tmp_path / "r"), "--prompt", "abc", "--format", "json"], capsys)
+    assert code == 0, err
+    walk = json.loads(out)
+    run = load_seq2seq(tmp_path / "r")
+    assert walk["source_tokens"] == ["a", "b", "c"]
+    assert walk["tokens"] == [run.vocab.token(BOS), *translate(tmp_path / "r", ["abc"])[0]]
+    assert walk["max_abs_diff"] < 1e-5
+    code, out, err = run_cli(["trace", str(tmp_path / "r"), "--prompt", "abc", "--target", "cba"], capsys)
+    assert code == 0, err
+    assert out.startswith("source: 'a' 'b' 'c'\ndecoder reads: '<bos>' 'c' 'b' 'a'"), out[:80]
+    lines = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line[:1].isdigit()}
+    assert lines["decoder.0.cross.weights_BHLS"][:5] == ["B", "H", "L", "S", "1x4x4x3"]
+    assert lines["encoder.1.attn.weights_BHLK"][:5] == ["B", "H", "S", "S", "1x4x3x3"]  # the encoder's L is S
+    assert "cross layer 1 head 3: value down" in out
+    for args, message in (
+        (["trace", str(tmp_path / "r"), "--prompt", "a" * 200], "shorten it"),
+        (["trace", str(tmp_path / "r"), "--prompt", "abc", "--target", "ab\u00e9"], "not in the vocabulary"),
+        (["trace", "--random", "--prompt", "abc", "--target", "cba"], "--target is for encoder-decoder runs"),
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow

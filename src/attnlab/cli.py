@@ -293,11 +293,19 @@ def _need_transformer(model, what: str) -> None:  # noqa: ANN001
 def cmd_trace(args: argparse.Namespace) -> int:
     from .inspect.trace import format_trace, trace
 
+    if not args.random and _is_seq2seq(args.checkpoint):
+        return _seq2seq_trace(args)
+    _no_target(args)
     model, tokenizer = _inspect_model(args)
     ids = _prompt_ids(tokenizer, args.prompt, model.config.max_len)
     tr = trace(model, ids, [tokenizer.token_str(i) for i in ids])
     print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
     return 0
+
+
+def _no_target(args: argparse.Namespace) -> None:
+    if args.target is not None:
+        raise AttnlabError("--target is for encoder-decoder runs (attnlab seq2seq train); drop it for a language model")
 
 
 def _parse_head(spec: str, model) -> tuple[int, int]:  # noqa: ANN001
@@ -317,6 +325,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
         raise AttnlabError("say what to write: --out PICTURE.png, --html PAGE.html, or both")
     if not args.random and _is_seq2seq(args.checkpoint):
         return _seq2seq_attention(args)
+    _no_target(args)
     model, tokenizer = _inspect_model(args)
     if args.html:
         from .explorer.page import standalone_html
@@ -342,29 +351,37 @@ def _is_seq2seq(path: str | None) -> bool:
     return path is not None and read_config(resolve_checkpoint(path))[0].model == "seq2seq"
 
 
-def _seq2seq_attention(args: argparse.Namespace) -> int:
-    """The encoder-decoder's three attentions for --prompt as the source and its greedy translation as
-    the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
-    from .inspect.pictures import attention_figure
-    from .models.seq2seq import BOS
-    from .models.translate import greedy_decode
+def _seq2seq_pair(args: argparse.Namespace):  # noqa: ANN202 - (model, source tokens, decoder input tokens, ids)
+    """An encoder-decoder run, --prompt as its source and what its decoder reads: <bos> and --target,
+    or by default the model's greedy translation."""
     from .runtime import resolve_device
-    from .seq2seq_run import load_seq2seq
+    from .seq2seq_run import load_seq2seq, source_and_reading
+
+    run = load_seq2seq(args.checkpoint, resolve_device(args.device))
+    src, tgt = source_and_reading(run, args.prompt, args.target)
+    device = next(run.model.parameters()).device
+    tokens = [run.vocab.token(i) for i in src], [run.vocab.token(i) for i in tgt]
+    return run.model, *tokens, torch.tensor([src], device=device), torch.tensor([tgt], device=device)
+
+
+def _seq2seq_trace(args: argparse.Namespace) -> int:
+    from .inspect.trace import format_trace, trace_seq2seq
+
+    model, sources, reads, src_BS, tgt_BL = _seq2seq_pair(args)
+    tr = trace_seq2seq(model, src_BS[0].tolist(), tgt_BL[0].tolist(), sources, reads)
+    print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
+    return 0
+
+
+def _seq2seq_attention(args: argparse.Namespace) -> int:
+    """The encoder-decoder's three attentions for --prompt as the source and its greedy translation (or
+    --target) as the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
+    from .inspect.pictures import attention_figure
 
     if args.html or args.head:
         raise AttnlabError("an encoder-decoder run draws all its heads as pictures: drop --html and --head")
-    run = load_seq2seq(args.checkpoint, resolve_device(args.device))
-    model, vocab = run.model, run.vocab
-    src = vocab.encode(args.prompt)[: model.config.max_len]
-    if not src:
-        raise AttnlabError("empty prompt: give the source text to translate")
-    device = next(model.parameters()).device
-    src_BS = torch.tensor([src], device=device)
-    target = greedy_decode(model, src_BS, model.config.max_len - 1)[0]
-    tgt_BL = torch.tensor([[BOS, *target]], device=device)
+    model, sources, reads, src_BS, tgt_BL = _seq2seq_pair(args)
     _, cache = model.run_with_cache(src_BS, tgt_BL)
-    sources = [vocab.token(i) for i in src]
-    reads = [vocab.token(i) for i in tgt_BL[0].tolist()]
     out = Path(args.out)
     for kind, queries, keys, causal, what in (
         ("encoder", sources, sources, False, "encoder self-attention: every source position sees every other"),
@@ -389,9 +406,19 @@ def _lab_samples(run_dir: Path) -> dict[str, str]:
         return {}
 
 
+def _metrics(checkpoint: Path, field: str) -> list[dict]:
+    """The run's logged rows that have a step and a float `field` (a half-written last line is skipped)."""
+    from .runtime import read_json_lines
+
+    run_dir = checkpoint.parent if checkpoint.name == "checkpoint" else checkpoint
+    rows = read_json_lines(run_dir / "metrics.jsonl")
+    return [row for row in rows if isinstance(row.get("step"), int) and isinstance(row.get(field), float)]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve_checkpoint
     from .explorer.app import create_app
-    from .runtime import read_json_lines, resolve_device
+    from .runtime import resolve_device
 
     try:
         import uvicorn
@@ -399,21 +426,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise AttnlabError("attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'") from None
     if not 0 < args.port < 65536:
         raise AttnlabError(f"--port {args.port}: must be between 1 and 65535")
-    ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
-    run_dir = ckpt.path.parent if ckpt.path.name == "checkpoint" else ckpt.path
-    metrics = [
-        row
-        for row in read_json_lines(run_dir / "metrics.jsonl")
-        if isinstance(row.get("step"), int) and isinstance(row.get("val_bpc"), float)
-    ]
-    info = dict(ckpt.state.get("run", {}))
-    info["samples"] = _lab_samples(run_dir)
-    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": metrics})
+    if _is_seq2seq(args.checkpoint):  # the encoder-decoder's page: source, translation, three attentions
+        from .explorer.app import create_seq2seq_app
+        from .seq2seq_run import load_seq2seq
+
+        run = load_seq2seq(args.checkpoint, resolve_device(args.device))
+        path = resolve_checkpoint(args.checkpoint)
+        app = create_seq2seq_app(run, _metrics(path, "train_loss"))
+    else:
+        ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
+        path = ckpt.path
+        info = dict(ckpt.state.get("run", {}))
+        info["samples"] = _lab_samples(path.parent if path.name == "checkpoint" else path)
+        app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": _metrics(path, "val_bpc")})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr
         )
-    print(f"attnlab explorer for {ckpt.path}: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
+    print(f"attnlab explorer for {path}: http://{args.host}:{args.port}/  (Ctrl-C stops it)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -659,6 +689,14 @@ def _add_inspect_source(p: argparse.ArgumentParser, prompt: bool = True) -> None
         p.add_argument("--prompt", required=True)
 
 
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target",
+        default=None,
+        help="an encoder-decoder run: the target its decoder reads (default: its greedy translation of --prompt)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -720,11 +758,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="walk a prompt through the model step by step, with every shape")
     _add_inspect_source(p)
+    _add_target(p)
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("attention", help="attention weights as heatmaps (PNG), or the explorer as one HTML file")
     _add_inspect_source(p)
+    _add_target(p)
     p.add_argument("--out", default=None, help="the PNG file to write")
     p.add_argument("--html", default=None, metavar="OUT.html", help="the explorer's views as one self-contained file")
     p.add_argument("--head", default=None, help="LAYER.HEAD: one large panel for that head, e.g. 0.2")

@@ -78,8 +78,12 @@ def environment() -> dict[str, Any]:
     if "cuda" in devices:
         devices = ["cpu", *(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count()))]
         devices += ["mps"] if "mps" in available_devices() else []
+    try:
+        version = importlib.metadata.version("attnlab")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH=src), not installed
+        from . import __version__ as version
     return {
-        "attnlab": importlib.metadata.version("attnlab"),
+        "attnlab": version,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "devices": devices,

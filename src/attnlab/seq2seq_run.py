@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from .checkpoint import WEIGHTS, check_checkpoint, save_checkpoint
 from .errors import AttnlabError
 from .models import ModelConfig, Seq2SeqTransformer, preset_config
-from .models.seq2seq import PAD
+from .models.seq2seq import BOS, PAD
 from .models.translate import beam_search, greedy_decode
 from .run import check_fits
 from .runtime import notice, resolve_device
@@ -214,6 +214,27 @@ def load_seq2seq(path: str | Path, device: str = "cpu") -> Seq2SeqRun:
     model = Seq2SeqTransformer(cfg)
     model.load_state_dict(load_file(ckpt / WEIGHTS))
     return Seq2SeqRun(model.to(device).eval(), vocab, state)
+
+
+def source_and_reading(run: Seq2SeqRun, source: str, target: str | None = None) -> tuple[list[int], list[int]]:
+    """The ids of `source`, and of what the decoder reads for it: <bos> and `target`, or by default the
+    model's greedy translation. Refused in one line when empty, unknown to the vocabulary or too long."""
+    src = run.vocab.encode(source)
+    if not src:
+        raise AttnlabError("an empty source: give the text to translate")
+    max_len = run.model.config.max_len
+    if len(src) > max_len:
+        raise AttnlabError(f"the source is {len(src)} tokens; this model reads at most {max_len}: shorten it")
+    if target is None:
+        src_BS = torch.tensor([src], device=next(run.model.parameters()).device)
+        reading = greedy_decode(run.model, src_BS, max_len - 1)[0]
+    else:
+        reading = run.vocab.encode(target)
+        if len(reading) > max_len - 1:
+            raise AttnlabError(
+                f"the target is {len(reading)} tokens; after <bos> at most {max_len - 1} fit: shorten it"
+            )
+    return src, [BOS, *reading]
 
 
 def decode_texts(run: Seq2SeqRun, sources: list[str], beam: int = 1, batch_size: int = 250) -> list[str]:

@@ -10,7 +10,7 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, HTTPException
@@ -21,8 +21,9 @@ from .. import __version__
 from ..errors import AttnlabError
 from ..models import LanguageModel, Sampling
 from ..models.sampling import stream_tokens
+from ..seq2seq_run import Seq2SeqRun
 from ..tokenizers import Tokenizer
-from . import payloads
+from . import payloads, seq2seq
 from .page import render_page
 
 
@@ -42,6 +43,15 @@ class HeadIn(PromptIn):
 class PairIn(HeadIn):
     query: int = Field(ge=0)
     key: int = Field(ge=0)
+
+
+class KindIn(PromptIn):
+    kind: Literal["encoder", "decoder", "cross"] = Field("cross", description="which attention of an encoder-decoder")
+
+
+class KindHeadIn(KindIn):
+    layer: int = Field(ge=0)
+    head: int = Field(ge=0)
 
 
 class GenerateIn(PromptIn):
@@ -124,5 +134,48 @@ def create_app(model: LanguageModel, tokenizer: Tokenizer, card: dict[str, Any] 
             yield f"event: done\ndata: {json.dumps({'rest': decoder.flush()})}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def create_seq2seq_app(run: Seq2SeqRun, metrics: list[dict[str, Any]] | None = None) -> FastAPI:
+    """The explorer's app for an encoder-decoder run: its source, translation, three attentions and trace."""
+    app = FastAPI(title="attnlab explorer", version=__version__, description="An encoder-decoder's attentions.")
+    lock = threading.Lock()
+    view = seq2seq.Seq2SeqView(run)
+
+    def answer(fn, *args: Any) -> Any:  # noqa: ANN001 - a seq2seq payloads function
+        with lock:
+            try:
+                return fn(view, *args)
+            except AttnlabError as e:
+                raise HTTPException(status_code=422, detail=str(e)) from None
+
+    card = seq2seq.run_card(view, metrics)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return render_page(card=card)
+
+    @app.get("/api/card", summary="the model's config, parameters by component, loss curve and task")
+    def run_card() -> dict[str, Any]:
+        return card
+
+    @app.post("/api/overview", summary="source, translation, and one attention's heads as byte images")
+    def overview(body: KindIn) -> dict[str, Any]:
+        return payloads.as_text(answer(seq2seq.overview, body.prompt, body.kind))
+
+    @app.post("/api/head", summary="one head's weights, query x key, as base64 little-endian float32")
+    def head(body: KindHeadIn) -> dict[str, Any]:
+        data = answer(seq2seq.head, body.prompt, body.kind, body.layer, body.head)
+        return {"layer": body.layer, "head": body.head, "f32": base64.b64encode(data).decode("ascii")}
+
+    @app.post("/api/qkv", summary="one head's queries, keys and values")
+    def qkv(body: KindHeadIn) -> dict[str, Any]:
+        return answer(seq2seq.qkv, body.prompt, body.kind, body.layer, body.head)
+
+    @app.post("/api/trace", summary="the steps of `attnlab trace` through encoder and decoder, with values")
+    def trace(body: PromptIn) -> dict[str, Any]:
+        return answer(seq2seq.trace_steps, body.prompt)
 
     return app

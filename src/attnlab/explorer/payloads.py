@@ -18,7 +18,7 @@ from ..errors import AttnlabError
 from ..generate import encode_prompt
 from ..inspect.lens import next_tokens
 from ..inspect.params import group_totals, param_breakdown
-from ..inspect.trace import trace
+from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
 
@@ -278,10 +278,14 @@ def next_token(model: LanguageModel, tokenizer: Tokenizer, prompt: str, k: int =
     return {"positions": table["positions"], "lens": lens}
 
 
-def trace_steps(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_values: int = 48) -> dict[str, Any]:
+def trace_steps(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
     """`attnlab trace` as data: each step's name, shapes, meaning and a small grid of its values."""
     ids = encode(model, tokenizer, prompt)
-    tr = trace(model, ids, [c["text"] for c in token_chips(tokenizer, ids)])
+    return trace_payload(trace(model, ids, [c["text"] for c in token_chips(tokenizer, ids)]))
+
+
+def trace_payload(tr: Trace, max_values: int = 48) -> dict[str, Any]:
+    """A walk's steps with a grid of at most max_values x max_values of each tensor's values."""
     steps = []
     for step in tr.steps:
         row = step.row()

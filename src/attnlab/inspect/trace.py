@@ -17,6 +17,7 @@ from ..models import FeedForwardLM, LanguageModel, TransformerLM
 from ..models.hooks import meaning, symbolic_shape
 from ..models.layers import RMSNorm
 from ..models.positions import Rotation
+from ..models.seq2seq import Seq2SeqBlock, Seq2SeqTransformer
 
 
 @dataclass
@@ -42,10 +43,13 @@ class Trace:
     steps: list[Step]
     max_abs_diff: float  # max |walk logits - model(ids) logits|
     heads: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[str] | None = None  # an encoder-decoder's source tokens (`tokens`: what its decoder reads)
 
     def to_dict(self) -> dict[str, Any]:
+        source = {"source_tokens": self.sources} if self.sources is not None else {}
         return {
             "tokens": self.tokens,
+            **source,
             "steps": [s.row() for s in self.steps],
             "max_abs_diff": self.max_abs_diff,
             "heads": self.heads,
@@ -85,26 +89,53 @@ def _mlp_steps(add, p: str, x_BLC: torch.Tensor, mlp: torch.nn.Module) -> torch.
     return add(p + "mlp.out_BLC", _linear(hidden_BLF, mlp.fc_out))
 
 
-def _attention_steps(add, p: str, x_BLC: torch.Tensor, attn, heads: list, rotate: Rotation | None) -> torch.Tensor:  # noqa: ANN001
+def _attention_steps(  # noqa: ANN001, PLR0913
+    add, p: str, x_BLC: torch.Tensor, attn, heads: list, rotate: Rotation | None,
+    memory_BSC: torch.Tensor | None = None, causal: bool = True, kind: str | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """One attention sublayer at prefix `p` (e.g. "blocks.0.attn."). Keys and values come from x_BLC
+    (self-attention) or from the encoder's output memory_BSC (cross-attention); `kind` labels the
+    heads' rows of an encoder-decoder (encoder, decoder, cross)."""
     B, L, _ = x_BLC.shape
     H, G, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    keys_BKC = x_BLC if memory_BSC is None else memory_BSC
+    K, keys = keys_BKC.shape[1], getattr(attn, "keys", "K")  # "S": the keys are source positions
     q_BHLD = _linear(x_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2)
-    k_BGKD = _linear(x_BLC, attn.w_k).view(B, L, G, D).transpose(1, 2)
-    v_BGKD = _linear(x_BLC, attn.w_v).view(B, L, G, D).transpose(1, 2)
+    k_BGKD = _linear(keys_BKC, attn.w_k).view(B, K, G, D).transpose(1, 2)
+    v_BGKD = _linear(keys_BKC, attn.w_v).view(B, K, G, D).transpose(1, 2)
     if rotate is not None:  # rotary positions: q and k turned by their position's angle
         q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
-    q_BHLD = add(p + "attn.q_BHLD", q_BHLD)
-    k_BGKD, v_BGKD = add(p + "attn." + attn.k_name, k_BGKD), add(p + "attn." + attn.v_name, v_BGKD)
+    q_BHLD = add(p + "q_BHLD", q_BHLD)
+    k_BGKD, v_BGKD = add(p + attn.k_name, k_BGKD), add(p + attn.v_name, v_BGKD)
     k_BHKD, v_BHKD = k_BGKD.repeat_interleave(H // G, dim=1), v_BGKD.repeat_interleave(H // G, dim=1)
-    scores_BHLK = add(p + "attn.scores_BHLK", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
-    future_LK = torch.ones(L, L, dtype=torch.bool, device=x_BLC.device).triu(1)
-    masked_BHLK = add(p + "attn.masked_BHLK", scores_BHLK.masked_fill(future_LK, -math.inf))
+    scores_BHLK = add(p + f"scores_BHL{keys}", q_BHLD @ k_BHKD.transpose(-2, -1) / math.sqrt(D))
+    if causal:
+        future_LK = torch.ones(L, K, dtype=torch.bool, device=x_BLC.device).triu(1)
+        masked_BHLK = add(p + f"masked_BHL{keys}", scores_BHLK.masked_fill(future_LK, -math.inf))
+    else:  # one sequence has no padding to hide: every query sees every key
+        masked_BHLK = add(p + f"masked_BHL{keys}", scores_BHLK, _UNMASKED[keys])
     exp_BHLK = torch.exp(masked_BHLK - masked_BHLK.amax(-1, keepdim=True))
-    weights_BHLK = add(p + "attn.weights_BHLK", exp_BHLK / exp_BHLK.sum(-1, keepdim=True))
-    z_BHLD = add(p + "attn.z_BHLD", weights_BHLK @ v_BHKD)
-    out_BLC = add(p + "attn.out_BLC", _linear(z_BHLD.transpose(1, 2).reshape(B, L, H * D), attn.w_o))
-    heads += _value_paths(int(p.split(".")[1]), attn, z_BHLD, out_BLC)
+    weights_BHLK = add(p + f"weights_BHL{keys}", exp_BHLK / exp_BHLK.sum(-1, keepdim=True))
+    z_BHLD = add(p + "z_BHLD", weights_BHLK @ v_BHKD)
+    out_BLC = add(p + "out_BLC", _linear(z_BHLD.transpose(1, 2).reshape(B, L, H * D), attn.w_o))
+    rows = _value_paths(int(p.split(".")[1]), attn, z_BHLD, out_BLC)
+    heads += [{"attention": kind, **row} for row in rows] if kind else rows
     return out_BLC
+
+
+_UNMASKED = {
+    "K": "the scores as they are: no key is hidden (a source has no future; padding, none here, would be -inf)",
+    "S": "the scores as they are: every source position may be read (padding, none here, would be -inf)",
+}
+
+
+def _embedding_steps(add, p: str, embed: torch.nn.Module, ids_BL: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Token rows (x sqrt(C) with the 2017 sin/cos table), plus position vectors when the scheme adds them."""
+    pos = embed.pos
+    x_BLC = add(p + "tok_BLC", embed.tok.weight[ids_BL] * pos.token_scale())
+    if pos.adds_to_embeddings:
+        x_BLC = x_BLC + add(p + "pos_LC", pos.table_LC(slice(0, ids_BL.shape[1])), pos.meaning)
+    return add(p + "sum_BLC", x_BLC)
 
 
 @torch.no_grad()
@@ -121,27 +152,24 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
 
     heads: list[dict[str, Any]] = []
     cfg = model.config
-    tok_BLC = model.embed.tok.weight[ids_BL]
     if isinstance(model, FeedForwardLM):
-        x_BLC = _mlp_steps(add, "", add("embed.tok_BLC", tok_BLC), model.mlp)
+        x_BLC = _mlp_steps(add, "", add("embed.tok_BLC", model.embed.tok.weight[ids_BL]), model.mlp)
     else:
         assert isinstance(model, TransformerLM)
-        pos, positions = model.embed.pos, slice(0, ids_BL.shape[1])  # the scheme decides what positions do
-        x_BLC = add("embed.tok_BLC", tok_BLC * pos.token_scale())  # x sqrt(C) with the 2017 sin/cos table
-        if pos.adds_to_embeddings:
-            x_BLC = x_BLC + add("embed.pos_LC", pos.table_LC(positions), pos.meaning)
-        x_BLC = add("embed.sum_BLC", x_BLC)
-        rotate = pos.rotation(positions)
+        x_BLC = _embedding_steps(add, "embed.", model.embed, ids_BL)  # the position scheme decides the rest
+        rotate = model.embed.pos.rotation(slice(0, ids_BL.shape[1]))
         for i, block in enumerate(model.blocks):
             p = f"blocks.{i}."
             if cfg.norm_placement == "post":
-                x_BLC = add(p + "resid_mid_BLC", x_BLC + _attention_steps(add, p, x_BLC, block.attn, heads, rotate))
+                x_BLC = add(
+                    p + "resid_mid_BLC", x_BLC + _attention_steps(add, p + "attn.", x_BLC, block.attn, heads, rotate)
+                )
                 x_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
                 x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, x_BLC, block.mlp))
                 x_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
             else:
                 ln1_BLC = add(p + "ln1_BLC", _norm(x_BLC, block.ln1))
-                attn_BLC = _attention_steps(add, p, ln1_BLC, block.attn, heads, rotate)
+                attn_BLC = _attention_steps(add, p + "attn.", ln1_BLC, block.attn, heads, rotate)
                 x_BLC = add(p + "resid_mid_BLC", x_BLC + attn_BLC)
                 ln2_BLC = add(p + "ln2_BLC", _norm(x_BLC, block.ln2))
                 x_BLC = add(p + "resid_post_BLC", x_BLC + _mlp_steps(add, p, ln2_BLC, block.mlp))
@@ -157,6 +185,79 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
             step.cache_diff = _max_diff(step.tensor, cache[step.name])
     max_abs_diff = (logits_BLV - model(ids_BL)).abs().max().item()
     return Trace(token_strs or [str(i) for i in ids], steps, max_abs_diff, heads)
+
+
+@torch.no_grad()
+def trace_seq2seq(
+    model: Seq2SeqTransformer,
+    src: list[int],
+    tgt: list[int],
+    source_strs: list[str] | None = None,
+    target_strs: list[str] | None = None,
+) -> Trace:
+    """Walk one source (`src`) and one decoder input (`tgt`: <bos> and the target so far) through the
+    encoder, then the decoder, step by step; every step is checked as in `trace`."""
+    model.eval()
+    device = next(model.parameters()).device
+    src_BS, tgt_BL = torch.tensor([src], device=device), torch.tensor([tgt], device=device)
+    steps = [
+        Step("src_BS", src_BS, "source token ids: the encoder's input"),
+        Step("tgt_BL", tgt_BL, "decoder input ids: <bos> then the target so far (the target shifted right)"),
+    ]
+
+    def add(name: str, tensor: torch.Tensor, text: str | None = None) -> torch.Tensor:
+        steps.append(Step(name, tensor, text or meaning(name)))
+        return tensor
+
+    heads: list[dict[str, Any]] = []
+    x_BSC = _embedding_steps(add, "src_embed.", model.src_embed or model.embed, src_BS)
+    for i, block in enumerate(model.encoder):
+        x_BSC = _seq2seq_block_steps(add, f"encoder.{i}.", x_BSC, block, heads)
+    if model.enc_ln is not None:
+        x_BSC = _norm(x_BSC, model.enc_ln)
+    memory_BSC = add("memory_BSC", x_BSC)
+    x_BLC = _embedding_steps(add, "embed.", model.embed, tgt_BL)
+    for i, block in enumerate(model.decoder):
+        x_BLC = _seq2seq_block_steps(add, f"decoder.{i}.", x_BLC, block, heads, memory_BSC)
+    if model.dec_ln is not None:
+        x_BLC = add("dec_ln_BLC", _norm(x_BLC, model.dec_ln))
+    W_U_VC = model.lm_head.weight if model.lm_head is not None else model.embed.tok.weight
+    logits_BLV = add("logits_BLV", x_BLC @ W_U_VC.T, "logits: one score per target-vocabulary entry for the next token")
+    add("probs_BLV", logits_BLV.softmax(-1), "softmax of the logits: next-token probabilities")
+
+    _, cache = model.run_with_cache(src_BS, tgt_BL)
+    for step in steps:
+        if step.name in cache:
+            step.cache_diff = _max_diff(step.tensor, cache[step.name])
+    max_abs_diff = (logits_BLV - model(src_BS, tgt_BL)).abs().max().item()
+    tokens = target_strs or [str(i) for i in tgt]
+    return Trace(tokens, steps, max_abs_diff, heads, source_strs or [str(i) for i in src])
+
+
+def _seq2seq_block_steps(  # noqa: ANN001
+    add, p: str, x_BLC: torch.Tensor, block: Seq2SeqBlock, heads: list, memory_BSC: torch.Tensor | None = None
+) -> torch.Tensor:
+    """An encoder block (without `memory_BSC`) or a decoder block: each sublayer with its norm and
+    residual, post-norm norm(x + f(x)) or pre-norm x + f(norm(x)), in the block's own order."""
+    decoder = memory_BSC is not None
+    sublayers = {
+        "attn": lambda h_BLC, q: _attention_steps(
+            add, q, h_BLC, block.attn, heads, None, causal=decoder, kind="decoder" if decoder else "encoder"
+        ),
+        "cross": lambda h_BLC, q: _attention_steps(
+            add, q, h_BLC, block.cross, heads, None, memory_BSC, causal=False, kind="cross"
+        ),
+        "mlp": lambda h_BLC, q: _mlp_steps(add, p, h_BLC, block.mlp),
+    }
+    for sub, norm, resid in block.sublayers():
+        f, norm_module = sublayers[sub], getattr(block, norm)
+        if block.post_norm:
+            x_BLC = add(p + f"{resid}_BLC", x_BLC + f(x_BLC, p + f"{sub}."))
+            x_BLC = add(p + f"{norm}_BLC", _norm(x_BLC, norm_module))
+        else:
+            h_BLC = add(p + f"{norm}_BLC", _norm(x_BLC, norm_module))
+            x_BLC = add(p + f"{resid}_BLC", x_BLC + f(h_BLC, p + f"{sub}."))
+    return x_BLC
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -208,22 +309,26 @@ def format_trace(tr: Trace, fmt: str = "table") -> str:
         for i, s in enumerate(tr.steps)
     ]
     tokens = " ".join(repr(t) for t in tr.tokens)
+    if tr.sources is not None:  # an encoder-decoder: what the encoder reads, then what the decoder reads
+        tokens = " ".join(repr(t) for t in tr.sources) + "\ndecoder reads: " + tokens
     heads = [
-        f"layer {h['layer']} head {h['head']}: value down {h['value_down']['shape'][0]}->{h['value_down']['shape'][1]}"
+        (f"{h['attention']} " if "attention" in h else "") + f"layer {h['layer']} head {h['head']}: "
+        f"value down {h['value_down']['shape'][0]}->{h['value_down']['shape'][1]}"
         f" ({h['value_down']['params']:,} params), value up {h['value_up']['shape'][0]}->{h['value_up']['shape'][1]}"
         f" ({h['value_up']['params']:,} params)"
         for h in tr.heads
     ]
     check = f"max |walk logits - model(ids) logits| = {tr.max_abs_diff:.3g}"
+    label = "tokens" if tr.sources is None else "source"
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") if j else c for j, c in enumerate(r)) + " |" for r in rows]
         extra = [f"- {h}" for h in heads]
-        return "\n".join([f"tokens: {tokens}", "", *lines, "", *extra, "", check])
+        return "\n".join([f"{label}: {tokens}", "", *lines, "", *extra, "", check])
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header) - 1)]
 
     def fmt_row(r: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
 
     lines = [fmt_row(header), *(fmt_row(r) for r in rows)]
-    return "\n".join([f"tokens: {tokens}", "", *lines, "", *heads, "", check])
+    return "\n".join([f"{label}: {tokens}", "", *lines, "", *heads, "", check])

@@ -25,8 +25,8 @@ MEANINGS: dict[str, str] = {
     "embed.pos_LC": "position embeddings: one learned vector per position",
     "embed.sum_BLC": "the residual stream entering block 0: token (+ position) embeddings",
     "ln1_BLC": "norm of the residual stream, the attention's input (post-norm: of the attention's sum)",
-    "attn.q_BHLD": "queries: what each position looks for, per head (rotated by position with RoPE)",
-    "attn.k_BHKD": "keys: what each position offers to be found by, per head (rotated with RoPE)",
+    "attn.q_BHLD": "queries: what each position looks for, per head (with RoPE: turned by its position)",
+    "attn.k_BHKD": "keys: what each position offers to be found by, per head (with RoPE: turned by its position)",
     "attn.v_BHKD": "values: what each position passes on when attended to, per head",
     "attn.k_BGKD": "keys, per key/value head (grouped-query attention: each serves H / G query heads)",
     "attn.v_BGKD": "values, per key/value head (grouped-query attention: each serves H / G query heads)",
@@ -64,8 +64,12 @@ MEANINGS: dict[str, str] = {
 
 
 def symbolic_shape(name: str) -> str:
-    """`blocks.0.attn.q_BHLD` -> "B H L D"."""
-    return " ".join(name.rsplit("_", 1)[1])
+    """`blocks.0.attn.q_BHLD` -> "B H L D". An encoder's positions are the source's: its L and K read S
+    (`encoder.0.attn.weights_BHLK` -> "B H S S"), as the decoder's cross-attention names them."""
+    dims = name.rsplit("_", 1)[1]
+    if name.startswith(("encoder.", "src_embed.")):
+        dims = dims.replace("L", "S").replace("K", "S")
+    return " ".join(dims)
 
 
 def generic_name(name: str) -> str:

@@ -53,14 +53,14 @@ class Seq2SeqBlock(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def _sublayers(self) -> list[tuple[str, str, str]]:
+    def sublayers(self) -> list[tuple[str, str, str]]:
         """(sublayer, its norm, the residual stream after it) in order."""
         cross = [("cross", "ln_cross", "resid_cross")] if self.cross is not None else []
         return [("attn", "ln1", "resid_mid"), *cross, ("mlp", "ln2", "resid_post")]
 
     def hook_names(self) -> list[str]:
         names = []
-        for sub, norm, resid in self._sublayers():
+        for sub, norm, resid in self.sublayers():
             inner = [f"{sub}.{n}" for n in getattr(self, sub).hook_names()]
             names += (
                 [*inner, f"{resid}_BLC", f"{norm}_BLC"] if self.post_norm else [f"{norm}_BLC", *inner, f"{resid}_BLC"]
@@ -107,7 +107,7 @@ class Seq2SeqBlock(nn.Module):
             return self.cross(h_BLC, cross_mask, scope, memory_BSC, keys_values=kv)
 
         steps = {"attn": attend, "cross": cross, "mlp": lambda h_BLC, scope: self.mlp(h_BLC, scope)}
-        for sub, norm, resid in self._sublayers():
+        for sub, norm, resid in self.sublayers():
             x_BLC = self._residual(x_BLC, hook, sub, norm, resid, steps[sub])
         return x_BLC
 
