@@ -20,6 +20,7 @@ if Path(sys.argv[0]).name == "attnlab" and signal.getsignal(signal.SIGINT) is si
     signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 from . import run
+from ._version import __version__ as __version__
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import prepare_data
 from .errors import AttnlabError
@@ -28,8 +29,6 @@ from .interop import from_hf, to_hf  # transformers itself is imported only when
 from .models import FeedForwardLM, ModelConfig, Sampling, TransformerLM, build_model, preset_config
 from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
 from .train import TrainConfig, evaluate, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AttnlabError",

@@ -81,7 +81,7 @@ def environment() -> dict[str, Any]:
     try:
         version = importlib.metadata.version("attnlab")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH=src), not installed
-        from . import __version__ as version
+        from ._version import __version__ as version
     return {
         "attnlab": version,
         "torch": torch.__version__,
