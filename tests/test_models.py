@@ -151,3 +151,13 @@ def test_overrides_take_set_strings_or_typed_values() -> None:
     typed = preset_config("lab").with_overrides({"bias": False, "n_heads": 2, "dropout": 0.1})
     assert typed == preset_config("lab").with_overrides({"bias": "false", "n_heads": "2", "dropout": "0.1"})
     assert (typed.bias, typed.n_heads, typed.dropout) == (False, 2, 0.1)
+
+
+def test_zero_init_starts_every_block_as_the_identity() -> None:
+    model = build_model(preset_config("lab", n_layers=3, zero_init=True)).eval()
+    assert all(torch.all(m.weight == 0) for name, m in model.named_modules() if name.endswith(("w_o", "fc_out")))
+    ids_BL = torch.randint(0, 256, (2, 16))
+    _, cache = model.run_with_cache(ids_BL)
+    for i in range(3):
+        assert torch.equal(cache[f"blocks.{i}.resid_post_BLC"], cache["embed.sum_BLC"])
+    assert build_model(preset_config("lab")).blocks[0].attn.w_o.weight.abs().sum() > 0  # the default: GPT-2's

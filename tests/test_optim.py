@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ def test_unknown_optimizer_is_a_clear_error() -> None:
 
     with pytest.raises(AttnlabError, match="--optimizer sgd"):
         TrainConfig(steps=1, optimizer="sgd").validate()
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_the_embeddings_learn_at_their_own_ratio_of_the_scheduled_rate(kind, corpus_file: Path, tmp_path) -> None:
+    prepared = prepare_data(str(corpus_file))
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", max_len=32, tie_embeddings=False))
+    tcfg = TrainConfig(steps=7, batch_size=4, eval_every=1000, optimizer=kind, embed_lr_ratio=3.0, warmup_steps=5)
+    result = train(model, prepared.tokenizer, prepared.train, prepared.valid, tcfg, tmp_path / kind)
+    from attnlab.train import make_optimizer as make_train_optimizer
+
+    opt = make_train_optimizer(result.model, tcfg, "cpu")
+    io = {id(p) for p in split_params(result.model)[1]}
+    assert {id(p) for g in opt.param_groups if g.get("lr_ratio") == 3.0 for p in g["params"]} == io
+    assert all(g.get("lr_ratio", 1.0) == 1.0 for g in opt.param_groups if not io & set(map(id, g["params"])))
+    # in training, the schedule set that group's rate to 3x the others' (as the checkpoint saved them)
+    state = json.loads((tmp_path / kind / "checkpoint" / "state.json").read_text())
+    lrs = {g.get("lr_ratio", 1.0): g["lr"] for g in state["optimizer"]["param_groups"]}
+    assert lrs[3.0] == pytest.approx(3 * lrs[1.0]) and lrs[1.0] > 0
+
+
+def test_adamw_without_a_ratio_keeps_the_saved_group_layout() -> None:
+    """Two groups, the matrices in the model's order: the optimizer states saved before embed_lr_ratio load."""
+    model = build_model(preset_config("lab"))
+    opt = make_optimizer(model, "adamw", 1e-3, 0.1, (0.9, 0.99), "cpu")
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    assert len(opt.param_groups) == 2 and [id(p) for p in opt.param_groups[0]["params"]] == list(map(id, matrices))

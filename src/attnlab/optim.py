@@ -139,23 +139,37 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     device: str,
+    embed_lr_ratio: float = 1.0,
 ) -> torch.optim.Optimizer | MuonWithAdamW:
-    """AdamW (weight decay on matrices only), or Muon + AdamW; fused AdamW kernels on CPU and CUDA."""
+    """AdamW (weight decay on matrices only), or Muon + AdamW; fused AdamW kernels on CPU and CUDA.
+
+    The embeddings (and an untied LM head) learn at `embed_lr_ratio` x lr: their group carries
+    "lr_ratio", which the schedule multiplies in. With AdamW they get a group of their own only then,
+    so the optimizer states saved before this option existed keep loading.
+    """
     # One fused kernel for the whole update instead of a dozen ops per tensor (CPU and CUDA kernels exist).
     fused = {"fused": True} if device.split(":")[0] in ("cpu", "cuda") else {}
+    hidden, io, vectors = split_params(model)
+    io_group = {"params": io, "weight_decay": weight_decay, "lr_ratio": embed_lr_ratio}
     if kind == "adamw":
-        matrices = [p for p in model.parameters() if p.dim() >= 2]
-        vectors = [p for p in model.parameters() if p.dim() < 2]
-        groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, **fused)
+        if embed_lr_ratio == 1.0:  # the matrices in the model's order, as saved optimizer states number them
+            groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay}]
+        else:
+            groups = [{"params": hidden, "weight_decay": weight_decay}, io_group]
+        groups.append({"params": vectors, "weight_decay": 0.0})
+        return torch.optim.AdamW(_with_lr(groups, lr), lr=lr, betas=betas, **fused)
     if kind != "muon":
         raise AttnlabError(f"--optimizer {kind}: choose one of {', '.join(OPTIMIZERS)}")
-    hidden, io, vectors = split_params(model)
     if device.startswith("cuda") and hasattr(torch.optim, "Muon"):  # bf16 Newton-Schulz: fast on GPUs
         muon: torch.optim.Optimizer = torch.optim.Muon(
             hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"
         )
     else:
         muon = Float32Muon(hidden, lr=lr, weight_decay=weight_decay)
-    groups = [{"params": io, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return MuonWithAdamW(muon, torch.optim.AdamW(groups, lr=lr, betas=betas, **fused))
+    groups = [io_group, {"params": vectors, "weight_decay": 0.0}]
+    return MuonWithAdamW(muon, torch.optim.AdamW(_with_lr(groups, lr), lr=lr, betas=betas, **fused))
+
+
+def _with_lr(groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """Each group's starting learning rate: lr, times its ratio (the schedule sets it every step)."""
+    return [{**g, "lr": lr * g["lr_ratio"]} if "lr_ratio" in g else g for g in groups]

@@ -70,6 +70,7 @@ class TrainConfig:
     dtype: str = "fp32"  # "bf16" / "fp16": autocast the forward (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the model (pays off on GPUs; about 1.0x on small CPU models)
     optimizer: str = "adamw"  # "muon": Muon for the hidden weight matrices, AdamW for the rest (see optim)
+    embed_lr_ratio: float = 1.0  # the embeddings' (and an LM head's) learning rate, as a multiple of lr
 
     def validate(self) -> None:
         if self.steps is None and self.max_time is None:
@@ -86,6 +87,7 @@ class TrainConfig:
             ("weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
             ("grad_clip", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
             ("min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+            ("embed_lr_ratio", lambda v: 0 < v < math.inf, "a finite number > 0"),
             ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
         ):
@@ -248,7 +250,8 @@ class TrainState:
 
 
 def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.Optimizer | MuonWithAdamW:
-    return optim.make_optimizer(model, tcfg.optimizer, tcfg.lr, tcfg.weight_decay, (tcfg.beta1, tcfg.beta2), device)
+    betas = (tcfg.beta1, tcfg.beta2)
+    return optim.make_optimizer(model, tcfg.optimizer, tcfg.lr, tcfg.weight_decay, betas, device, tcfg.embed_lr_ratio)
 
 
 class _StopFlag:
@@ -393,7 +396,7 @@ def train(
             t0 = time.perf_counter()
             lr = cosine_lr(st.step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_ratio", 1.0)  # the embeddings' group may have its own ratio
             x_GL, y_GL = batches.next()  # the global batch; this process takes rows [rank * per_rank, ...)
             mine = slice(rank * per_rank, (rank + 1) * per_rank)
             optimizer.zero_grad(set_to_none=True)

@@ -48,8 +48,9 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def init_weights(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layers)."""
-        resid_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        """GPT-2 initialisation: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layers)
+        (with `zero_init`, the modded-nanoGPT speedrun's: those start at 0, each block as the identity)."""
+        resid_std = 0.0 if self.config.zero_init else 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = resid_std if name.endswith(("w_o", "fc_out")) else 0.02

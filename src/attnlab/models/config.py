@@ -50,6 +50,7 @@ class ModelConfig:
     n_kv_heads: int = 0  # grouped-query attention: key/value heads shared by n_heads / n_kv_heads queries (0 = n_heads)
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # LM head = token embedding^T (else its own V x C matrix)
+    zero_init: bool = False  # LMs: attention and MLP output projections start at 0 (each block starts as the identity)
     # The encoder-decoder (model="seq2seq"): n_layers decoder blocks, and
     n_enc_layers: int = 0  # encoder blocks (0 = n_layers)
     n_src_vocab: int = 0  # the source's vocabulary (0 = the target's: one table embeds both, as in the paper)
