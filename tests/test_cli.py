@@ -180,3 +180,12 @@ def test_info_works_from_a_source_tree_that_is_not_installed(monkeypatch, capsys
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
     code, out, err = run_cli(["info", "--format", "json"], capsys)
     assert code == 0 and json.loads(out)["attnlab"] == attnlab.__version__, err
+
+
+def test_serve_without_the_explorer_extra_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as where `pip install attnlab` left it out
+    monkeypatch.delitem(sys.modules, "attnlab.explorer.app", raising=False)
+    code, _, err = run_cli(["serve", str(tmp_path)], capsys)
+    assert code == 2 and "pip install 'attnlab[explorer]'" in err and err.count("\n") == 1, err

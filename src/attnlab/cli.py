@@ -416,14 +416,15 @@ def _metrics(checkpoint: Path, field: str) -> list[dict]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    try:  # before the explorer's app, which imports FastAPI
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise AttnlabError("attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'") from None
     from .checkpoint import resolve_checkpoint
     from .explorer.app import create_app
     from .runtime import resolve_device
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise AttnlabError("attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'") from None
     if not 0 < args.port < 65536:
         raise AttnlabError(f"--port {args.port}: must be between 1 and 65535")
     if _is_seq2seq(args.checkpoint):  # the encoder-decoder's page: source, translation, three attentions
