@@ -377,6 +377,7 @@ def _seq2seq_attention(args: argparse.Namespace) -> int:
     """The encoder-decoder's three attentions for --prompt as the source and its greedy translation (or
     --target) as the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
     from .inspect.pictures import attention_figure
+    from .models.seq2seq import attention_prefix
 
     if args.html or args.head:
         raise AttnlabError("an encoder-decoder run draws all its heads as pictures: drop --html and --head")
@@ -389,8 +390,8 @@ def _seq2seq_attention(args: argparse.Namespace) -> int:
         ("cross", reads, sources, False, "cross-attention: where in the source each target position looks"),
     ):
         stack = model.encoder if kind == "encoder" else model.decoder
-        name = "cross.weights_BHLS" if kind == "cross" else "attn.weights_BHLK"
-        weights = [cache[f"{'encoder' if kind == 'encoder' else 'decoder'}.{i}.{name}"][0] for i in range(len(stack))]
+        keys_letter = "S" if kind == "cross" else "K"
+        weights = [cache[f"{attention_prefix(kind, i)}weights_BHL{keys_letter}"][0] for i in range(len(stack))]
         path = out.with_name(f"{out.stem}-{kind}{out.suffix}")
         print(attention_figure(weights, queries, path, keys=keys, causal=causal, title=f"{what} ({args.prompt!r})"))
     return 0
@@ -406,12 +407,16 @@ def _lab_samples(run_dir: Path) -> dict[str, str]:
         return {}
 
 
+def _run_dir(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint folder (RUN/checkpoint), or the folder itself."""
+    return checkpoint.parent if checkpoint.name == "checkpoint" else checkpoint
+
+
 def _metrics(checkpoint: Path, field: str) -> list[dict]:
     """The run's logged rows that have a step and a float `field` (a half-written last line is skipped)."""
     from .runtime import read_json_lines
 
-    run_dir = checkpoint.parent if checkpoint.name == "checkpoint" else checkpoint
-    rows = read_json_lines(run_dir / "metrics.jsonl")
+    rows = read_json_lines(_run_dir(checkpoint) / "metrics.jsonl")
     return [row for row in rows if isinstance(row.get("step"), int) and isinstance(row.get(field), float)]
 
 
@@ -438,7 +443,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
         path = ckpt.path
         info = dict(ckpt.state.get("run", {}))
-        info["samples"] = _lab_samples(path.parent if path.name == "checkpoint" else path)
+        info["samples"] = _lab_samples(_run_dir(path))
         app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": _metrics(path, "val_bpc")})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -16,11 +16,10 @@ import torch
 from ..errors import AttnlabError
 from ..inspect.params import group_totals, param_breakdown
 from ..inspect.trace import trace_seq2seq
+from ..models.seq2seq import ATTENTIONS, attention_prefix
 from ..seq2seq_run import Seq2SeqRun, source_and_reading
 from ..tasks import held_out_pairs
 from .payloads import MAX_PROMPT_CHARS, THUMB, trace_payload
-
-KINDS = ("encoder", "decoder", "cross")
 
 
 class Seq2SeqView:
@@ -44,7 +43,7 @@ class Seq2SeqView:
         model = self.run.model
         src, tgt = source_and_reading(self.run, source)
         device = next(model.parameters()).device
-        names = [n for n in model.hook_names() if n.rsplit(".", 1)[-1][:2] in ("q_", "k_", "v_", "we")]
+        names = [n for kind in ATTENTIONS for layer in range(self.layers(kind)) for n in self.names(kind, layer)]
         _, cache = model.run_with_cache(torch.tensor([src], device=device), torch.tensor([tgt], device=device), names)
         self._last = (source, (src, tgt, cache))
         return self._last[1]
@@ -53,18 +52,12 @@ class Seq2SeqView:
         return [{"id": i, "text": self.run.vocab.token(i), "partial": False} for i in ids]
 
     def layers(self, kind: str) -> int:
-        if kind not in KINDS:
-            raise AttnlabError(f"unknown attention {kind!r}: choose encoder, decoder or cross")
+        attention_prefix(kind, 0)  # an unknown kind is named there
         return len(self.run.model.encoder if kind == "encoder" else self.run.model.decoder)
 
-    def _names(self, kind: str, layer: int) -> list[str]:
+    def names(self, kind: str, layer: int) -> list[str]:
         """The cache names of one layer's q, k, v and weights for `kind`."""
-        p = (
-            f"encoder.{layer}.attn."
-            if kind == "encoder"
-            else f"decoder.{layer}.{'cross' if kind == 'cross' else 'attn'}."
-        )
-        K = "S" if kind == "cross" else "K"
+        p, K = attention_prefix(kind, layer), "S" if kind == "cross" else "K"
         return [p + "q_BHLD", p + f"k_BH{K}D", p + f"v_BH{K}D", p + f"weights_BHL{K}"]
 
     def _check_head(self, kind: str, layer: int, head: int) -> None:
@@ -84,7 +77,7 @@ def overview(view: Seq2SeqView, source: str, kind: str = "cross") -> dict[str, A
     rows, cols = min(len(queries), THUMB), min(len(keys), THUMB)
     thumbs = []
     for layer in range(n_layers):
-        w_HLK = cache[view._names(kind, layer)[3]][0].float().cpu()
+        w_HLK = cache[view.names(kind, layer)[3]][0].float().cpu()
         if w_HLK.shape[-2:] != (rows, cols):
             w_HLK = torch.nn.functional.adaptive_max_pool2d(w_HLK[None], (rows, cols))[0]
         thumbs.append([(w_LK * 255).round().to(torch.uint8).numpy().tobytes() for w_LK in w_HLK])
@@ -110,7 +103,7 @@ def overview(view: Seq2SeqView, source: str, kind: str = "cross") -> dict[str, A
 def _one_head(view: Seq2SeqView, source: str, kind: str, layer: int, head: int) -> list[torch.Tensor]:
     view._check_head(kind, layer, head)
     cache = view.read(source)[2]
-    return [cache[name][0, head].float().cpu() for name in view._names(kind, layer)]
+    return [cache[name][0, head].float().cpu() for name in view.names(kind, layer)]
 
 
 def head(view: Seq2SeqView, source: str, kind: str, layer: int, head: int) -> bytes:

@@ -33,6 +33,18 @@ from .positions import make_positions
 PAD, BOS, EOS = 0, 1, 2  # the special ids of every seq2seq vocabulary: padding, begin, end
 
 
+ATTENTIONS = ("encoder", "decoder", "cross")  # the encoder's self-attention, the decoder's, cross-attention
+
+
+def attention_prefix(kind: str, layer: int) -> str:
+    """Where one layer's attention of `kind` puts its hook points: "encoder.0.attn.", "decoder.0.cross."..."""
+    if kind not in ATTENTIONS:
+        raise AttnlabError(f"unknown attention {kind!r}: choose encoder, decoder or cross")
+    return (
+        f"encoder.{layer}.attn." if kind == "encoder" else f"decoder.{layer}.{'cross' if kind == 'cross' else 'attn'}."
+    )
+
+
 def padding_mask_B11S(ids_BS: torch.Tensor) -> torch.Tensor:
     """(B, 1, 1, S): True at the positions that are not padding, the keys any query may attend to."""
     return (ids_BS != PAD)[:, None, None, :]
