@@ -11,8 +11,9 @@ hits all alike); medians over the rounds.
     ATTNLAB_TINYSTORIES=../shared/data/tinystories python benchmarks/lab_recipe.py \\
         --recipes "adamw=optimizer=adamw" "muon-rope=optimizer=muon,positions=rope"
 
-A recipe is NAME=FIELD=VALUE[,FIELD=VALUE...]: model config fields (`--set`) and TrainConfig fields
-(`optimizer`, `lr`, `batch_size`, `warmup_steps`, `min_lr_ratio`, ...).
+A recipe is NAME=FIELD=VALUE[,FIELD=VALUE...]: model config fields (`--set`), TrainConfig fields
+(`optimizer`, `lr`, `batch_size`, `warmup_steps`, `min_lr_ratio`, ...) and `tokenizer` (`--tokenizer`:
+bytes by default; bits per character compare across tokenizers).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def _parse(recipe: str) -> tuple[str, dict[str, str], dict[str, object]]:
     model, train = {}, {}
     for pair in filter(None, spec.split(",")):
         key, value = pair.split("=", 1)
-        if key in TRAIN_FIELDS:
+        if key == "tokenizer":
+            train[key] = value
+        elif key in TRAIN_FIELDS:
             kind = str(TRAIN_FIELDS[key])
             train[key] = value if "str" in kind else float(value) if "float" in kind else int(value)
         else:
@@ -62,12 +65,17 @@ def main() -> None:
     source = os.environ.get("ATTNLAB_TINYSTORIES")
     if not source:
         raise SystemExit("set ATTNLAB_TINYSTORIES to the TinyStories folder (../shared/data/tinystories)")
-    prepared = prepare_data(source)
-    vocabulary = word_set(prepared.corpus.train.chunks())
+    tokenized: dict[str, object] = {}  # one tokenization per tokenizer, shared by its recipes
+    vocabulary = word_set(prepare_data(source, "bytes").corpus.train.chunks())
     recipes = [_parse(r) for r in args.recipes]
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in recipes}
     for r in range(args.rounds):
         for name, model, train in recipes if r % 2 == 0 else recipes[::-1]:
+            train = dict(train)
+            tokenizer = train.pop("tokenizer", "bytes")
+            if tokenizer not in tokenized:
+                tokenized[tokenizer] = prepare_data(source, tokenizer)
+            prepared = tokenized[tokenizer]
             with tempfile.TemporaryDirectory() as out:
                 result = run.start(
                     out, data=prepared, preset="small", config=model, max_time=args.max_time, desc=name, **train

@@ -114,6 +114,7 @@ KV_VARIANTS = [
     {"positions": "sinusoidal", "norm_placement": "post"},
     {"positions": "none", "tie_embeddings": False},
     {"positions": "rope", "bias": False, "n_kv_heads": 1, "head_dim": 6},
+    {"positions": "rope", "qk_norm": True, "n_kv_heads": 2, "head_dim": 8},
 ]
 
 

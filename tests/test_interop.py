@@ -119,6 +119,9 @@ def test_models_without_a_transformers_twin_are_refused_clearly() -> None:
         to_hf(lab)
     with pytest.raises(AttnlabError, match="only the Transformer"):
         to_hf(build_model(preset_config("lab", model="mlp")))
+    llama_but_qk_norm = dict(norm="rms", positions="rope", mlp="swiglu", head_dim=8, qk_norm=True)
+    with pytest.raises(AttnlabError, match="QK-norm, which GPT-2 and Llama do not have"):
+        to_hf(build_model(preset_config("lab", **llama_but_qk_norm)))
 
 
 def test_from_hf_rejects_other_folders(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.errors import AttnlabError
+from attnlab.inspect.params import param_breakdown
+from attnlab.inspect.trace import trace
 from attnlab.models import (
     PRESETS,
     CausalSelfAttention,
@@ -161,3 +163,29 @@ def test_zero_init_starts_every_block_as_the_identity() -> None:
     for i in range(3):
         assert torch.equal(cache[f"blocks.{i}.resid_post_BLC"], cache["embed.sum_BLC"])
     assert build_model(preset_config("lab")).blocks[0].attn.w_o.weight.abs().sum() > 0  # the default: GPT-2's
+
+
+def test_qk_norm_gives_each_head_s_queries_and_keys_their_learned_length() -> None:
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", qk_norm=True, n_layers=2, positions="rope", head_dim=8)).eval()
+    with torch.no_grad():  # gains other than the initial ones, so a gain left out would show
+        for block in model.blocks:
+            block.attn.q_norm.weight.uniform_(0.5, 2.0)
+            block.attn.k_norm.weight.uniform_(0.5, 2.0)
+    ids_BL = torch.randint(0, 256, (2, 16))
+    logits_BLV, cache = model.run_with_cache(ids_BL)
+    assert (logits_BLV - model(ids_BL)).abs().max() < 1e-5  # the fused kernel sees the same q and k
+    for i, block in enumerate(model.blocks):
+        # The hooked q_BHLD: each head's query scaled to RMS 1, times the gains, then rotated.
+        x_BLC = cache[f"blocks.{i}.ln1_BLC"]
+        q_BHLD = block.attn.w_q(x_BLC).view(2, 16, 4, 8).transpose(1, 2)
+        unit_BHLD = q_BHLD / q_BHLD.pow(2).mean(-1, keepdim=True).add(block.attn.q_norm.eps).sqrt()
+        rotate = model.embed.pos.rotation(slice(0, 16))
+        assert torch.allclose(cache[f"blocks.{i}.attn.q_BHLD"], rotate(unit_BHLD * block.attn.q_norm.weight), atol=1e-5)
+    tr = trace(model, list(b"Once upon a time"))
+    assert tr.max_abs_diff < 1e-5 and all(s.cache_diff < 1e-5 for s in tr.steps if s.cache_diff is not None)
+    names = dict(model.named_parameters())
+    assert names["blocks.0.attn.q_norm.weight"].shape == (8,)
+    assert sum(param_breakdown(model.config).values()) == model.num_params()
+    with pytest.raises(AttnlabError, match="no n_kv_heads, rotary positions or qk_norm"):
+        preset_config("lab", model="seq2seq", qk_norm=True)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import signal
@@ -13,7 +14,7 @@ from attnlab.checkpoint import load_checkpoint, save_checkpoint
 from attnlab.data import prepare_data
 from attnlab.errors import AttnlabError
 from attnlab.models import build_model, preset_config
-from attnlab.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, train
+from attnlab.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, scheduled_lr, train
 
 from .conftest import TINY, run_cli
 
@@ -85,6 +86,19 @@ def test_cosine_schedule_warms_up_then_decays_to_min() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[50] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_wsd_schedule_holds_lr_then_decays_linearly_over_the_cooldown() -> None:
+    tcfg = TrainConfig(steps=100, lr=2.0, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", cooldown_frac=0.4)
+    lrs = [scheduled_lr(tcfg, s, s / 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.2) and lrs[9] == pytest.approx(2.0)
+    assert lrs[10:61] == pytest.approx([2.0] * 51)  # stable until the last 40%
+    assert lrs[80] == pytest.approx(1.1) and lrs[100] == pytest.approx(0.2)  # halfway down, then min_lr
+    assert scheduled_lr(dataclasses.replace(tcfg, schedule="cosine"), 50, 0.5) == cosine_lr(50, 0.5, 2.0, 10, 0.2)
+    with pytest.raises(AttnlabError, match="--schedule noam: choose one of cosine, wsd"):
+        dataclasses.replace(tcfg, schedule="noam").validate()
+    with pytest.raises(AttnlabError, match="--cooldown-frac 0.0: must be in"):
+        dataclasses.replace(tcfg, cooldown_frac=0.0).validate()
 
 
 def test_bits_per_character_accounts_for_characters_per_token(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ VARIANTS = {
     "swiglu": dict(mlp="swiglu"),
     "relu2": dict(mlp="relu2"),
     "gqa": dict(n_kv_heads=2),
+    "qk-norm": dict(qk_norm=True, positions="rope", head_dim=8, n_kv_heads=2),
     "no-bias": dict(bias=False),
     "untied": dict(tie_embeddings=False),
     "llama-like": dict(

@@ -174,6 +174,8 @@ def from_hf(path_or_model: Any) -> TransformerLM:
 
 
 def _family(cfg: ModelConfig) -> str:
+    if cfg.qk_norm:
+        raise AttnlabError("this model has QK-norm, which GPT-2 and Llama do not have: export takes models without it")
     gpt2 = (
         cfg.norm == "layer"
         and cfg.norm_bias

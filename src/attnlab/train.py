@@ -54,7 +54,7 @@ class TrainConfig:
     batch_size: int = 16  # sequences per step and process (each max_len tokens)
     grad_accum: int = 1  # micro-batches per step: global batch = batch_size x processes x grad_accum
     lr: float = 4e-3  # peak learning rate after warm-up
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
     warmup_steps: int = 50
     weight_decay: float = 0.1  # on weight matrices and embeddings only
     beta1: float = 0.9
@@ -71,6 +71,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (pays off on GPUs; about 1.0x on small CPU models)
     optimizer: str = "adamw"  # "muon": Muon for the hidden weight matrices, AdamW for the rest (see optim)
     embed_lr_ratio: float = 1.0  # the embeddings' (and an LM head's) learning rate, as a multiple of lr
+    # After warm-up: "cosine" decays over the whole run; "wsd" (warm-up, stable, decay: the nanoGPT
+    # speedrun's trapezoid) holds lr, then decays linearly over the last `cooldown_frac` of the run.
+    schedule: str = "cosine"
+    cooldown_frac: float = 0.4
 
     def validate(self) -> None:
         if self.steps is None and self.max_time is None:
@@ -88,6 +92,7 @@ class TrainConfig:
             ("grad_clip", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
             ("min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
             ("embed_lr_ratio", lambda v: 0 < v < math.inf, "a finite number > 0"),
+            ("cooldown_frac", lambda v: 0 < v <= 1, "in (0, 1]"),
             ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
         ):
@@ -100,6 +105,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise AttnlabError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
         if self.optimizer not in optim.OPTIMIZERS:
             raise AttnlabError(f"--optimizer {self.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}")
         check_dtype(self.dtype)
@@ -117,6 +124,25 @@ def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: 
         return lr * (step + 1) / warmup_steps
     p = min(1.0, max(0.0, progress))
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+def wsd_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: float, cooldown_frac: float) -> float:
+    """Linear warm-up, then lr held until the last `cooldown_frac` of the run, then linear decay to min_lr."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    into_cooldown = (min(1.0, max(0.0, progress)) - (1.0 - cooldown_frac)) / cooldown_frac
+    return lr - (lr - min_lr) * max(0.0, into_cooldown)
+
+
+SCHEDULES = ("cosine", "wsd")
+
+
+def scheduled_lr(tcfg: TrainConfig, step: int, progress: float) -> float:
+    """The learning rate of `step` at `progress` (0 -> 1) of the budget, by the config's schedule."""
+    min_lr = tcfg.lr * tcfg.min_lr_ratio
+    if tcfg.schedule == "wsd":
+        return wsd_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr, tcfg.cooldown_frac)
+    return cosine_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr)
 
 
 @dataclass
@@ -374,7 +400,6 @@ def train(
         parts += [st.elapsed_s / tcfg.max_time] if tcfg.max_time else []
         return max(parts)
 
-    min_lr = tcfg.lr * tcfg.min_lr_ratio
     ddp = None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -394,7 +419,7 @@ def train(
         while distributed.all_agree(budget_left() and not flag.stop, device):
             governor.adjust()
             t0 = time.perf_counter()
-            lr = cosine_lr(st.step, progress(), tcfg.lr, tcfg.warmup_steps, min_lr)
+            lr = scheduled_lr(tcfg, st.step, progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)  # the embeddings' group may have its own ratio
             x_GL, y_GL = batches.next()  # the global batch; this process takes rows [rank * per_rank, ...)

@@ -64,6 +64,7 @@ def _block_components(cfg: ModelConfig) -> dict[str, int]:
         "attn.w_k": _linear(C, GD, cfg.bias),  # grouped-query attention: fewer key/value heads
         "attn.w_v": _linear(C, GD, cfg.bias),
         "attn.w_o": _linear(HD, C, cfg.bias),
+        **({"attn.q_norm": cfg.head_dim, "attn.k_norm": cfg.head_dim} if cfg.qk_norm else {}),  # their gains
         "ln2": _norm(cfg),
         **_mlp_components(cfg),
     }
@@ -252,6 +253,8 @@ def _shapes(cfg: ModelConfig) -> dict[str, str]:
         "attn.w_k": lin(C, GD),
         "attn.w_v": lin(C, GD),
         "attn.w_o": lin(HD, C),
+        "attn.q_norm": f"{cfg.head_dim}",
+        "attn.k_norm": f"{cfg.head_dim}",
         "ln2": norm,
         "mlp.fc_in": lin(C, F),
         "mlp.fc_up": lin(C, F),

@@ -15,7 +15,7 @@ import torch
 
 from ..models import FeedForwardLM, LanguageModel, TransformerLM
 from ..models.hooks import meaning, symbolic_shape
-from ..models.layers import RMSNorm
+from ..models.norms import RMSNorm
 from ..models.positions import Rotation
 from ..models.seq2seq import Seq2SeqBlock, Seq2SeqTransformer
 
@@ -103,6 +103,8 @@ def _attention_steps(  # noqa: ANN001, PLR0913
     q_BHLD = _linear(x_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2)
     k_BGKD = _linear(keys_BKC, attn.w_k).view(B, K, G, D).transpose(1, 2)
     v_BGKD = _linear(keys_BKC, attn.w_v).view(B, K, G, D).transpose(1, 2)
+    if attn.q_norm is not None:  # QK-norm: each head's q and k to a learned length (RMSNorm over D)
+        q_BHLD, k_BGKD = _norm(q_BHLD, attn.q_norm), _norm(k_BGKD, attn.k_norm)
     if rotate is not None:  # rotary positions: q and k turned by their position's angle
         q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
     q_BHLD = add(p + "q_BHLD", q_BHLD)

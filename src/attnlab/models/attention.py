@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
+from .norms import RMSNorm
 from .positions import Rotation
 
 
@@ -94,6 +95,10 @@ class CausalSelfAttention(nn.Module):
         self.w_k = nn.Linear(C, G * D, bias=cfg.bias)
         self.w_v = nn.Linear(C, G * D, bias=cfg.bias)
         self.w_o = nn.Linear(H * D, C, bias=cfg.bias)
+        # QK-norm (Dehghani et al. 2023, the nanoGPT speedrun): each head's q and k rescaled to a learned
+        # length, so no score can grow without bound and a higher learning rate stays stable.
+        self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         kv = "BGKD" if cfg.grouped else "BHKD"  # the hook names say how many heads the tensors hold
         self.k_name, self.v_name = f"k_{kv}", f"v_{kv}"
@@ -128,6 +133,8 @@ class CausalSelfAttention(nn.Module):
         # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
         q_BHLD = split_heads(q_BLX, H, D)
         k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
+        if self.q_norm is not None:
+            q_BHLD, k_BGKD = self.q_norm(q_BHLD), self.k_norm(k_BGKD)
         if rotate is not None:  # rotary positions turn queries and keys by their position's angle
             q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
         q_BHLD, k_BGKD, v_BGKD = hook("q_BHLD", q_BHLD), hook(self.k_name, k_BGKD), hook(self.v_name, v_BGKD)

@@ -51,6 +51,7 @@ class ModelConfig:
     bias: bool = True  # biases in the attention and MLP projections
     tie_embeddings: bool = True  # LM head = token embedding^T (else its own V x C matrix)
     zero_init: bool = False  # LMs: attention and MLP output projections start at 0 (each block starts as the identity)
+    qk_norm: bool = False  # LMs: RMSNorm (with a gain) on each head's queries and keys before q . k
     # The encoder-decoder (model="seq2seq"): n_layers decoder blocks, and
     n_enc_layers: int = 0  # encoder blocks (0 = n_layers)
     n_src_vocab: int = 0  # the source's vocabulary (0 = the target's: one table embeds both, as in the paper)
@@ -82,8 +83,8 @@ class ModelConfig:
             raise AttnlabError(problem)
         if self.n_enc_layers < 0 or self.n_src_vocab < 0:
             raise AttnlabError("n_enc_layers and n_src_vocab: must be >= 0 (0 = as the decoder's)")
-        if self.model == "seq2seq" and (self.grouped or self.positions == "rope"):
-            raise AttnlabError("model=seq2seq: the encoder-decoder takes no n_kv_heads and no rotary positions")
+        if self.model == "seq2seq" and (self.grouped or self.positions == "rope" or self.qk_norm):
+            raise AttnlabError("model=seq2seq: the encoder-decoder takes no n_kv_heads, rotary positions or qk_norm")
         for name in ("norm_eps", "rope_theta"):  # NaN fails every comparison, so ask for what is right
             value = getattr(self, name)
             if not (0 < value < math.inf):

@@ -91,6 +91,9 @@ def cached_attention(
     # Queries and keys side by side as H + G heads, so rotary positions turn them in one pass (a
     # decoding step is a chain of tiny ops, each costing its dispatch: fewer is faster).
     qk_BNLD = split_heads(qkv_BLZ[..., : (H + G) * D], H + G, D)
+    if attn.q_norm is not None:
+        q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
+        qk_BNLD = torch.cat([attn.q_norm(q_BHLD), attn.k_norm(k_BGLD)], dim=1)
     if rotate is not None:
         qk_BNLD = rotate(qk_BNLD)
     q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)

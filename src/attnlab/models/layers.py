@@ -15,6 +15,7 @@ from .attention import CausalSelfAttention
 from .config import ModelConfig
 from .decoding import LayerCache, cached_attention
 from .hooks import NO_HOOK, Hook
+from .norms import RMSNorm, make_norm  # noqa: F401 - RMSNorm: imported from here by the README's API
 from .positions import Positions, PositionScheme, Rotation
 
 
@@ -46,26 +47,6 @@ class Embeddings(nn.Module):
         if pos_LC is not None:
             x_BLC = x_BLC + hook("pos_LC", pos_LC)
         return hook("sum_BLC", self.drop(x_BLC))
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): LayerNorm without centring or bias."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        x32_BLC = x_BLC.float()
-        rms_BL1 = torch.rsqrt(x32_BLC.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32_BLC * rms_BL1).to(x_BLC.dtype) * self.weight
-
-
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rms":
-        return RMSNorm(cfg.emb_dim, cfg.norm_eps)
-    return nn.LayerNorm(cfg.emb_dim, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
 
 class MLP(nn.Module):
