@@ -132,6 +132,9 @@ def test_resume_continues_to_more_steps(run_dir: Path, capsys, tmp_path: Path) -
         (["generate", "{run}", "--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens -1"),
         (["generate", "{run}", "--prompt", "x", "--slide", "0"], "--slide 0"),
         (["train", "--optimizer", "sgd", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
+        (["train", "--min-lr-ratio", "2", "--steps", "5", "--out", "{tmp}/x"], "--min-lr-ratio 2.0: must be between"),
+        (["train", "--embed-lr-ratio=-1", "--steps", "5", "--out", "{tmp}/x"], "--embed-lr-ratio -1.0: must be"),
+        (["train", "--schedule", "noam", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
         (["generate", "{corrupt}", "--prompt", "x"], "config.json: not valid JSON"),
         (["eval", "{run}", "--data", "missing.txt"], "no such file or folder"),
         (["eval", "{nothing}", "--data", "builtin"], "no such checkpoint"),
@@ -189,3 +192,14 @@ def test_serve_without_the_explorer_extra_says_how_to_install_it(monkeypatch, ca
     monkeypatch.delitem(sys.modules, "attnlab.explorer.app", raising=False)
     code, _, err = run_cli(["serve", str(tmp_path)], capsys)
     assert code == 2 and "pip install 'attnlab[explorer]'" in err and err.count("\n") == 1, err
+
+
+def test_train_takes_the_best_recipe_s_schedule_flags(tmp_path: Path, capsys) -> None:
+    from attnlab.checkpoint import load_checkpoint
+
+    args = ["train", "--steps", "3", "--preset", "lab", "--out", str(tmp_path / "r"), "--optimizer", "muon"]
+    flags = ["--min-lr-ratio", "0", "--embed-lr-ratio", "3", "--schedule", "wsd"]
+    code, _, err = run_cli(args + flags, capsys)
+    assert code == 0, err
+    saved = load_checkpoint(tmp_path / "r", with_state=True).state["train"]
+    assert (saved["min_lr_ratio"], saved["embed_lr_ratio"], saved["schedule"]) == (0.0, 3.0, "wsd")

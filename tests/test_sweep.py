@@ -88,6 +88,8 @@ INT_FLAGS = {
 FLOAT_FLAGS = {
     "--max-time": ["lab", "train", "compare", "seq2seq train"],
     "--lr": ["lab", "train", "compare", "seq2seq train"],
+    "--min-lr-ratio": ["lab", "train", "compare"],
+    "--embed-lr-ratio": ["lab", "train", "compare"],
     "--label-smoothing": ["seq2seq train"],
     "--temperature": ["generate"],
     "--top-p": ["generate"],
@@ -100,7 +102,7 @@ CHOICE_FLAGS = {
     "--recipe": ["lab"],
     "--model": ["train", "trace", "attention", "embeddings", "next", "lens", "params"],
     "--format": ["eval", "trace", "embeddings", "next", "lens", "params", "bench", "info", "check", "seq2seq eval"],
-    "--schedule": ["seq2seq train"],
+    "--schedule": ["lab", "train", "compare", "seq2seq train"],
     "--split": ["eval"],
     "--compile": ["bench"],
 }

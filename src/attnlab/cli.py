@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import AttnlabError
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZERS, SCHEDULES
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -87,6 +87,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step and process (default 16)")
     p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=_finite, default=None, help="peak learning rate")
+    p.add_argument(
+        "--min-lr-ratio", type=_finite, default=None, help="the schedule ends at lr x this (default 0.1; 0 to 1)"
+    )
+    p.add_argument(
+        "--embed-lr-ratio",
+        type=_finite,
+        default=None,
+        help="the embeddings' (and an untied head's) learning rate as a multiple of lr (default 1)",
+    )
+    p.add_argument("--schedule", default=None, choices=SCHEDULES, help="cosine (default) | wsd: hold, then decay")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations and checkpoints")
     p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--device", default=None, help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 | mps")
@@ -112,6 +122,9 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size",
         "grad_accum",
         "lr",
+        "min_lr_ratio",
+        "embed_lr_ratio",
+        "schedule",
         "eval_every",
         "seed",
         "device",

@@ -17,6 +17,7 @@ from torch import nn
 from .errors import AttnlabError
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")  # learning-rate schedules after warm-up (train.scheduled_lr)
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:

@@ -105,8 +105,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if self.schedule not in SCHEDULES:
-            raise AttnlabError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
+        if self.schedule not in optim.SCHEDULES:
+            raise AttnlabError(f"--schedule {self.schedule}: choose one of {', '.join(optim.SCHEDULES)}")
         if self.optimizer not in optim.OPTIMIZERS:
             raise AttnlabError(f"--optimizer {self.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}")
         check_dtype(self.dtype)
@@ -132,9 +132,6 @@ def wsd_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: flo
         return lr * (step + 1) / warmup_steps
     into_cooldown = (min(1.0, max(0.0, progress)) - (1.0 - cooldown_frac)) / cooldown_frac
     return lr - (lr - min_lr) * max(0.0, into_cooldown)
-
-
-SCHEDULES = ("cosine", "wsd")
 
 
 def scheduled_lr(tcfg: TrainConfig, step: int, progress: float) -> float:
