@@ -126,20 +126,14 @@ def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: 
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
 
 
-def wsd_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: float, cooldown_frac: float) -> float:
-    """Linear warm-up, then lr held until the last `cooldown_frac` of the run, then linear decay to min_lr."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    into_cooldown = (min(1.0, max(0.0, progress)) - (1.0 - cooldown_frac)) / cooldown_frac
-    return lr - (lr - min_lr) * max(0.0, into_cooldown)
-
-
 def scheduled_lr(tcfg: TrainConfig, step: int, progress: float) -> float:
-    """The learning rate of `step` at `progress` (0 -> 1) of the budget, by the config's schedule."""
+    """The learning rate of `step` at `progress` (0 -> 1) of the budget, by the config's schedule: the
+    cosine, or "wsd": lr held until the last `cooldown_frac` of the run, then a linear decay to min_lr."""
     min_lr = tcfg.lr * tcfg.min_lr_ratio
-    if tcfg.schedule == "wsd":
-        return wsd_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr, tcfg.cooldown_frac)
-    return cosine_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr)
+    if tcfg.schedule == "cosine" or step < tcfg.warmup_steps:  # both warm up as the cosine does
+        return cosine_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr)
+    into_cooldown = (min(1.0, max(0.0, progress)) - (1.0 - tcfg.cooldown_frac)) / tcfg.cooldown_frac
+    return tcfg.lr - (tcfg.lr - min_lr) * max(0.0, into_cooldown)
 
 
 @dataclass
