@@ -65,8 +65,8 @@ def main() -> None:
     source = os.environ.get("ATTNLAB_TINYSTORIES")
     if not source:
         raise SystemExit("set ATTNLAB_TINYSTORIES to the TinyStories folder (../shared/data/tinystories)")
-    tokenized: dict[str, object] = {}  # one tokenization per tokenizer, shared by its recipes
-    vocabulary = word_set(prepare_data(source, "bytes").corpus.train.chunks())
+    tokenized = {"bytes": prepare_data(source, "bytes")}  # one tokenization per tokenizer, shared by its recipes
+    vocabulary = word_set(tokenized["bytes"].corpus.train.chunks())
     recipes = [_parse(r) for r in args.recipes]
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in recipes}
     for r in range(args.rounds):
