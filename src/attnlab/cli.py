@@ -390,7 +390,7 @@ def _seq2seq_attention(args: argparse.Namespace) -> int:
     """The encoder-decoder's three attentions for --prompt as the source and its greedy translation (or
     --target) as the target: OUT-encoder, OUT-decoder and OUT-cross pictures."""
     from .inspect.pictures import attention_figure
-    from .models.seq2seq import attention_prefix
+    from .models.seq2seq import attention_names
 
     if args.html or args.head:
         raise AttnlabError("an encoder-decoder run draws all its heads as pictures: drop --html and --head")
@@ -403,8 +403,7 @@ def _seq2seq_attention(args: argparse.Namespace) -> int:
         ("cross", reads, sources, False, "cross-attention: where in the source each target position looks"),
     ):
         stack = model.encoder if kind == "encoder" else model.decoder
-        keys_letter = "S" if kind == "cross" else "K"
-        weights = [cache[f"{attention_prefix(kind, i)}weights_BHL{keys_letter}"][0] for i in range(len(stack))]
+        weights = [cache[attention_names(kind, i)[3]][0] for i in range(len(stack))]
         path = out.with_name(f"{out.stem}-{kind}{out.suffix}")
         print(attention_figure(weights, queries, path, keys=keys, causal=causal, title=f"{what} ({args.prompt!r})"))
     return 0

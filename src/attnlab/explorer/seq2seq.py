@@ -16,7 +16,7 @@ import torch
 from ..errors import AttnlabError
 from ..inspect.params import group_totals, param_breakdown
 from ..inspect.trace import trace_seq2seq
-from ..models.seq2seq import ATTENTIONS, attention_prefix
+from ..models.seq2seq import ATTENTIONS, attention_names, attention_prefix
 from ..seq2seq_run import Seq2SeqRun, source_and_reading
 from ..tasks import held_out_pairs
 from .payloads import MAX_PROMPT_CHARS, THUMB, trace_payload
@@ -43,7 +43,7 @@ class Seq2SeqView:
         model = self.run.model
         src, tgt = source_and_reading(self.run, source)
         device = next(model.parameters()).device
-        names = [n for kind in ATTENTIONS for layer in range(self.layers(kind)) for n in self.names(kind, layer)]
+        names = [n for kind in ATTENTIONS for layer in range(self.layers(kind)) for n in attention_names(kind, layer)]
         _, cache = model.run_with_cache(torch.tensor([src], device=device), torch.tensor([tgt], device=device), names)
         self._last = (source, (src, tgt, cache))
         return self._last[1]
@@ -54,11 +54,6 @@ class Seq2SeqView:
     def layers(self, kind: str) -> int:
         attention_prefix(kind, 0)  # an unknown kind is named there
         return len(self.run.model.encoder if kind == "encoder" else self.run.model.decoder)
-
-    def names(self, kind: str, layer: int) -> list[str]:
-        """The cache names of one layer's q, k, v and weights for `kind`."""
-        p, K = attention_prefix(kind, layer), "S" if kind == "cross" else "K"
-        return [p + "q_BHLD", p + f"k_BH{K}D", p + f"v_BH{K}D", p + f"weights_BHL{K}"]
 
     def _check_head(self, kind: str, layer: int, head: int) -> None:
         n_layers, n_heads = self.layers(kind), self.run.model.config.n_heads
@@ -77,7 +72,7 @@ def overview(view: Seq2SeqView, source: str, kind: str = "cross") -> dict[str, A
     rows, cols = min(len(queries), THUMB), min(len(keys), THUMB)
     thumbs = []
     for layer in range(n_layers):
-        w_HLK = cache[view.names(kind, layer)[3]][0].float().cpu()
+        w_HLK = cache[attention_names(kind, layer)[3]][0].float().cpu()
         if w_HLK.shape[-2:] != (rows, cols):
             w_HLK = torch.nn.functional.adaptive_max_pool2d(w_HLK[None], (rows, cols))[0]
         thumbs.append([(w_LK * 255).round().to(torch.uint8).numpy().tobytes() for w_LK in w_HLK])
@@ -103,7 +98,7 @@ def overview(view: Seq2SeqView, source: str, kind: str = "cross") -> dict[str, A
 def _one_head(view: Seq2SeqView, source: str, kind: str, layer: int, head: int) -> list[torch.Tensor]:
     view._check_head(kind, layer, head)
     cache = view.read(source)[2]
-    return [cache[name][0, head].float().cpu() for name in view.names(kind, layer)]
+    return [cache[name][0, head].float().cpu() for name in attention_names(kind, layer)]
 
 
 def head(view: Seq2SeqView, source: str, kind: str, layer: int, head: int) -> bytes:

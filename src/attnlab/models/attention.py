@@ -166,8 +166,13 @@ class MaskedAttention(CausalSelfAttention):
 
     def __init__(self, cfg: ModelConfig, kind: str) -> None:
         super().__init__(cfg)
-        self.kind, self.keys = kind, "S" if kind == "cross" else "K"
+        self.kind, self.keys = kind, self.keys_of(kind)
         self.k_name, self.v_name = f"k_BH{self.keys}D", f"v_BH{self.keys}D"
+
+    @staticmethod
+    def keys_of(kind: str) -> str:
+        """The letter of the key positions in the hook names: S (source) for cross-attention, else K."""
+        return "S" if kind == "cross" else "K"
 
     def hook_names(self) -> list[str]:
         K = self.keys

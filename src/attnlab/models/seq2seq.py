@@ -45,6 +45,12 @@ def attention_prefix(kind: str, layer: int) -> str:
     )
 
 
+def attention_names(kind: str, layer: int) -> list[str]:
+    """The hook names of one layer's queries, keys, values and weights for the attention `kind`."""
+    p, K = attention_prefix(kind, layer), MaskedAttention.keys_of(kind)
+    return [p + "q_BHLD", p + f"k_BH{K}D", p + f"v_BH{K}D", p + f"weights_BHL{K}"]
+
+
 def padding_mask_B11S(ids_BS: torch.Tensor) -> torch.Tensor:
     """(B, 1, 1, S): True at the positions that are not padding, the keys any query may attend to."""
     return (ids_BS != PAD)[:, None, None, :]
