@@ -7,6 +7,7 @@ class made safe.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,7 @@ def test_a_bad_number_is_one_line_and_exit_2(tmp_path, ckpt, capsys, args, words
         {"steps": 10, "beta2": 1.0},
         {"steps": 10, "eval_every_s": math.nan},
         {"steps": 10, "seed": -3},
+        {"steps": 10, "grad_accum": 10**30},  # a step's micro-batches are drawn at once: no memory holds them
     ],
 )
 def test_the_library_refuses_the_same_numbers(fields):
@@ -109,6 +111,7 @@ WRITERS = {
     "prepare": (["prepare", "builtin"], "--out", "file"),
     "export": (["export", "{ckpt}"], "--hf", "dir"),
     "notebook": (["notebook"], "--out", "dir"),
+    "seq2seq train": (["seq2seq", "train", "--task", "copy", "--steps", "1"], "--out", "dir"),
 }
 OUTPUT_CASES = [
     (name, [*args, flag, target], words)
@@ -121,6 +124,8 @@ OUTPUT_CASES = [
 ] + [
     ("picture suffix", ["attention", "--random", "--prompt", "hi", "--out", "{tmp}/p.bmp"], "pictures are written as"),
     ("embeddings suffix", ["embeddings", "--random", "--out", "{tmp}/p.gif"], "pictures are written as"),
+    ("name too long", ["train", "--steps", "1", "--out", "{tmp}/" + "a" * 300], "longer than file systems take"),
+    ("picture name too long", ["embeddings", "--random", "--out", "{tmp}/" + "é" * 200], "name of 400"),
 ]
 
 
@@ -134,6 +139,60 @@ def test_a_bad_output_path_is_refused_before_any_work(tmp_path, ckpt, capsys, na
     code, out, err = run_cli([a.format(tmp=tmp_path, ckpt=ckpt) for a in args], capsys)
     assert code == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
     assert {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")} == before
+
+
+# A place where nothing can be created though the permission bits say yes (to root, /proc is "writable"):
+# found by creating a file there before any work, for every verb that writes.
+SUFFIXES = {"attention png": ".png", "attention html": ".html", "embeddings": ".png", "bench": ".json"}
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_an_output_that_cannot_be_created_is_refused_before_any_work(tmp_path, ckpt, capsys, name):
+    args, flag, kind = WRITERS[name]
+    target = "/proc/attnlab-test" + SUFFIXES.get(name, ".bin" if name == "prepare" else "")
+    code, out, err = run_cli([a.format(tmp=tmp_path, ckpt=ckpt) for a in [*args, flag, target]], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    said = "nothing can be created in /proc (" in err or "/proc is not writable" in err  # root, or not
+    assert f"{flag} {target}: " in err and said, err
+    assert out == "" and list(tmp_path.iterdir()) == [] and not Path(target).exists()
+
+
+def test_every_flag_that_writes_is_checked_and_in_the_output_tables():
+    """A verb's output flags (--out, --html, --hf, or a help that says it writes or names a folder) are
+    each checked by cli.OUTPUTS before any work and have rows above: a new one must join both."""
+    import argparse
+
+    from attnlab.cli import OUTPUTS, build_parser
+
+    def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    rows = {(" ".join(args[:2]) if args[0] == "seq2seq" else args[0], flag) for args, flag, _ in WRITERS.values()}
+    found = set()
+    for verb, parser in subparsers(build_parser()).items():
+        for name, nested in subparsers(parser).items() or [(None, parser)]:
+            for action in nested._actions:
+                words = (action.help or "").lower()
+                writes = action.dest in ("out", "html", "hf") or any(w in words for w in ("write", "folder", "go here"))
+                if not action.option_strings or not writes or action.dest == "data":
+                    continue
+                flag, where = action.option_strings[-1], f"{verb} {name}" if name else verb
+                found.add((where, flag))
+                assert action.dest in [attr for attr, _ in OUTPUTS.get(verb, [])], f"{where} {flag}: not in cli.OUTPUTS"
+                assert (where, flag) in rows, f"{where} {flag} is not in WRITERS"
+    assert rows <= found and len(found) >= 11, (rows - found, found)
+
+
+def test_checking_an_output_folder_leaves_no_trace(tmp_path):
+    from attnlab.runtime import check_output
+
+    (tmp_path / "run").mkdir()
+    before = [(p, p.stat().st_mtime_ns) for p in (tmp_path, tmp_path / "run")]
+    assert check_output(str(tmp_path / "run"), "--out", "dir") == tmp_path / "run"
+    assert check_output(str(tmp_path / "new" / "x.png"), "--out", "picture") == tmp_path / "new" / "x.png"
+    assert [(p, p.stat().st_mtime_ns) for p in (tmp_path, tmp_path / "run")] == before
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "run"]
 
 
 def test_a_picture_without_a_suffix_is_written_as_png_and_that_path_printed(tmp_path, capsys):

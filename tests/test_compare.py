@@ -30,11 +30,35 @@ def test_several_varies_make_a_grid_or_one_at_a_time() -> None:
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("n_heads", "expected FIELD=v1,v2"), ("n_heads=", "expected FIELD"), ("a:b=1:2,3", "has 1 values for 2 fields")],
+    [
+        ("n_heads", "expected FIELD=v1,v2"),
+        ("n_heads=", "expected FIELD"),
+        ("a:b=1:2,3", "has 1 values for 2 fields"),
+        ("n_heads:n_heads=1:2", "names n_heads twice"),
+        ("n_heads:head_dim: n_heads=1:8:2", "names n_heads twice"),
+    ],
 )
 def test_bad_vary_specs(spec: str, message: str) -> None:
     with pytest.raises(AttnlabError, match=message):
         parse_vary(spec)
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [["n_heads=1,2", "n_heads=4"], ["n_heads:head_dim=1:8,2:4", "head_dim=4,8"], ["bias=true", "n_heads=2", "bias=0"]],
+)
+def test_a_field_in_two_varies_of_a_grid_is_refused_not_overwritten(specs: list[str]) -> None:
+    with pytest.raises(AttnlabError, match=r"is varied by --vary '.*' too; give all its values in one --vary"):
+        variants(specs)
+
+
+def test_one_at_a_time_may_vary_a_field_in_two_options() -> None:
+    """Each option varies alone there, so nothing is overwritten: the values of both are trained."""
+    assert variants(["n_heads=1,2", "n_heads=4"], one_at_a_time=True) == [
+        {"n_heads": "1"},
+        {"n_heads": "2"},
+        {"n_heads": "4"},
+    ]
 
 
 def test_compare_trains_each_variant_and_skips_finished_ones(corpus_file: Path, tmp_path: Path) -> None:

@@ -105,3 +105,34 @@ def test_bin_without_metadata_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.bin").write_bytes(b"\x00\x01")
     with pytest.raises(AttnlabError, match="attnlab prepare"):
         prepare_data(str(tmp_path / "x.bin"))
+
+
+@pytest.mark.parametrize("lines", [1, 2, 10])
+def test_a_text_too_short_to_split_says_how_long_it_must_be_and_leaves_nothing(tmp_path: Path, capsys, lines) -> None:
+    """Validation is what starts in the last 10%: 10 equal lines leave none there (the 10th ends the file)."""
+    (tmp_path / "t.txt").write_text("".join(f"line number {i:03d} here.\n" for i in range(lines)))
+    code, out, err = run_cli(["prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "out" / "t.bin")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "too short" in err and "at least 10 times as long as its last story or line" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]  # not even the --out folder
+
+
+def test_eleven_equal_lines_are_long_enough_to_split(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("".join(f"line number {i:03d} here.\n" for i in range(11)))
+    meta = prep.prepare(str(tmp_path / "t.txt"), tmp_path / "t.bin")
+    assert (meta["train"]["tokens"], meta["valid"]["tokens"]) == (220, 22)
+
+
+@pytest.mark.parametrize("name", ["bytes", "char", "bpe:300"])
+def test_a_tokenizer_named_as_the_token_files_own_is_accepted(corpus_file: Path, tmp_path: Path, name) -> None:
+    prep.prepare(str(corpus_file), tmp_path / "c.bin", name)
+    named, own = prepare_data(str(tmp_path / "c.bin"), name), prepare_data(str(tmp_path / "c.bin"))
+    assert named.tokenizer.to_dict() == own.tokenizer.to_dict() and own.tokenizer.name == name
+
+
+@pytest.mark.parametrize("other", ["bytes", "codepoint", "codepoint:300", "bpe:4096"])
+def test_another_tokenizer_than_the_token_files_own_is_refused(corpus_file: Path, tmp_path: Path, other) -> None:
+    prep.prepare(str(corpus_file), tmp_path / "c.bin", "bpe:300")
+    words = f"--tokenizer {other}: .* made by the bpe:300 tokenizer \\(attnlab prepare\\); drop --tokenizer"
+    with pytest.raises(AttnlabError, match=words):
+        prepare_data(str(tmp_path / "c.bin"), other)

@@ -155,6 +155,32 @@ ROWS += [
     ("compare --batch-size 10**9", [*BASE["compare"], "--batch-size", str(10**9)], "GiB"),
     ("bench --batch-size 10**9", [*BASE["bench"], "--batch-size", str(10**9)], "GiB"),
     ("train --set max_len=10**8", [*BASE["train"], "--set", f"max_len={10**8}"], "GiB"),
+    # --grad-accum: a step draws all its micro-batches at once (refused with the model, or at any length).
+    ("train --grad-accum 10**8", [*BASE["train"], "--grad-accum", str(10**8)], "use a smaller --grad-accum"),
+    ("lab --grad-accum 10**8", [*BASE["lab"], "--grad-accum", str(10**8)], "use a smaller --grad-accum"),
+    ("train --grad-accum 10**30", [*BASE["train"], "--grad-accum", str(10**30)], "at any length"),
+    ("lab --grad-accum 10**30", [*BASE["lab"], "--grad-accum", str(10**30)], "at any length"),
+    ("compare --grad-accum 10**30", [*BASE["compare"], "--grad-accum", str(10**30)], "at any length"),
+    (
+        "resume --grad-accum 10**8",
+        ["train", "--resume", "--steps", "9", "--grad-accum", str(10**8), "--out", "{run}"],
+        "use a smaller --grad-accum",
+    ),
+    # n_vocab follows the tokenizer: fewer ids would index past the embedding, more make an unloadable run.
+    ("train --set n_vocab=100", [*BASE["train"], "--set", "n_vocab=100"], "has 256 ids and n_vocab must be 256"),
+    ("train --set n_vocab=300", [*BASE["train"], "--set", "n_vocab=300"], "has 256 ids and n_vocab must be 256"),
+    (
+        "train char --set n_vocab=2",
+        [*BASE["train"], "--tokenizer", "char", "--set", "n_vocab=2"],
+        "the char tokenizer has",
+    ),
+    # compare --vary naming one field twice would train one of its values only.
+    ("compare --vary twice", [*BASE["compare"], "--vary", "n_heads=8"], "n_heads is varied by --vary 'n_heads=2,4'"),
+    (
+        "compare --vary a:a",
+        ["compare", "--vary", "n_heads:n_heads=1:2", "--steps", "1", "--out", "{tmp}/c"],
+        "names n_heads twice",
+    ),
     ("bench gpt3-175b", ["bench", "--preset", "gpt3-175b", "--budget", "0.1"], "GiB"),
     (
         "embeddings --random gpt3-175b",
@@ -271,6 +297,17 @@ for kind, (path, words) in DATA.items():
         ROWS.append(
             (f"{verb} --data {kind}", make(path), "NUL bytes" if verb == "prepare" and ".bin" in path else words)
         )
+ROWS.append(("prepare too short to split", ["prepare", "{files}/two_lines.txt", "--out", "{tmp}/d.bin"], "too short"))
+# --tokenizer with token files, which carry their own: another one is refused, not dropped.
+for verb in ("train", "lab", "compare"):
+    for file, other in (("char", "bytes"), ("bytes", "char"), ("bytes", "bpe:300"), ("bytes", "codepoint")):
+        ROWS.append(
+            (
+                f"{verb} --data {file}.bin --tokenizer {other}",
+                [*BASE[verb], "--data", "{files}/" + file + ".bin", "--tokenizer", other],
+                f"made by the {file} tokenizer",
+            )
+        )
 ROWS += [
     ("eval --data bin of another tokenizer", [*BASE["eval"], "--data", "{files}/char.bin"], "not the model's"),
     (
@@ -300,6 +337,8 @@ CRAFTED = {
     "state not json": "not valid JSON",
     "state a list": "not an object",
     "format from the future": "from a newer attnlab",
+    "weights hold nan": "blocks.0.attn.w_q.weight holds 1 NaN of its 640 values",
+    "weights hold infinity": "final_ln.weight holds 2 infinities of its 32 values",
 }
 LOADERS = {
     "generate": lambda c: ["generate", c, "--prompt", "Once", "--max-new-tokens", "2"],
@@ -317,6 +356,8 @@ for kind, words in CRAFTED.items():
     for verb, make in LOADERS.items():
         if verb == "train --resume" and kind == "a file":
             words = "is a file; give a folder"  # refused as an output folder before it is read
+        if verb == "params" and kind.startswith("weights hold"):
+            continue  # params reads the config and the weights' header only: their values do not matter to it
         ROWS.append((f"{verb} {kind}", make("{crafted}/" + kind.replace(" ", "_")), words))
 
 # Resuming a run as something it is not, or from state that is not a run's.
@@ -369,6 +410,7 @@ def _write_data_files(files: Path) -> None:
         ("Café, crème brûlée, déjà vu. " * 40 + "\n<|endoftext|>\n").encode("latin-1") * 3
     )
     (files / "one.txt").write_text("Only one story, on one line.")
+    (files / "two_lines.txt").write_text("Hello there.\nA second line.\n")  # a boundary, but none in the last 10%
     (files / "no_text").mkdir()
     (files / "no_text" / "notes.md").write_text("# not a .txt")
     (files / "lonely.bin").write_bytes(b"\x00\x01" * 10)
@@ -413,6 +455,14 @@ def _craft(crafted: Path, good: Path, other: Path) -> None:
     change_json("weights_of_another_shape", "config.json", lambda m: m | {"model": m["model"] | {"emb_dim": 48}})
     path = copy("weights_missing_a_tensor") / "model.safetensors"
     save_file({k: v for k, v in load_file(path).items() if k != "final_ln.bias"}, path)
+    for name, tensor, values in (
+        ("weights_hold_nan", "blocks.0.attn.w_q.weight", [float("nan")]),
+        ("weights_hold_infinity", "final_ln.weight", [float("inf"), -float("inf")]),
+    ):
+        path = copy(name) / "model.safetensors"
+        weights = load_file(path)
+        weights[tensor].view(-1)[: len(values)] = torch.tensor(values)
+        save_file(weights, path)
     copy("state_not_json").joinpath("state.json").write_text("{")
     change_json("state_a_list", "state.json", lambda s: [s])
     change_json("state_missing_train", "state.json", lambda s: {k: v for k, v in s.items() if k != "train"})
@@ -504,3 +554,36 @@ def test_a_saved_model_without_state_still_loads(places):
 
     ckpt = load_checkpoint(Path(places["crafted"]) / "no_state")
     assert ckpt.state == {} and torch.isfinite(next(ckpt.model.parameters())).all()
+
+
+def test_an_encoder_decoder_with_a_nan_weight_is_one_line_in_every_verb_that_loads_it(tmp_path, capsys):
+    """Encoder-decoder runs load through the same `read_weights` as language models."""
+    train = ["seq2seq", "train", "--task", "copy", "--steps", "1", "--set", "n_layers=1", "--set", "n_enc_layers=1"]
+    assert run_cli([*train, "--out", str(tmp_path / "s")], capsys)[0] == 0
+    path = tmp_path / "s" / "checkpoint" / "model.safetensors"
+    weights = load_file(path)
+    weights["decoder.0.cross.w_k.weight"].view(-1)[5] = float("nan")
+    save_file(weights, path)
+    before = _snapshot(tmp_path)
+    run_dir = str(tmp_path / "s")
+    for argv in (
+        ["seq2seq", "eval", run_dir],
+        ["seq2seq", "translate", run_dir, "--text", "abc"],
+        ["trace", run_dir, "--prompt", "ab"],
+        ["attention", run_dir, "--prompt", "ab", "--out", str(tmp_path / "a.png")],
+    ):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and "decoder.0.cross.w_k.weight holds 1 NaN" in err, (argv, err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_finite_weights_whose_sum_overflows_still_load(places, tmp_path):
+    """NaN and infinity are found by a sum first (fast); finite values that overflow it are checked exactly."""
+    from attnlab import load_checkpoint
+
+    shutil.copytree(Path(places["run"]) / "checkpoint", tmp_path / "checkpoint")
+    path = tmp_path / "checkpoint" / "model.safetensors"
+    weights = load_file(path)
+    weights["final_ln.weight"].fill_(3e38)  # 32 x 3e38 is inf in float32; each value is finite
+    save_file(weights, path)
+    assert torch.equal(load_checkpoint(tmp_path).model.final_ln.weight, torch.full((32,), 3e38))

@@ -146,7 +146,7 @@ def _run_options(args: argparse.Namespace, default_max_time: float) -> dict[str,
         "max_time": args.max_time if args.max_time is not None else (None if args.steps else default_max_time),
         "steps": args.steps,
         "preset": args.preset or "small",
-        "tokenizer": args.tokenizer or "bytes",
+        "tokenizer": args.tokenizer,  # None: bytes, or a token file's own (another is refused)
         "seed": args.seed or 0,
         "device": args.device or "auto",
         "train_overrides": overrides,
@@ -178,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run.start(
             args.out,
             data=args.data or "builtin",
-            tokenizer=args.tokenizer or "bytes",
+            tokenizer=args.tokenizer,
             model=args.model or "transformer",
             preset=args.preset or "small",
             config=_parse_sets(args.set),
@@ -569,10 +569,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         gen_max_len=args.gen_max_len,
         log=log,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        Path(args.out).with_suffix(".md").write_text(markdown_table(result) + "\n")
+    if args.out:  # checked before the benchmark ran (_check_outputs); written whole or not at all
+        from .runtime import write_text_atomically
+
+        write_text_atomically(Path(args.out), json.dumps(result, indent=2))
+        write_text_atomically(Path(args.out).with_suffix(".md"), markdown_table(result) + "\n")
     print(json.dumps(result) if args.format == "json" else "\n" + markdown_table(result))
     return 0
 

@@ -35,6 +35,8 @@ def parse_vary(spec: str) -> list[Variant]:
     fields = [f.strip() for f in names.split(":")]
     if not sep or not all(fields) or not values.strip():
         raise AttnlabError(f"--vary {spec!r}: expected FIELD=v1,v2 (or FIELD1:FIELD2=a1:b1,a2:b2)")
+    if twice := next((f for i, f in enumerate(fields) if f in fields[:i]), None):
+        raise AttnlabError(f"--vary {spec!r}: names {twice} twice; name each field once (FIELD1:FIELD2=a1:b1,a2:b2)")
     out = []
     for value in values.split(","):
         parts = value.strip().split(":")
@@ -49,6 +51,16 @@ def variants(specs: list[str], one_at_a_time: bool = False) -> list[Variant]:
     axes = [parse_vary(s) for s in specs]
     if not axes:
         raise AttnlabError("give at least one --vary FIELD=v1,v2")
+    if not one_at_a_time:  # a grid: a field in two options would take one option's values, silently
+        named: dict[str, str] = {}
+        for spec, axis in zip(specs, axes, strict=True):
+            for name in axis[0]:
+                if name in named:
+                    raise AttnlabError(
+                        f"--vary {spec!r}: {name} is varied by --vary {named[name]!r} too; give all its values in "
+                        f"one --vary {name}=v1,v2,... (or add --one-at-a-time to vary each option alone)"
+                    )
+                named[name] = spec
     if one_at_a_time:
         seen, out = set(), []
         for axis in axes:

@@ -20,6 +20,7 @@ from .builtin_corpus import builtin_stories
 from .errors import AttnlabError
 from .runtime import cache_dir, notice
 from .tokenizers import ENDOFTEXT, Tokenizer, describe_unencodable, make_tokenizer
+from .tokenizers.bpe import parse_bpe_spec
 from .tokens import TokenStream, cached_tokens, check_text, dropped_chars, read_chunks, read_token_files
 
 HUB_REPO = "roneneldan/TinyStories"
@@ -223,6 +224,12 @@ class Batches:
         self.generator.set_state(state)
 
 
+def batch_bytes(sequences: int, max_len: int) -> int:
+    """About the memory `Batches.next` takes to draw `sequences` windows at once (a step's, all its
+    micro-batches): int64 offsets into the tokens, then each window of max_len + 1 ids and its int64 copy."""
+    return sequences * (max_len + 1) * 8 * 3
+
+
 @dataclass
 class Prepared:
     """A corpus tokenized for training: the tokenizer and both splits as token streams."""
@@ -243,15 +250,38 @@ class Prepared:
         }
 
 
-def prepare_data(source: str, tokenizer: str | Tokenizer = "bytes") -> Prepared:
-    """Load a `--data` source and tokenize both splits (a checkpoint's tokenizer can be passed in)."""
+def prepare_data(source: str, tokenizer: str | Tokenizer | None = None) -> Prepared:
+    """Load a `--data` source and tokenize both splits (a checkpoint's tokenizer can be passed in).
+
+    `tokenizer` None: bytes for text, and token files' own. Token files (FILE.bin) carry the tokenizer that
+    made them, so a name of another is refused rather than dropped; a Tokenizer passed in is left to the
+    caller to compare (resuming and `eval` say which run it belongs to)."""
     if source.endswith(".bin"):  # token files written by `attnlab prepare`: nothing to tokenize
         tok, train, valid = read_token_files(source)
+        if isinstance(tokenizer, str):
+            _check_same_tokenizer(tokenizer, tok, source)
         return Prepared(Corpus(source, TextSplit(path=Path(source)), TextSplit(path=Path(source))), tok, train, valid)
     corpus = load_corpus(source)
+    tokenizer = "bytes" if tokenizer is None else tokenizer
     tok = build_tokenizer(tokenizer, corpus) if isinstance(tokenizer, str) else tokenizer
     train = encode_split(corpus.train, tok, f"{source} train")
     valid = encode_split(corpus.valid, tok, f"{source} valid")
     if len(valid.tokens) < 2:
         raise AttnlabError(f"{source}: the validation split is empty; give more text")
     return Prepared(corpus, tok, train, valid)
+
+
+def _check_same_tokenizer(name: str, tok: Tokenizer, source: str) -> None:
+    """`--tokenizer NAME` with token files made by `tok`: the same one (any `char` table counts, as it is
+    learned from the text; `bpe:N` must be the file's N), or one line saying the tokens were made by another."""
+    if name.startswith("bpe"):
+        same = tok.name == f"bpe:{parse_bpe_spec(name)}"  # a badly written size is refused as always
+    elif name == "char":
+        same = tok.name == "char"
+    else:
+        same = make_tokenizer(name).to_dict() == tok.to_dict()  # bytes, codepoint[:N]; an unknown name is refused
+    if not same:
+        raise AttnlabError(
+            f"--tokenizer {name}: {source} holds tokens made by the {tok.name} tokenizer (attnlab prepare); "
+            f"drop --tokenizer to train on them, or prepare the text again with --tokenizer {name}"
+        )

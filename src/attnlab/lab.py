@@ -81,7 +81,7 @@ def run_lab(
     out: str | Path = "runs/lab",
     max_time: float | None = DEFAULT_MAX_TIME,
     preset: str | None = None,
-    tokenizer: str = "bytes",
+    tokenizer: str | None = None,  # bytes; token files (FILE.bin) bring their own
     seed: int = 0,
     device: str = "auto",
     steps: int | None = None,
@@ -118,7 +118,7 @@ def run_lab(
     tcfg.validate()  # before the data is loaded: a bad setting fails at once
     for kind in ("mlp", "transformer"):  # and both models must fit before the first one trains
         cfg = preset_config(preset, model=kind).with_overrides(transformer if kind == "transformer" else {})
-        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size)
+        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
     vocabulary = word_set(prepared.corpus.train.chunks()) if prepared.corpus.train.text is not None else None

@@ -24,16 +24,20 @@ def _byte_ranges(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     size = path.stat().st_size
     if size == 0:
         raise AttnlabError(f"{path}: the file is empty; give a text with at least a few stories")
+    start = int(size * (1 - VALID_FRACTION))
     with open(path, "rb") as f:
-        f.seek(int(size * (1 - VALID_FRACTION)))
+        f.seek(start)
         window = f.read(1 << 20)
     sep = (ENDOFTEXT + "\n").encode()
     at = window.find(sep)
     cut = at + len(sep) if at >= 0 else window.find(b"\n") + 1
-    if cut <= 0:
-        raise AttnlabError(f"{path}: no story or line boundary in the last 10%; cannot split train and validation")
-    split = int(size * (1 - VALID_FRACTION)) + cut
-    return (0, split), (split, size)
+    if cut <= 0 or (start + len(window) == size and not window[cut:].strip()):  # no validation text
+        raise AttnlabError(
+            f"{path}: too short, cannot split its {size:,} bytes into train and validation: validation is the "
+            "stories (or lines) that start in the last 10%, and none does; give a text at least 10 times as long "
+            "as its last story or line (a dozen stories or more)"
+        )
+    return (0, start + cut), (start + cut, size)
 
 
 class _ByteRange(TextSplit):
@@ -53,13 +57,13 @@ def prepare(source: str, out: str | Path, tokenizer: str = "bytes") -> dict[str,
     out = Path(out)
     if out.suffix != ".bin":
         raise AttnlabError(f"--out {out}: give a file name ending in .bin")
-    out.parent.mkdir(parents=True, exist_ok=True)
     valid_out = out.with_suffix(".valid.bin")
     path = Path(source).expanduser()
     if path.is_file():
         check_text(path)  # what `train --data FILE` refuses, prepare refuses too
         train_range, valid_range = _byte_ranges(path)
         tok = build_tokenizer(tokenizer, Corpus(source, _ByteRange(path, train_range), TextSplit(text="")))
+        out.parent.mkdir(parents=True, exist_ok=True)  # once the input is known to be good: nothing left behind
         train = write_token_file(path, train_range, tok, out, "train")
         valid = write_token_file(path, valid_range, tok, valid_out, "valid")
     else:
@@ -70,6 +74,7 @@ def prepare(source: str, out: str | Path, tokenizer: str = "bytes") -> dict[str,
                 "tinystories / tinystories-full"
             )
         tok = build_tokenizer(tokenizer, corpus)
+        out.parent.mkdir(parents=True, exist_ok=True)
         train = write_token_file(corpus.train.path, (0, corpus.train.path.stat().st_size), tok, out, "train")
         # The validation split is a separate, small file, already in memory.
         stream = encode_split(corpus.valid, tok, f"{source} valid")

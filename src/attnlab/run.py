@@ -27,7 +27,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CONFIG, Checkpoint, load_checkpoint
-from .data import Prepared, check_length, prepare_data
+from .data import Prepared, batch_bytes, check_length, prepare_data
 from .errors import AttnlabError
 from .inspect.params import param_count
 from .models import ModelConfig, build_model, preset_config
@@ -45,9 +45,10 @@ def activation_bytes(cfg: ModelConfig, batch_size: int) -> int:
     return batch_size * L * per_token * 4
 
 
-def check_fits(cfg: ModelConfig, training: bool, batch_size: int = 0) -> None:
+def check_fits(cfg: ModelConfig, training: bool, batch_size: int = 0, grad_accum: int = 1) -> None:
     """Refuse, before anything is allocated, a model whose fp32 weights (and, to train, gradients, two
-    AdamW moments and a batch's activations) exceed this machine's memory: it would hang or be killed."""
+    AdamW moments, a micro-batch's activations and the step's token ids, all `grad_accum` micro-batches
+    drawn at once) exceed this machine's memory: it would hang or be killed."""
     n = param_count(cfg)
     need = n * 4 * (4 if training else 1)
     have = memory_limit()
@@ -62,13 +63,20 @@ def check_fits(cfg: ModelConfig, training: bool, batch_size: int = 0) -> None:
             f"{act / 2**30:,.1f} GiB of activations, more than the {have / 2**30:,.1f} GiB here; use a smaller "
             "batch (with --grad-accum for the same global batch)"
         )
+    ids = batch_bytes(batch_size * grad_accum, cfg.max_len)  # every micro-batch of a step is drawn at once
+    if batch_size and grad_accum > 1 and need + act + ids > have:
+        raise AttnlabError(
+            f"--grad-accum {grad_accum:,}: a step draws its {batch_size:,} x {grad_accum:,} sequences of "
+            f"{cfg.max_len} tokens at once, about {ids / 2**30:,.1f} GiB besides the model's "
+            f"{(need + act) / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB here; use a smaller --grad-accum"
+        )
 
 
 def start(
     out_dir: str | Path,
     *,
     data: str | Prepared = "builtin",
-    tokenizer: str = "bytes",
+    tokenizer: str | None = None,
     model: str = "transformer",
     preset: str = "small",
     config: ModelConfig | dict[str, Any] | None = None,
@@ -79,8 +87,9 @@ def start(
 ) -> TrainResult:
     """Train a new model in `out_dir` (anything there from an earlier run is replaced).
 
-    `data` is a `--data` source (tokenized with `tokenizer`) or data already prepared (a `Prepared`,
-    so several runs can share one tokenization). The model is the `preset`'s `model`, with the fields
+    `data` is a `--data` source (tokenized with `tokenizer`, by default bytes; token files bring their
+    own, and refuse another) or data already prepared (a `Prepared`, so several runs can share one
+    tokenization). The model is the `preset`'s `model`, with the fields
     in `config` changed, or `config` itself when it is a `ModelConfig`; its vocabulary is the
     tokenizer's. `train_fields` are `TrainConfig` fields: a budget (`steps`, `max_time`) and any of
     `seed`, `device`, `lr`, `batch_size`, `optimizer`, ... `run_info` is kept in the checkpoint's state.
@@ -96,7 +105,17 @@ def start(
             cfg = dataclasses.replace(config, n_vocab=n_vocab)
         else:
             cfg = preset_config(preset, model=model, n_vocab=n_vocab).with_overrides(config or {})
-        check_fits(cfg, training=True, batch_size=tcfg.batch_size)
+        if cfg.n_vocab != n_vocab:  # fewer: an IndexError at the first batch; more: a checkpoint none can load
+            why = (
+                "its larger ids would have no embedding"
+                if cfg.n_vocab < n_vocab
+                else "checkpoints hold a tokenizer of the model's n_vocab, so the run could not be loaded"
+            )
+            raise AttnlabError(
+                f"--set n_vocab={cfg.n_vocab}: the {prepared.tokenizer.name} tokenizer has {n_vocab:,} ids and "
+                f"n_vocab must be {n_vocab:,} ({why}); drop --set n_vocab, it follows the tokenizer"
+            )
+        check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
         check_length(prepared.train, cfg.max_len, "the training split")
         torch.manual_seed(tcfg.seed)
         net = build_model(cfg).to(tcfg.device)
@@ -136,7 +155,7 @@ def resume(
     _check_same(ckpt, saved, {**(same_as or {}), "optimizer": train_fields.get("optimizer")}, out_dir)
     tcfg = dataclasses.replace(saved.train, **train_fields)
     tcfg.validate()
-    check_fits(ckpt.model.config, training=True, batch_size=tcfg.batch_size)
+    check_fits(ckpt.model.config, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
     with _processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
         world = distributed.world_size()
         if world != saved.world_size and "batch_size" not in train_fields:

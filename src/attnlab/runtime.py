@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -212,6 +213,7 @@ def memory_limit() -> int:
 
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in a file name and in a path on Linux and macOS file systems
 
 
 def check_output(text: str, flag: str, kind: str) -> Path:
@@ -226,6 +228,12 @@ def check_output(text: str, flag: str, kind: str) -> Path:
     if "\x00" in text:
         raise AttnlabError(f"{flag} {text!r}: a path cannot hold a NUL character")
     path = Path(text)
+    longest = max((os.fsencode(part) for part in path.parts), key=len)
+    if len(longest) > NAME_MAX or len(os.fsencode(text)) >= PATH_MAX:
+        raise AttnlabError(
+            f"{flag}: a path of {len(os.fsencode(text))} bytes with a name of {len(longest)}, longer than file "
+            f"systems take ({NAME_MAX} a name, {PATH_MAX - 1} a path); give a shorter one"
+        )
     if kind != "dir" and path.is_dir():
         raise AttnlabError(f"{flag} {path} is a folder; give a file name")
     if kind == "picture":
@@ -243,5 +251,23 @@ def check_output(text: str, flag: str, kind: str) -> Path:
                 raise AttnlabError(f"{flag} {path} lies under {place}, which is a file; give another path")
             if not os.access(place, os.W_OK | os.X_OK):
                 raise AttnlabError(f"{flag} {path}: {place} is not writable; give a path you may write to")
+            if why := _cannot_create_in(place):
+                raise AttnlabError(f"{flag} {path}: nothing can be created in {place} ({why}); give another path")
             break
     return path
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be created in the existing `folder`, or None: found by creating and removing an
+    empty file there, since `os.access` says yes to root even where the file system refuses (/proc,
+    /sys). The folder's times are put back, so the check leaves no trace."""
+    try:
+        before = folder.stat()
+        fd, name = tempfile.mkstemp(prefix=".attnlab-check-", dir=folder)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(name)
+    with contextlib.suppress(OSError):
+        os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return None

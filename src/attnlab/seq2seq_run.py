@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from .checkpoint import WEIGHTS, check_checkpoint, save_checkpoint
+from .checkpoint import check_checkpoint, read_weights, save_checkpoint
 from .errors import AttnlabError
 from .models import ModelConfig, Seq2SeqTransformer, preset_config
 from .models.seq2seq import BOS, PAD
@@ -212,7 +211,7 @@ def load_seq2seq(path: str | Path, device: str = "cpu") -> Seq2SeqRun:
     if vocab.n_vocab != cfg.n_vocab:
         raise AttnlabError(f"{ckpt}: a vocabulary of {vocab.n_vocab} tokens for a model of {cfg.n_vocab}")
     model = Seq2SeqTransformer(cfg)
-    model.load_state_dict(load_file(ckpt / WEIGHTS))
+    model.load_state_dict(read_weights(ckpt))
     return Seq2SeqRun(model.to(device).eval(), vocab, state)
 
 

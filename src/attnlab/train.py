@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import distributed, optim
 from .checkpoint import Checkpoint, save_checkpoint
-from .data import Batches, check_length
+from .data import Batches, batch_bytes, check_length
 from .errors import AttnlabError
 from .models import LanguageModel
 from .optim import MuonWithAdamW
@@ -35,6 +35,7 @@ from .runtime import (
     check_dtype,
     check_object,
     field_types,
+    memory_limit,
     notice,
     read_json_lines,
     write_text_atomically,
@@ -105,6 +106,14 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise AttnlabError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        # A step draws all its micro-batches at once: a count that cannot fit even at one token per
+        # sequence is refused here, before any model (run.check_fits weighs it against the model's max_len).
+        if self.grad_accum > 1 and (ids := batch_bytes(self.batch_size * self.grad_accum, 1)) > memory_limit():
+            raise AttnlabError(
+                f"--grad-accum {self.grad_accum:,}: a step draws its {self.batch_size:,} x {self.grad_accum:,} "
+                f"sequences at once, over {ids / 2**30:,.1f} GiB at any length, more than the "
+                f"{memory_limit() / 2**30:,.1f} GiB here; use a smaller --grad-accum"
+            )
         if self.schedule not in optim.SCHEDULES:
             raise AttnlabError(f"--schedule {self.schedule}: choose one of {', '.join(optim.SCHEDULES)}")
         if self.optimizer not in optim.OPTIMIZERS:
