@@ -62,3 +62,29 @@ def run_subprocess(args: list[str], timeout: float = 300, **kw) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "attnlab", *args], capture_output=True, text=True, timeout=timeout, **kw
     )
+
+
+def _lab_run(tmp_path_factory: pytest.TempPathFactory, data: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`attnlab lab --data DATA` with 400 steps per model (about a minute here), in its own folder."""
+    out = tmp_path_factory.mktemp(f"lab-{data}")
+    env = {
+        **os.environ,
+        "ATTNLAB_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "ATTNLAB_THREADS": str(torch.get_num_threads()),
+    }
+    proc = run_subprocess(["lab", "--data", data, "--steps", "400", "--out", str(out)], timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def lab_builtin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One `attnlab lab` run on the built-in corpus, shared by the tests of its numbers and of its page."""
+    return _lab_run(tmp_path_factory, "builtin")
+
+
+@pytest.fixture(scope="session")
+def lab_tinystories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The same on the real TinyStories text (skipped without it)."""
+    tinystories_dir()
+    return _lab_run(tmp_path_factory, "tinystories")

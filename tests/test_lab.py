@@ -1,7 +1,8 @@
 """End to end: `attnlab lab` trains both models and the Transformer wins.
 
 The default budget is 150 s per model; these tests give each model 400 steps instead (about 30 s for
-the Transformer here), so the result does not depend on how busy the machine is.
+the Transformer here; the runs are conftest's `lab_builtin` and `lab_tinystories`, whose pages
+tests/test_pages_browser.py checks), so the result does not depend on how busy the machine is.
 """
 
 import json
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_subprocess, tinystories_dir
+from .conftest import run_subprocess
 
-BUDGET = ["--steps", "400"]
 MIN_MARGIN_BPC = 0.4  # measured: about 1.4 (builtin) and 1.0 (TinyStories) after 400 steps
 
 
@@ -38,19 +38,15 @@ def _check_lab(out: Path, source: str) -> dict:
 
 
 @pytest.mark.slow
-def test_lab_on_the_builtin_corpus_transformer_beats_mlp(tmp_path: Path) -> None:
-    proc = run_subprocess(["lab", "--data", "builtin", *BUDGET, "--out", str(tmp_path)], timeout=600)
-    assert proc.returncode == 0, proc.stderr
+def test_lab_on_the_builtin_corpus_transformer_beats_mlp(lab_builtin) -> None:
+    out, proc = lab_builtin
     assert "report:" in proc.stdout and "better than the MLP" in proc.stdout
-    _check_lab(tmp_path, "builtin")
+    _check_lab(out, "builtin")
 
 
 @pytest.mark.slow
-def test_lab_on_tinystories_transformer_beats_mlp(tmp_path: Path) -> None:
-    tinystories_dir()  # skips without the real text
-    proc = run_subprocess(["lab", "--data", "tinystories", *BUDGET, "--out", str(tmp_path)], timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    metrics = _check_lab(tmp_path, "tinystories")
+def test_lab_on_tinystories_transformer_beats_mlp(lab_tinystories) -> None:
+    metrics = _check_lab(lab_tinystories[0], "tinystories")
     assert metrics["data"]["val_chars"] > 1_000_000
 
 

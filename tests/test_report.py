@@ -52,6 +52,9 @@ def _metrics() -> dict:
         },
         "data": {"source": "builtin", "train_chars": 1200000, "val_chars": 130000},  # no "tokenizer"
         "prompts": ["Once upon a time", "One day, "],
+        "models": ["mlp", "transformer"],
+        # Not a model, though it has a val_bpc (lower than both models'): the report once listed it as the winner.
+        "positions_lesson": {"scheme": "rope", "eval_tokens": 4096, "val_bpc": 1.5, "val_bpc_without_positions": 6.0},
     }
 
 
@@ -74,6 +77,8 @@ def test_write_lab_report(tmp_path):
     assert "12,345" in page and "1,234,567" in page
     assert "2.500" in page and "1.877" in page
     assert "The Transformer wins by <b>0.623 bits per character</b>" in page
+    assert "positions_lesson" not in page and page.count('<div class="samples" style="--columns: 2">') == 2
+    assert "<b>6.00</b> bits per character instead of\n1.50 (first 4,096 validation tokens)" in page
     assert "1,200,000" in page and "130,000" in page
     for sample in ("the mlp rambles on", " there was a cat.", "\nShe went to the park."):
         assert sample in page
@@ -99,3 +104,38 @@ def test_compare_report_shares_the_page_shell_and_escapes_samples(tmp_path):
     assert page.index("n_heads=4") < page.index("n_heads=1")  # best first
     assert "2.000" in page and "1,200,000" in page and "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
     assert (tmp_path / "validation_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_log_rows_say_their_kind_and_old_logs_are_read_by_their_keys():
+    from attnlab.train import log_kind, log_rows
+
+    new = [
+        {"kind": "train", "step": 10, "train_loss": 2.0},
+        {"kind": "eval", "step": 20, "train_loss": 1.9, "val_bpc": 2.5},
+        {"kind": "final", "step": 20, "train_loss": 1.9, "val_bpc": 2.4, "final": True},
+    ]
+    old = [{k: v for k, v in row.items() if k != "kind"} for row in new]
+    assert [log_kind(r) for r in new] == [log_kind(r) for r in old] == ["train", "eval", "final"]
+    assert log_rows(new, "eval") == [new[1]] and log_rows(old, "final") == [old[2]]
+
+
+def test_the_curves_plot_the_evaluations_not_the_final_figure():
+    from attnlab.report import loss_figure, validation_figure
+
+    rows = _curve(3.0, 3.4, 0.2)  # evaluations at steps 0, 50, 100, then the final figure over the whole split
+    evals = [(r["elapsed_s"], r["val_bpc"]) for r in rows[:-1] if "val_bpc" in r]
+    (line,) = validation_figure({"a": rows}).axes[0].get_lines()
+    assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == evals
+    train_line, val_line = (ax.get_lines()[0] for ax in loss_figure({"mlp": rows}).axes)
+    assert list(zip(val_line.get_xdata(), val_line.get_ydata(), strict=True)) == evals
+    assert list(train_line.get_xdata()) == list(range(0, 101, 10))  # the final row adds no training point
+
+
+def test_a_run_too_short_for_an_evaluation_says_so_on_its_curves():
+    from attnlab.report import NO_EVALUATIONS, loss_figure, validation_figure
+
+    rows = [r for r in _curve(3.0, 3.4, 0.2) if "val_bpc" not in r or r.get("final")]  # training rows, the final
+    ax = validation_figure({"a": rows}).axes[0]
+    assert ax.get_lines() == [] and [t.get_text() for t in ax.texts] == [NO_EVALUATIONS]
+    ax_train, ax_val = loss_figure({"mlp": rows}).axes
+    assert len(ax_train.get_lines()) == 1 and [t.get_text() for t in ax_val.texts] == [NO_EVALUATIONS]

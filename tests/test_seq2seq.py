@@ -218,9 +218,11 @@ def test_train_eval_and_translate_a_task_end_to_end(tmp_path: Path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "copy" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], rows
+    assert {row["kind"] for row in rows} == {"train"}
     code, out, err = run_cli(["seq2seq", "eval", str(tmp_path / "copy"), "--format", "json"], capsys)
     result = json.loads(out)
     assert code == 0 and result["task"] == "copy" and result["examples"] == 1000 and 0 <= result["exact_match"] <= 1
+    assert result["kind"] == "task"
     test = held_out_pairs("copy")[:20]
     code, out, _ = run_cli(
         ["seq2seq", "translate", str(tmp_path / "copy"), *[a for s, _ in test for a in ("--text", s)]], capsys
@@ -229,6 +231,20 @@ def test_train_eval_and_translate_a_task_end_to_end(tmp_path: Path, capsys):
 
     assert out.splitlines() == translate(tmp_path / "copy", [s for s, _ in test])
     assert evaluate_seq2seq(tmp_path / "copy")["exact_match"] == result["exact_match"]  # decoding is deterministic
+
+
+def test_eval_of_a_run_trained_on_a_file_says_it_is_a_file(tmp_path: Path, capsys):
+    import json
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in (f"{a}{b}{c}" for a in "abcd" for b in "abcd" for c in "ab")))
+    args = ["seq2seq", "train", "--data", str(pairs), "--steps", "3", "--batch-size", "4", "--out", str(tmp_path / "r")]
+    assert run_cli(args, capsys)[0] == 0
+    code, out, err = run_cli(["seq2seq", "eval", str(tmp_path / "r"), "--format", "json"], capsys)
+    result = json.loads(out)
+    test = read_pairs(pairs)[1]
+    assert code == 0, err
+    assert (result["kind"], result["task"], result["examples"]) == ("file", str(pairs), len(test))
 
 
 def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, capsys):

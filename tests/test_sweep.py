@@ -161,6 +161,7 @@ ROWS += [
     ("train --grad-accum 10**30", [*BASE["train"], "--grad-accum", str(10**30)], "at any length"),
     ("lab --grad-accum 10**30", [*BASE["lab"], "--grad-accum", str(10**30)], "at any length"),
     ("compare --grad-accum 10**30", [*BASE["compare"], "--grad-accum", str(10**30)], "at any length"),
+    ("compare --grad-accum 10**8", [*BASE["compare"], "--grad-accum", str(10**8)], "use a smaller --grad-accum"),
     (
         "resume --grad-accum 10**8",
         ["train", "--resume", "--steps", "9", "--grad-accum", str(10**8), "--out", "{run}"],
@@ -175,6 +176,7 @@ ROWS += [
         "the char tokenizer has",
     ),
     # compare --vary naming one field twice would train one of its values only.
+    ("compare --vary n_vocab", ["compare", "--vary", "n_vocab=300,400", "--out", "{tmp}/c"], "follows the tokenizer"),
     ("compare --vary twice", [*BASE["compare"], "--vary", "n_heads=8"], "n_heads is varied by --vary 'n_heads=2,4'"),
     (
         "compare --vary a:a",

@@ -413,6 +413,8 @@ def _lab_samples(run_dir: Path) -> dict[str, str]:
     """The samples `attnlab lab` wrote for this model (RUN/../metrics.json), prompt -> text; else {}."""
     try:
         lab = json.loads((run_dir.parent / "metrics.json").read_text(encoding="utf-8"))
+        if run_dir.name not in lab.get("models", ("mlp", "transformer")):  # files before "models": these two
+            return {}
         samples = lab[run_dir.name]["samples"]
         return {str(p): str(t) for p, t in zip(lab["prompts"], samples, strict=True)}
     except (OSError, ValueError, KeyError, TypeError):  # not a lab's model, or a file of another shape

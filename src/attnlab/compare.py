@@ -24,7 +24,7 @@ from .generate import generate_text
 from .models import Sampling, preset_config
 from .report import write_compare_report
 from .runtime import notice, read_json_lines, resolve_device
-from .train import TrainConfig
+from .train import TrainConfig, log_kind, log_rows
 
 Variant = dict[str, str]
 
@@ -88,7 +88,7 @@ def _finished(run_dir: Path, name: str, settings: dict[str, Any]) -> list[dict[s
     """A variant's log rows if it finished with these `settings` (model, data, budget, seed, training
     fields); None if it must train (again), saying why when it had finished with other settings."""
     rows = read_json_lines(run_dir / "metrics.jsonl")
-    if not rows or not rows[-1].get("final"):
+    if not rows or log_kind(rows[-1]) != "final":
         return None
     if (saved := _saved_settings(run_dir)) != settings:
         old = saved if isinstance(saved, dict) else {}
@@ -105,7 +105,7 @@ def run_compare(
     max_time: float | None = 60.0,
     steps: int | None = None,
     preset: str = "small",
-    tokenizer: str = "bytes",
+    tokenizer: str | None = None,
     seed: int = 0,
     device: str = "auto",
     one_at_a_time: bool = False,
@@ -120,6 +120,8 @@ def run_compare(
     """
     out = Path(out)
     todo = variants(vary, one_at_a_time)
+    if any("n_vocab" in v for v in todo):
+        raise AttnlabError("--vary n_vocab: n_vocab follows the tokenizer; compare tokenizers in separate runs")
     base = preset_config(preset)
     configs = [base.with_overrides(v) for v in todo]  # validates every variant before any training
     fields = {"steps": steps, "max_time": max_time, "seed": seed, "device": device, **(train_overrides or {})}
@@ -128,7 +130,7 @@ def run_compare(
     tcfg = TrainConfig(**fields)
     tcfg.validate()
     for cfg in configs:  # every variant fits before the first trains
-        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size)
+        run.check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
     prepared = prepare_data(data, tokenizer)
     sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
     results, curves, samples = [], {}, {}
@@ -163,8 +165,8 @@ def run_compare(
         else:
             notice(f"compare: {name} already finished, skipped")
             model = load_checkpoint(run_dir, device=resolve_device(device)).model
-        final = rows[-1]
-        evals = [r for r in rows if "val_bpc" in r and not r.get("final")]
+        final = log_rows(rows, "final")[-1]
+        evals = log_rows(rows, "eval")
         best = min(evals, key=lambda r: r["val_bpc"]) if evals else final
         results.append(
             {
@@ -181,7 +183,7 @@ def run_compare(
             }
         )
         done[key] = results[-1]
-        curves[name] = rows
+        curves[name] = evals
         samples[name] = generate_text(model, prepared.tokenizer, prompt, 160, sampling)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -74,6 +74,7 @@ RECIPES = {
 DEFAULT_RECIPE = "fast"
 DEFAULT_PROMPTS = ("Once upon a time", "One day, a little girl named", "The dog was sad because")
 DEFAULT_MAX_TIME = 150.0
+MODELS = ("mlp", "transformer")  # what the lab trains, in this order; metrics.json lists them in "models"
 
 
 def run_lab(
@@ -116,18 +117,25 @@ def run_lab(
         fields["eval_every_s"] = max_time / 12  # a dozen points on each validation curve
     tcfg = TrainConfig(**fields)
     tcfg.validate()  # before the data is loaded: a bad setting fails at once
-    for kind in ("mlp", "transformer"):  # and both models must fit before the first one trains
+    for kind in MODELS:  # and both models must fit before the first one trains
         cfg = preset_config(preset, model=kind).with_overrides(transformer if kind == "transformer" else {})
         run.check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
     prepared = prepare_data(data, tokenizer)
     info = prepared.info()
     vocabulary = word_set(prepared.corpus.train.chunks()) if prepared.corpus.train.text is not None else None
     recipe_info = {"name": how.name, "why": how.why, "train": fields, "transformer": transformer}
-    metrics: dict[str, Any] = {"data": info, "prompts": list(prompts), "preset": preset, "recipe": recipe_info}
+    metrics: dict[str, Any] = {
+        "data": info,
+        "prompts": list(prompts),
+        "preset": preset,
+        "recipe": recipe_info,
+        "models": list(MODELS),
+        "evaluation": {"eval_tokens": tcfg.eval_tokens, "final_eval_chars": tcfg.final_eval_chars},
+    }
     curves: dict[str, list[dict[str, Any]]] = {}
     sampling = Sampling(temperature=0.8, top_k=40, seed=seed)
     budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
-    for kind in ("mlp", "transformer"):
+    for kind in MODELS:
         notice(f"lab: training the {kind} for {budget}")
         config = transformer if kind == "transformer" else {}
         if resume and (out / kind / "checkpoint").is_dir():
@@ -164,7 +172,12 @@ def _positions_lesson(model: Any, valid: Any, tokens: int) -> dict[str, Any]:
     with_pos = evaluate(model, valid, max_tokens=tokens).bpc
     with without_positions(model):
         without = evaluate(model, valid, max_tokens=tokens).bpc
-    return {"scheme": model.config.positions, "val_bpc": with_pos, "val_bpc_without_positions": without}
+    return {
+        "scheme": model.config.positions,
+        "eval_tokens": tokens,
+        "val_bpc": with_pos,
+        "val_bpc_without_positions": without,
+    }
 
 
 def summary(metrics: dict[str, Any], out: Path) -> str:

@@ -15,8 +15,11 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from .train import log_kind, log_rows
+
 DISPLAY_NAMES = {"mlp": "MLP", "transformer": "Transformer"}
 MISSING = "\u2013"  # en dash for a figure the run did not record
+NO_EVALUATIONS = "no evaluation during training (too few steps for --eval-every);\nthe table has the final figures"
 
 
 def _display(name: str) -> str:
@@ -40,26 +43,25 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _models(metrics: dict[str, Any]) -> list[str]:
-    """The model keys in `metrics`: the entries that carry a "val_bpc"."""
-    return [k for k, v in metrics.items() if isinstance(v, dict) and "val_bpc" in v]
+    """The models the lab trained, as metrics.json lists them in "models" (the positions lesson and the
+    data are entries of their own, never models)."""
+    return [name for name in metrics["models"] if isinstance(metrics.get(name), dict)]
 
 
-def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Path:
-    """Training loss vs step (left) and validation bits/char vs seconds (right), one line per model."""
+def loss_figure(curves: dict[str, list[dict]]) -> Figure:
+    """Training loss vs step (left) and validation bits/char vs seconds (right), one line per model, from
+    each model's metrics.jsonl rows (the final evaluation, over the whole split, is the table's)."""
     fig = Figure(figsize=(11, 4), dpi=110)
     ax_train, ax_val = fig.subplots(1, 2)
     for i, (name, rows) in enumerate(curves.items()):
         color = f"C{i % 10}"
-        train = [(r["step"], r["train_loss"]) for r in rows if _number(r.get("train_loss")) is not None]
-        val = [(r["elapsed_s"], r["val_bpc"]) for r in rows if _number(r.get("val_bpc")) is not None]
+        logged = [r for r in rows if log_kind(r) in ("train", "eval")]
+        train = [(r["step"], r["train_loss"]) for r in logged if _number(r.get("train_loss")) is not None]
+        val = [(r["elapsed_s"], r["val_bpc"]) for r in log_rows(rows, "eval") if _number(r.get("val_bpc")) is not None]
         if train:
-            ax_train.plot(
-                [s for s, _ in train], [y for _, y in train], color=color, linewidth=1.2, label=_display(name)
-            )
+            ax_train.plot(*zip(*train, strict=True), color=color, linewidth=1.2, label=_display(name))
         if val:
-            ax_val.plot(
-                [t for t, _ in val], [y for _, y in val], color=color, marker="o", markersize=4, label=_display(name)
-            )
+            ax_val.plot(*zip(*val, strict=True), color=color, marker="o", markersize=4, label=_display(name))
     ax_train.set(title="Training loss", xlabel="step", ylabel="loss (nats/token)")
     ax_val.set(title="Validation (same time budget)", xlabel="elapsed time (s)", ylabel="bits per character")
     for ax in (ax_train, ax_val):
@@ -67,13 +69,23 @@ def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Path:
         if ax.get_lines():
             ax.legend()
         else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+            empty = NO_EVALUATIONS if ax is ax_val else "no training rows logged"
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle("attnlab lab: MLP vs Transformer")
     fig.tight_layout()
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Path:
+    """`loss_figure` as a PNG at `path`."""
+    return _save(loss_figure(curves), path)
 
 
 def _verdict(metrics: dict[str, Any], models: list[str]) -> Markup:
@@ -91,21 +103,28 @@ def _verdict(metrics: dict[str, Any], models: list[str]) -> Markup:
     )
 
 
-def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
-    """Validation bits per character against training time, one line per variant."""
+def validation_figure(curves: dict[str, list[dict[str, Any]]]) -> Figure:
+    """Validation bits per character against training time, one line per variant (its "eval" rows)."""
     fig = Figure(figsize=(10, 5), dpi=110, constrained_layout=True)
     ax = fig.subplots()
     for name, rows in curves.items():
-        pts = [(r["elapsed_s"], r["val_bpc"]) for r in rows if "val_bpc" in r]
+        pts = [(r["elapsed_s"], r["val_bpc"]) for r in log_rows(rows, "eval")]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=name)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("validation bits per character")
     ax.set_title("validation curves (same data, seed and budget)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path)
-    return path
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, NO_EVALUATIONS, ha="center", va="center", transform=ax.transAxes, color="gray")
+    return fig
+
+
+def plot_validation_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """`validation_figure` as a PNG at `path`."""
+    return _save(validation_figure(curves), path)
 
 
 def _environment() -> Environment:
@@ -151,6 +170,7 @@ def write_lab_report(out_dir: Path, metrics: dict, curves: dict[str, list[dict]]
         verdict=_verdict(metrics, models),
         samples=samples,
         lesson=metrics.get("positions_lesson"),
+        evaluation=metrics.get("evaluation") or {},
         recipe=metrics.get("recipe"),
     )
 

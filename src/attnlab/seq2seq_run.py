@@ -176,7 +176,13 @@ def train_seq2seq(
             with open(log_path, "a") as f:
                 f.write(
                     json.dumps(
-                        {"step": step, "train_loss": loss_sum / loss_n, "lr": rate, "elapsed_s": round(elapsed, 3)}
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "train_loss": loss_sum / loss_n,
+                            "lr": rate,
+                            "elapsed_s": round(elapsed, 3),
+                        }
                     )
                     + "\n"
                 )
@@ -258,15 +264,16 @@ def decode_texts(run: Seq2SeqRun, sources: list[str], beam: int = 1, batch_size:
 
 
 def evaluate_seq2seq(path: str | Path, beam: int = 1, device: str = "auto") -> dict[str, Any]:
-    """Exact-match accuracy over the run's test split: {"task", "examples", "exact_match", "beam"}."""
+    """Exact-match accuracy over the run's test split: {"task", "kind", "examples", "exact_match", "beam"},
+    where "task" names the task, or the file when "kind" is "file"."""
     run = load_seq2seq(path, resolve_device(device))
     if run.state.get("task"):
-        name, test = run.state["task"], held_out_pairs(run.state["task"])
+        kind, name, test = "task", run.state["task"], held_out_pairs(run.state["task"])
     else:
-        name, test = run.state["data"], read_pairs(run.state["data"])[1]
+        kind, name, test = "file", run.state["data"], read_pairs(run.state["data"])[1]
     predictions = decode_texts(run, [s for s, _ in test], beam)
     correct = sum(p == t for p, (_, t) in zip(predictions, test, strict=True))
-    return {"task": name, "examples": len(test), "exact_match": correct / len(test), "beam": beam}
+    return {"task": name, "kind": kind, "examples": len(test), "exact_match": correct / len(test), "beam": beam}
 
 
 def translate(path: str | Path, texts: list[str], beam: int = 1, device: str = "auto") -> list[str]:

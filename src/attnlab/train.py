@@ -302,12 +302,33 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+LOG_KINDS = ("train", "eval", "final")
+
+
+def log_kind(row: dict[str, Any]) -> str:
+    """What a metrics.jsonl row records: "train" (the training loss since the previous row), "eval" (that
+    and a validation point on the first `eval_tokens` tokens) or "final" (the whole final evaluation).
+
+    Rows say so in "kind"; logs written before they did are read by their keys, the one place that does.
+    """
+    if row.get("kind") in LOG_KINDS:
+        return row["kind"]
+    if row.get("final"):
+        return "final"
+    return "eval" if "val_bpc" in row else "train"
+
+
+def log_rows(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The rows of one kind (`LOG_KINDS`), in order."""
+    return [r for r in rows if log_kind(r) == kind]
+
+
 def _trim_log(log_path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint, so a resumed run's log reads as one uninterrupted run
     (and a line cut short by a kill goes too)."""
     if log_path.exists():
         rows = read_json_lines(log_path)
-        kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step and not r.get("final")]
+        kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step and log_kind(r) != "final"]
         write_text_atomically(log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -459,6 +480,7 @@ def train(
                 is_eval, st.next_eval_s = True, st.elapsed_s + tcfg.eval_every_s
             if st.step % tcfg.log_every == 0 or is_eval:
                 row = {
+                    "kind": "train",
                     "step": st.step,
                     "train_loss": loss_sum / loss_count,
                     "lr": lr,
@@ -469,7 +491,7 @@ def train(
             st.loss_acc = (loss_sum, loss_count)
             if is_eval and budget_left() and main:
                 ev = evaluate(model, valid_stream, max_tokens=tcfg.eval_tokens)
-                row.update(val_loss=ev.loss, val_bpc=ev.bpc)
+                row.update(kind="eval", val_loss=ev.loss, val_bpc=ev.bpc)
                 bar.write(
                     f"{desc} step {st.step}: train loss {row['train_loss']:.3f}, "
                     f"val loss {ev.loss:.3f} nats/token, {ev.bpc:.3f} bits/char",
@@ -494,6 +516,7 @@ def train(
         raise TrainingInterrupted(st.step, path, " during the final evaluation") from None
     tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
     final_row = {
+        "kind": "final",
         "step": st.step,
         "train_loss": loss_sum / loss_count if loss_count else st.last_train_loss,
         "val_loss": final.loss,
