@@ -110,9 +110,8 @@ def check_lab_report(browser: Any, out: Path, screenshot: str | None = None) -> 
         if screenshot and (path := screenshot_to(screenshot)):  # down to the first prompt's samples
             box = blocks.first.bounding_box()
             width = seen.page.viewport_size["width"]
-            seen.page.screenshot(
-                path=str(path), clip={"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 16}
-            )
+            top = {"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 16}
+            seen.page.screenshot(path=str(path), clip=top, full_page=True)
 
 
 def _lab_run(request: pytest.FixtureRequest, fixture: str) -> Path:
