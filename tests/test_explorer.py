@@ -54,7 +54,7 @@ def test_api_attention_returns_the_models_weights_by_layer_head_query_key(client
     assert r.status_code == 200
     body = r.json()
     ids, weights = _model_weights(model, PROMPT)
-    assert body["tokens"] == list(PROMPT)
+    assert body["tokens"] == list(PROMPT.replace(" ", "␣"))  # labels: a space shows as a mark
     got = torch.tensor(body["weights"])
     assert got.shape == (2, 4, len(ids), len(ids))
     assert torch.allclose(got, torch.stack(weights), atol=1e-7)
@@ -100,7 +100,7 @@ def test_next_tokens_and_the_lens_end_at_the_models_prediction(client, model):
         probs_LV = model(torch.tensor([ids]))[0].softmax(-1)
     for t in (0, 7, len(ids) - 1):
         top = body["positions"][t]["top"]
-        assert [e["token"] for e in top] == [ByteTokenizer().token_str(int(i)) for i in probs_LV[t].topk(5).indices]
+        assert [e["id"] for e in top] == probs_LV[t].topk(5).indices.tolist()
         last_layer = body["lens"][t][-1]["top"][0]
         assert last_layer["token"] == top[0]["token"] and math.isclose(last_layer["prob"], top[0]["prob"], rel_tol=1e-4)
     assert [r["layer"] for r in body["lens"][0]] == ["embeddings", "after block 0", "after block 1"]
@@ -112,6 +112,33 @@ def test_the_trace_view_has_the_traces_steps(client, model):
     assert body["steps"][0]["symbolic"] == "B L" and body["max_abs_diff"] < 1e-4
     masked = next(s for s in body["steps"] if s["name"].endswith("masked_BHLK"))
     assert masked["values"][0][1] is None and masked["values"][1][0] is not None  # -inf is null in JSON
+
+
+def test_a_space_is_a_visible_mark_in_the_chips_the_next_tokens_and_the_lens(client, model):
+    body = client.post("/api/next", json={"prompt": PROMPT, "k": 100}).json()
+    ids = ByteTokenizer().encode(PROMPT)
+    tops = [e for row in body["positions"] for e in row["top"]]
+    lens = [e for row in body["lens"] for layer in row for e in layer["top"]]
+    assert {e["token"] for e in tops + lens if e["id"] == ord(" ")} == {"␣"}
+    assert {e["token"] for e in tops if e["id"] == ord("\n")} <= {"\\n"}
+    assert sum(e["id"] == ord(" ") for e in tops) >= 5 and any(e["id"] == ord(" ") for e in lens)
+    assert all(e["token"].strip() == e["token"] != "" for e in tops + lens)  # no label is blank or padded
+    # the prompt's own tokens read as its chips do
+    assert [r["token"] for r in body["positions"]] == [c["text"] for c in payloads.token_chips(ByteTokenizer(), ids)]
+    assert body["positions"][3]["token"] == "y" and body["positions"][3]["actual_next"] == "␣"
+    assert body["positions"][4]["token"] == "␣" and body["positions"][-1]["actual_next"] is None
+
+
+def test_one_function_labels_every_token_of_every_tokenizer():
+    from attnlab.tokenizers import CharTokenizer
+
+    tok = ByteTokenizer()
+    assert [c["text"] for c in payloads.token_chips(tok, tok.encode("a b\tc\n"))] == ["a", "␣", "b", "\\t", "c", "\\n"]
+    label = payloads.token_labels(tok)
+    assert [label(i) for i in (32, 10, 97, 0xC3)] == ["␣", "\\n", "a", "<0xC3>"]
+    chars = CharTokenizer.from_text("ab c")
+    assert payloads.token_labels(chars)(chars.encode(" ")[0]) == "␣"
+    assert payloads.printable("<bos> x") == "<bos>␣x"
 
 
 def _events(text: str) -> list[tuple[str, dict]]:
@@ -251,6 +278,40 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert code == 2 and "--port" in err
 
 
+LOGS = {  # a run's metrics.jsonl: training rows, evaluations, and the final (bigger) evaluation
+    "with kinds": [
+        {"kind": "train", "step": 50, "train_loss": 3.1},
+        {"kind": "eval", "step": 100, "train_loss": 2.9, "val_loss": 2.0, "val_bpc": 2.9},
+        {"kind": "train", "step": 150, "train_loss": 2.6},
+        {"kind": "eval", "step": 200, "train_loss": 2.5, "val_loss": 1.7, "val_bpc": 2.45},
+        {"kind": "final", "step": 200, "train_loss": 2.5, "val_loss": 1.6, "val_bpc": 2.31, "final": True},
+    ],
+    "before kinds": [
+        {"step": 50, "train_loss": 3.1},
+        {"step": 100, "train_loss": 2.9, "val_loss": 2.0, "val_bpc": 2.9},
+        {"step": 150, "train_loss": 2.6},
+        {"step": 200, "train_loss": 2.5, "val_loss": 1.7, "val_bpc": 2.45},
+        {"step": 200, "train_loss": 2.5, "val_loss": 1.6, "val_bpc": 2.31, "final": True},
+    ],
+}
+
+
+@pytest.mark.parametrize("log", LOGS)
+def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_path, log):
+    from attnlab.cli import _metrics
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGS[log]))
+    metrics = _metrics(tmp_path / "checkpoint", "val_bpc")  # the rows `attnlab serve` hands the card
+    app_client = fastapi_testclient.TestClient(create_app(model, ByteTokenizer(), {"metrics": metrics}))
+    assert app_client.get("/api/card").json()["curve"] == {
+        "metric": "val_bpc",
+        "label": "validation bits per character",
+        "points": [{"step": 100, "value": 2.9}, {"step": 200, "value": 2.45}],  # not the final 2.31
+    }
+    assert payloads.run_card(model)["curve"]["points"] == []
+
+
 def test_the_run_card_takes_a_lab_models_samples(tmp_path):
     from attnlab.cli import _lab_samples
 
@@ -330,7 +391,12 @@ def test_the_encoder_decoder_page_trace_card_and_refusals(seq2seq_client):
     assert page.status_code == 200 and '"model":"seq2seq"' in page.text
     card = client.get("/api/card").json()
     assert card["info"]["task"] == "reverse" and card["info"]["example"]
-    assert card["total_params"] == run.model.num_params() and [p["train_loss"] for p in card["curve"]] == [2.5, 1.5]
+    assert card["total_params"] == run.model.num_params()
+    assert card["curve"] == {
+        "metric": "train_loss",
+        "label": "training loss (nats per token)",
+        "points": [{"step": 10, "value": 2.5}, {"step": 20, "value": 1.5}],
+    }
     tr = client.post("/api/trace", json={"prompt": "abc"}).json()
     assert tr["source_tokens"] == ["a", "b", "c"] and tr["max_abs_diff"] < 1e-4
     names = [s["name"] for s in tr["steps"]]

@@ -10,7 +10,9 @@ ATTNLAB_EXPLORER_RUN=RUN serves that run instead of one trained here for a few s
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -49,9 +51,11 @@ def trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(trained):
     from attnlab import load_checkpoint
+    from attnlab.cli import _metrics
 
     ckpt = load_checkpoint(trained)
-    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": {}, "metrics": []})
+    metrics = _metrics(ckpt.path, "val_bpc")  # the rows `attnlab serve` hands the run card
+    app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": {}, "metrics": metrics})
     for url in _serve(app):
         yield url, ckpt
 
@@ -166,8 +170,67 @@ def test_markup_in_a_prompt_is_shown_as_text(server, browser):
     probe = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">"q"'
     page, errors = _open(browser, url, probe)
     assert page.evaluate("window.pwned") is None
-    assert "".join(page.eval_on_selector_all("#chips .chip", "els => els.map(e => e.textContent)")) == probe
+    shown = "".join(page.eval_on_selector_all("#chips .chip", "els => els.map(e => e.textContent)"))
+    assert shown == probe.replace(" ", "␣")  # a space is shown as a mark, everything else as typed
     assert page.locator("#chips img").count() == 0 and errors == []
+
+
+def test_a_space_among_the_next_tokens_and_in_the_lens_is_a_visible_mark(server, browser):
+    from attnlab.explorer.payloads import token_labels
+
+    url, ckpt = server
+    page, errors = _open(browser, url)
+    ids = ckpt.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        probs_LV = ckpt.model(torch.tensor([ids]))[0].softmax(-1)
+    space = ckpt.tokenizer.encode(" ")[0]
+    after_word = [t for t in range(len(ids)) if int(probs_LV[t].argmax()) == space]
+    assert after_word, "the model should guess a space after some word of the prompt"
+    t = after_word[0]
+    page.click(f"#chips .chip[data-i='{t}']")
+    page.wait_for_function(f"document.querySelector('#next-view .note').textContent.startsWith('after position {t} ')")
+    labels = page.eval_on_selector_all("#next-view .lbl", "els => els.map(e => e.textContent)")
+    top_ids = probs_LV[t].topk(len(labels)).indices.tolist()
+    assert len(labels) == 10 and labels[0] == "␣"
+    assert all(label.strip() == label != "" for label in labels)  # no label is blank
+    assert labels == [token_labels(ckpt.tokenizer)(i) for i in top_ids]  # the API's labels, in the model's order
+    boxes = page.eval_on_selector_all("#lens div", "els => els.map(e => e.textContent)")
+    n_layers = ckpt.model.config.n_layers
+    assert len(boxes) == n_layers + 1 and boxes[-1].startswith(f"after block {n_layers - 1}: ␣ ")
+    for box in boxes:  # "layer: token prob", the token never blank
+        token = re.fullmatch(r"(embeddings|after block \d+): (.+) (\d\.\d\d)", box).group(2)
+        assert token.strip() == token != ""
+    assert page.text_content("#lens-label").startswith(f"after block {n_layers - 1}: ␣ ")
+    assert errors == []
+
+
+def test_the_run_card_shows_the_checkpoints_config_and_its_evaluations(server, browser, trained):
+    from attnlab.runtime import read_json_lines
+    from attnlab.train import log_rows
+
+    url, ckpt = server
+    page, errors = _open(browser, url)
+    shown = dict(
+        page.eval_on_selector_all("#card-config tr", "rows => rows.map(r => [r.dataset.key, r.cells[1].textContent])")
+    )
+    config = ckpt.model.config.to_dict()
+    assert set(shown) == set(config)
+    assert shown["norm_eps"] in ("1e-05", "0.00001") and config["norm_eps"] == 1e-05
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            assert shown[key] == json.dumps(value), key
+        elif isinstance(value, int):
+            assert int(re.sub(r"[^0-9-]", "", shown[key])) == value, key
+        else:
+            assert float(shown[key].replace(",", "")) == value, key  # exact: nothing rounded away (10,000.0 too)
+    evals = log_rows(read_json_lines(trained / "metrics.jsonl"), "eval")
+    assert evals, "the trained run should have logged an evaluation"
+    assert page.text_content("#curve b") == "validation bits per character"
+    assert page.get_attribute("#curve svg", "data-metric") == "val_bpc"
+    dots = page.eval_on_selector_all("#curve circle", "els => els.map(e => [+e.dataset.step, +e.dataset.value])")
+    assert dots == [[r["step"], r["val_bpc"]] for r in evals]
+    assert "NaN" not in page.get_attribute("#curve polyline", "points")
+    assert errors == []
 
 
 def test_the_self_contained_file_works_from_disk_with_the_network_blocked(trained, browser, tmp_path):
@@ -224,8 +287,17 @@ def seq2seq_server():
             for p in model.parameters():
                 p.mul_(3)
         run = Seq2SeqRun(model, vocab, {"kind": "seq2seq", "task": "reverse", "step": 0})
-    for url in _serve(create_seq2seq_app(run)):
+    for url in _serve(create_seq2seq_app(run, _seq2seq_log())):
         yield url, run
+
+
+def _seq2seq_log() -> list[dict]:
+    """ATTNLAB_SEQ2SEQ_RUN's metrics.jsonl, or a log of training rows only (a seq2seq run logs no val_bpc)."""
+    from attnlab.runtime import read_json_lines
+
+    if os.environ.get("ATTNLAB_SEQ2SEQ_RUN"):
+        return read_json_lines(Path(os.environ["ATTNLAB_SEQ2SEQ_RUN"]) / "metrics.jsonl")
+    return [{"kind": "train", "step": 50, "train_loss": 3.25}, {"kind": "train", "step": 100, "train_loss": 1.5}]
 
 
 def test_the_cross_attention_mode_shows_target_rows_over_source_columns(seq2seq_server, browser):
@@ -289,4 +361,27 @@ def test_the_cross_attention_mode_shows_target_rows_over_source_columns(seq2seq_
     assert max(abs(w - float(expected[k])) for k, w in lines) < 1e-5
     page.keyboard.press("ArrowRight")
     assert "step 2 of" in page.text_content("#trace-view") and "tgt_BL" in page.text_content("#trace-view")
+    assert errors == []
+
+
+def test_the_encoder_decoders_card_draws_its_training_loss(seq2seq_server, browser):
+    from attnlab.train import log_rows
+
+    url, _ = seq2seq_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('source tokens')")
+    assert page.text_content("#curve b") == "training loss (nats per token)"
+    assert page.get_attribute("#curve svg", "data-metric") == "train_loss"
+    rows = log_rows(_seq2seq_log(), "train")
+    dots = page.eval_on_selector_all("#curve circle", "els => els.map(e => [+e.dataset.step, +e.dataset.value])")
+    assert dots == [[r["step"], r["train_loss"]] for r in rows]
+    points = page.get_attribute("#curve polyline", "points")
+    assert "NaN" not in points and len(points.split()) == len(rows)
+    first, last = rows[0], rows[-1]
+    assert page.text_content("#curve svg text") == (
+        f"{first['train_loss']:.3f} at step {first['step']:,} → {last['train_loss']:.3f} at step {last['step']:,}"
+    )
     assert errors == []

@@ -335,3 +335,102 @@ def test_without_positions_is_the_same_model_blind_to_order(positions: str) -> N
         assert (twin(ids_BL) - blind).abs().max() < 1e-6
     with pytest.raises(AttnlabError, match="no positions"), without_positions(_model("mlp", 1)):
         pass
+
+
+@pytest.mark.parametrize(
+    "positions, tokens, added, entering, query",
+    [
+        (
+            "learned",
+            "token embeddings: one row of the embedding table per token",
+            "position embeddings: one learned vector per position",
+            "the residual stream entering block 0: token embeddings + learned position embeddings",
+            "queries: what each position looks for, per head",
+        ),
+        (
+            "sinusoidal",
+            "token embeddings: one row of the embedding table per token, x sqrt(C) so that the sin/cos table added"
+            " next does not drown them",
+            "position embeddings: the fixed sin/cos table of Vaswani et al. 2017",
+            "the residual stream entering block 0: token embeddings x sqrt(C) + the sin/cos position table",
+            "queries: what each position looks for, per head",
+        ),
+        (
+            "rope",
+            "token embeddings: one row of the embedding table per token (no position vector is added: RoPE turns"
+            " each head's queries and keys instead)",
+            None,
+            "the residual stream entering block 0: the token embeddings alone (RoPE brings positions in inside"
+            " attention)",
+            "queries: what each position looks for, per head, then turned by its position's angle (RoPE)",
+        ),
+        (
+            "none",
+            "token embeddings: one row of the embedding table per token (this model has no positions)",
+            None,
+            "the residual stream entering block 0: the token embeddings alone (no positions)",
+            "queries: what each position looks for, per head",
+        ),
+    ],
+    ids=["learned", "sinusoidal", "rope", "none"],
+)
+def test_the_trace_says_what_this_transformers_position_scheme_does(positions, tokens, added, entering, query) -> None:
+    from attnlab.models.positions import SCHEMES
+
+    assert positions in SCHEMES
+    steps = {s.name: s.meaning for s in trace(_model(positions=positions, head_dim=8), list(b"Hi there")).steps}
+    assert steps["embed.tok_BLC"] == tokens
+    assert steps.get("embed.pos_LC") == added  # only the schemes that add vectors have this step
+    assert steps["embed.sum_BLC"] == entering
+    assert steps["blocks.0.attn.q_BHLD"] == query
+    assert steps["blocks.0.attn.k_BHKD"] == query.replace(
+        "queries: what each position looks for", "keys: what each position offers to be found by"
+    )
+    assert ("RoPE" in " ".join(steps.values())) == (positions == "rope")
+    assert ("sqrt(C)" in " ".join(steps.values())) == (positions == "sinusoidal")
+
+
+def test_every_position_scheme_has_its_own_trace_words() -> None:
+    from attnlab.inspect.trace import _SUM_UNDER, _TOKENS_UNDER
+    from attnlab.models.positions import SCHEMES
+
+    assert set(_TOKENS_UNDER) == set(_SUM_UNDER) == set(SCHEMES)
+
+
+def test_the_mlp_trace_mentions_no_positions_and_no_attention() -> None:
+    steps = trace(_model("mlp"), list(b"Hi there")).steps
+    assert {s.name: s.meaning for s in steps} == {
+        "ids_BL": "token ids: the text after the tokenizer",
+        "embed.tok_BLC": "token embeddings: one row of the embedding table per token, the MLP's only input",
+        "mlp.pre_BLF": "MLP hidden layer before the activation (W1 x)",
+        "mlp.hidden_BLF": "MLP hidden layer after the activation: ReLU(W1 x)",
+        "mlp.out_BLC": "MLP output, projected back to C: what the LM head reads (no residual stream, no norm)",
+        "logits_BLV": "logits: one score per vocabulary entry for the next token",
+        "probs_BLV": "softmax of the logits: next-token probabilities",
+    }
+    for step in steps:
+        assert not re.search(r"position|attention|attend|RoPE|sqrt\(C\)|head[^ ]", step.meaning), step
+
+
+def test_the_trace_names_this_models_norm_placement_activation_and_attention_variants() -> None:
+    model = _model(norm="rms", norm_placement="post", mlp="swiglu", n_kv_heads=2, qk_norm=True, positions="none")
+    steps = {s.name: s.meaning for s in trace(model, list(b"Hi")).steps}
+    assert steps["blocks.0.ln1_BLC"] == (
+        "RMSNorm of the residual stream after adding the attention output (post-norm): the MLP's input"
+    )
+    assert steps["blocks.0.ln2_BLC"] == (
+        "RMSNorm of the residual stream after adding the MLP output (post-norm): the block's output"
+    )
+    assert steps["blocks.0.resid_post_BLC"] == (
+        "residual stream after adding the MLP output, before the block's norm (ln2_BLC)"
+    )
+    assert steps["blocks.0.attn.k_BGKD"] == (
+        "keys, per key/value head (grouped-query attention: each serves 2 query heads), normalised to a learned"
+        " length (QK-norm)"
+    )
+    assert steps["blocks.0.mlp.hidden_BLF"] == "MLP hidden layer after the activation: SiLU(W1 x) * W3 x (SwiGLU)"
+    assert "final_ln_BLC" not in steps  # a post-norm block ends in its own norm
+    pre = {s.name: s.meaning for s in trace(_model(mlp="gelu"), list(b"Hi")).steps}
+    assert pre["blocks.0.ln1_BLC"] == "LayerNorm of the residual stream: the attention's input"
+    assert pre["final_ln_BLC"] == "final LayerNorm of the residual stream: what the LM head reads"
+    assert pre["blocks.0.mlp.hidden_BLF"] == "MLP hidden layer after the activation: GELU(W1 x), tanh approximation"

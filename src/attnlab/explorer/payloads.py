@@ -9,7 +9,9 @@ file both call them.
 from __future__ import annotations
 
 import base64
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ from ..inspect.params import group_totals, param_breakdown
 from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
+from ..train import log_rows
 
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before they are tokenized
 MAX_NEW_TOKENS = 2_000
@@ -38,8 +41,19 @@ def _utf8_length(lead: int) -> int:
     return 1
 
 
+SPACE = "␣"  # how a space is shown: a blank label reads as nothing at all
+
+
 def _printable(ch: str) -> str:
+    """One character as a label shows it: a space as ␣ and an invisible one escaped (\\n), never blank."""
+    if ch == " ":
+        return SPACE
     return ch if ch.isprintable() else repr(ch)[1:-1]
+
+
+def printable(text: str) -> str:
+    """A token's text as every view of the page labels it (the chips, the next-token bars, the lens)."""
+    return "".join(_printable(ch) for ch in text)
 
 
 def token_chips(tokenizer: Tokenizer, ids: list[int]) -> list[dict[str, Any]]:
@@ -72,7 +86,7 @@ def token_chips(tokenizer: Tokenizer, ids: list[int]) -> list[dict[str, Any]]:
         inside = [ch for ch in chars[c:] if ch[0] < end and ch[1] > start]
         whole = all(s >= start and e <= end for s, e, _ in inside)
         if whole:
-            label = "".join(_printable(ch) for _, _, ch in inside) if inside else ""
+            label = printable("".join(ch for _, _, ch in inside))
         else:  # part of one character: say which character and which of its bytes
             s, e, ch = inside[0]
             first, last = max(start, s) - s + 1, min(end, e) - s
@@ -81,6 +95,12 @@ def token_chips(tokenizer: Tokenizer, ids: list[int]) -> list[dict[str, Any]]:
         chips.append({"id": int(token_id), "text": label, "partial": not whole})
         start = end
     return chips
+
+
+def token_labels(tokenizer: Tokenizer) -> Callable[[int], str]:
+    """Labels of single tokens, as a chip of that token alone would show them (a space as ␣); remembered,
+    since the bars and the lens ask for the same few ids at every position."""
+    return functools.cache(lambda i: token_chips(tokenizer, [i])[0]["text"])
 
 
 def encode(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -242,6 +262,7 @@ def every_head(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[
 def lens_all(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: int = 3) -> list[list[dict[str, Any]]]:
     """The logit lens at every position in one forward: [position][embeddings, after block 0, ...],
     each the top-k tokens read from the residual stream through the final norm and the LM head."""
+    token_label = token_labels(tokenizer)
     device = next(model.parameters()).device
     out = "ln2_BLC" if model.config.norm_placement == "post" else "resid_post_BLC"
     names = ["embed.sum_BLC"] + [f"blocks.{i}.{out}" for i in range(model.config.n_layers)]
@@ -257,9 +278,7 @@ def lens_all(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: int 
         [
             {
                 "layer": label,
-                "top": [
-                    {"token": tokenizer.token_str(i), "id": i, "prob": p} for p, i in zip(ps[t], js[t], strict=True)
-                ],
+                "top": [{"token": token_label(i), "id": i, "prob": p} for p, i in zip(ps[t], js[t], strict=True)],
             }
             for label, (ps, js) in zip(labels, per_layer, strict=True)
         ]
@@ -274,8 +293,19 @@ def next_token(model: LanguageModel, tokenizer: Tokenizer, prompt: str, k: int =
     if not 1 <= k <= 100:
         raise AttnlabError(f"k = {k}: ask for 1 to 100 next tokens")
     table = next_tokens(model, tokenizer, ids, k=k, all_positions=True)
+    # Relabelled as the chips are: the prompt's tokens in context ("é 1/2"), the guesses one by one.
+    chips, label = token_chips(tokenizer, ids), token_labels(tokenizer)
+    positions = [
+        row
+        | {
+            "token": chips[t]["text"],
+            "actual_next": chips[t + 1]["text"] if t + 1 < len(ids) else None,
+            "top": [guess | {"token": label(guess["id"])} for guess in row["top"]],
+        }
+        for t, row in enumerate(table["positions"])
+    ]
     lens = lens_all(model, tokenizer, ids) if isinstance(model, TransformerLM) else None
-    return {"positions": table["positions"], "lens": lens}
+    return {"positions": positions, "lens": lens}
 
 
 def trace_steps(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[str, Any]:
@@ -302,15 +332,33 @@ def trace_payload(tr: Trace, max_values: int = 48) -> dict[str, Any]:
     return {"tokens": tr.tokens, "steps": steps, "max_abs_diff": tr.max_abs_diff}
 
 
+# The curves a run card draws, by the kind of log row they read (train.log_kind): the metric and its label.
+CURVES = {
+    "eval": ("val_bpc", "validation bits per character"),
+    "train": ("train_loss", "training loss (nats per token)"),
+}
+
+
+def loss_curve(rows: list[dict[str, Any]] | None, kind: str) -> dict[str, Any]:
+    """The card's curve from a run's metrics.jsonl rows: the rows of one kind ("eval" or "train"), so the
+    page draws what the card names instead of guessing from a row's keys (the final row, a bigger
+    evaluation, is not a point of the validation curve)."""
+    metric, label = CURVES[kind]
+    points = [
+        {"step": r["step"], "value": r[metric]}
+        for r in log_rows(rows or [], kind)
+        if isinstance(r.get("step"), int) and isinstance(r.get(metric), int | float)
+    ]
+    return {"metric": metric, "label": label, "points": points}
+
+
 def run_card(model: LanguageModel, info: dict[str, Any] | None = None, metrics: list[dict] | None = None):
-    """The config, parameters by component, and the loss curve and samples when the run has them."""
+    """The config, parameters by component, and the validation curve and samples when the run has them."""
     cfg = model.config
     return {
         "config": cfg.to_dict() if hasattr(cfg, "to_dict") else vars(cfg),
         "params": group_totals(param_breakdown(cfg)),
         "total_params": model.num_params(),
         "info": info or {},
-        "curve": [
-            {"step": r["step"], "val_bpc": r["val_bpc"]} for r in (metrics or []) if r.get("val_bpc") is not None
-        ],
+        "curve": loss_curve(metrics, "eval"),
     }

@@ -19,7 +19,7 @@ from ..inspect.trace import trace_seq2seq
 from ..models.seq2seq import ATTENTIONS, attention_names, attention_prefix
 from ..seq2seq_run import Seq2SeqRun, source_and_reading
 from ..tasks import held_out_pairs
-from .payloads import MAX_PROMPT_CHARS, THUMB, trace_payload
+from .payloads import MAX_PROMPT_CHARS, THUMB, loss_curve, printable, trace_payload
 
 
 class Seq2SeqView:
@@ -49,7 +49,7 @@ class Seq2SeqView:
         return self._last[1]
 
     def chips(self, ids: list[int]) -> list[dict[str, Any]]:
-        return [{"id": i, "text": self.run.vocab.token(i), "partial": False} for i in ids]
+        return [{"id": i, "text": printable(self.run.vocab.token(i)), "partial": False} for i in ids]
 
     def layers(self, kind: str) -> int:
         attention_prefix(kind, 0)  # an unknown kind is named there
@@ -134,7 +134,7 @@ def run_card(view: Seq2SeqView, metrics: list[dict[str, Any]] | None = None) -> 
             "steps": state.get("step"),
             "example": _example(state),
         },
-        "curve": [{"step": r["step"], "train_loss": r["train_loss"]} for r in metrics or []],
+        "curve": loss_curve(metrics, "train"),  # a seq2seq run logs training rows only
     }
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..models import FeedForwardLM, LanguageModel, TransformerLM
-from ..models.hooks import meaning, symbolic_shape
+from ..models import FeedForwardLM, LanguageModel, ModelConfig, TransformerLM
+from ..models.hooks import generic_name, meaning, symbolic_shape
 from ..models.norms import RMSNorm
 from ..models.positions import Rotation
 from ..models.seq2seq import Seq2SeqBlock, Seq2SeqTransformer
@@ -131,6 +131,95 @@ _UNMASKED = {
 }
 
 
+# What each position scheme does to the token embeddings and to what enters the first block; the hook
+# table (hooks.MEANINGS) says what any model may do, a trace says what this one does.
+_TOKENS_UNDER = {
+    "learned": "",
+    "sinusoidal": ", x sqrt(C) so that the sin/cos table added next does not drown them",
+    "rope": " (no position vector is added: RoPE turns each head's queries and keys instead)",
+    "none": " (this model has no positions)",
+}
+_SUM_UNDER = {
+    "learned": "token embeddings + learned position embeddings",
+    "sinusoidal": "token embeddings x sqrt(C) + the sin/cos position table",
+    "rope": "the token embeddings alone (RoPE brings positions in inside attention)",
+    "none": "the token embeddings alone (no positions)",
+}
+_ACTIVATED = {
+    "relu": "ReLU(W1 x)",
+    "gelu": "GELU(W1 x), tanh approximation",
+    "relu2": "ReLU(W1 x) squared",
+    "swiglu": "SiLU(W1 x) * W3 x (SwiGLU)",
+}
+_NORMS = {"layer": "LayerNorm", "rms": "RMSNorm"}
+
+
+def _embedding_meanings(cfg: ModelConfig, prefix: str, whose: str, into: str) -> dict[str, str]:
+    """The meanings of a Transformer's (or one side of an encoder-decoder's) embedding steps under its scheme."""
+    if cfg.positions not in _TOKENS_UNDER:  # a scheme added since: the hook table's general words
+        return {}
+    tokens = f"{whose} embeddings: one row of the embedding table per token"
+    return {
+        prefix + "tok_BLC": tokens + _TOKENS_UNDER[cfg.positions],
+        prefix + "sum_BLC": f"{into}: {_SUM_UNDER[cfg.positions]}",
+    }
+
+
+def _mlp_meanings(cfg: ModelConfig) -> dict[str, str]:
+    """The hidden layer named by the model's one activation, not the list of all four."""
+    up = {"mlp.up_BLF": "the linear branch W3 x that SiLU(W1 x) multiplies (SwiGLU)"} if cfg.mlp == "swiglu" else {}
+    return {"mlp.hidden_BLF": f"MLP hidden layer after the activation: {_ACTIVATED[cfg.mlp]}", **up}
+
+
+def _attention_meanings(cfg: ModelConfig) -> dict[str, str]:
+    """Queries and keys as this model makes them: QK-norm and RoPE named only when it has them."""
+    qk = (", normalised to a learned length (QK-norm)" if cfg.qk_norm else "") + (
+        ", then turned by its position's angle (RoPE)" if cfg.positions == "rope" else ""
+    )
+    shared = f"grouped-query attention: each serves {cfg.n_heads // cfg.kv_heads} query heads"
+    return {
+        "attn.q_BHLD": f"queries: what each position looks for, per head{qk}",
+        "attn.k_BHKD": f"keys: what each position offers to be found by, per head{qk}",
+        "attn.k_BGKD": f"keys, per key/value head ({shared}){qk}",
+        "attn.v_BGKD": f"values, per key/value head ({shared})",
+    }
+
+
+def model_meanings(model: LanguageModel | Seq2SeqTransformer) -> dict[str, str]:
+    """Each step's meaning for this model, by generic hook name, where it depends on the model's choices
+    (positions, activation, norms, attention variants); other steps keep the hook table's meaning."""
+    cfg = model.config
+    if isinstance(model, FeedForwardLM):  # one token at a time: no positions, no attention, no residual
+        return {
+            "embed.tok_BLC": "token embeddings: one row of the embedding table per token, the MLP's only input",
+            **_mlp_meanings(cfg),
+            "mlp.out_BLC": "MLP output, projected back to C: what the LM head reads (no residual stream, no norm)",
+        }
+    if isinstance(model, Seq2SeqTransformer):
+        return {
+            **_embedding_meanings(cfg, "src_embed.", "source token", "the encoder's input"),
+            **_embedding_meanings(cfg, "embed.", "target token", "the decoder's input"),
+            **_attention_meanings(cfg),
+            **_mlp_meanings(cfg),
+        }
+    norm, post = _NORMS[cfg.norm], cfg.norm_placement == "post"
+    return {
+        **_embedding_meanings(cfg, "embed.", "token", "the residual stream entering block 0"),
+        **_attention_meanings(cfg),
+        **_mlp_meanings(cfg),
+        "ln1_BLC": f"{norm} of the residual stream after adding the attention output (post-norm): the MLP's input"
+        if post
+        else f"{norm} of the residual stream: the attention's input",
+        "ln2_BLC": f"{norm} of the residual stream after adding the MLP output (post-norm): the block's output"
+        if post
+        else f"{norm} of the residual stream: the MLP's input",
+        "resid_post_BLC": "residual stream after adding the MLP output, before the block's norm (ln2_BLC)"
+        if post
+        else "residual stream after adding the MLP output: the block's output",
+        "final_ln_BLC": f"final {norm} of the residual stream: what the LM head reads",
+    }
+
+
 def _embedding_steps(add, p: str, embed: torch.nn.Module, ids_BL: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
     """Token rows (x sqrt(C) with the 2017 sin/cos table), plus position vectors when the scheme adds them."""
     pos = embed.pos
@@ -147,9 +236,10 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
     device = next(model.parameters()).device
     ids_BL = torch.tensor([ids], device=device)
     steps: list[Step] = [Step("ids_BL", ids_BL, "token ids: the text after the tokenizer")]
+    fitted = model_meanings(model)
 
     def add(name: str, tensor: torch.Tensor, text: str | None = None) -> torch.Tensor:
-        steps.append(Step(name, tensor, text or meaning(name)))
+        steps.append(Step(name, tensor, text or fitted.get(generic_name(name)) or meaning(name)))
         return tensor
 
     heads: list[dict[str, Any]] = []
@@ -206,9 +296,10 @@ def trace_seq2seq(
         Step("src_BS", src_BS, "source token ids: the encoder's input"),
         Step("tgt_BL", tgt_BL, "decoder input ids: <bos> then the target so far (the target shifted right)"),
     ]
+    fitted = model_meanings(model)
 
     def add(name: str, tensor: torch.Tensor, text: str | None = None) -> torch.Tensor:
-        steps.append(Step(name, tensor, text or meaning(name)))
+        steps.append(Step(name, tensor, text or fitted.get(generic_name(name)) or meaning(name)))
         return tensor
 
     heads: list[dict[str, Any]] = []
