@@ -298,11 +298,11 @@ LOGS = {  # a run's metrics.jsonl: training rows, evaluations, and the final (bi
 
 @pytest.mark.parametrize("log", LOGS)
 def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_path, log):
-    from attnlab.cli import _metrics
+    from attnlab.cli import _log
 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGS[log]))
-    metrics = _metrics(tmp_path / "checkpoint", "val_bpc")  # the rows `attnlab serve` hands the card
+    metrics = _log(tmp_path / "checkpoint")  # the rows `attnlab serve` hands the card
     app_client = fastapi_testclient.TestClient(create_app(model, ByteTokenizer(), {"metrics": metrics}))
     assert app_client.get("/api/card").json()["curve"] == {
         "metric": "val_bpc",

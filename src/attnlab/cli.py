@@ -426,12 +426,11 @@ def _run_dir(checkpoint: Path) -> Path:
     return checkpoint.parent if checkpoint.name == "checkpoint" else checkpoint
 
 
-def _metrics(checkpoint: Path, field: str) -> list[dict]:
-    """The run's logged rows that have a step and a float `field` (a half-written last line is skipped)."""
+def _log(checkpoint: Path) -> list[dict]:
+    """The run's metrics.jsonl rows (a half-written last line is skipped); the card takes the kind it draws."""
     from .runtime import read_json_lines
 
-    rows = read_json_lines(_run_dir(checkpoint) / "metrics.jsonl")
-    return [row for row in rows if isinstance(row.get("step"), int) and isinstance(row.get(field), float)]
+    return read_json_lines(_run_dir(checkpoint) / "metrics.jsonl")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -452,13 +451,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         run = load_seq2seq(args.checkpoint, resolve_device(args.device))
         path = resolve_checkpoint(args.checkpoint)
-        app = create_seq2seq_app(run, _metrics(path, "train_loss"))
+        app = create_seq2seq_app(run, _log(path))
     else:
         ckpt = _checkpoint_with_tokenizer(args.checkpoint, resolve_device(args.device))
         path = ckpt.path
         info = dict(ckpt.state.get("run", {}))
         info["samples"] = _lab_samples(_run_dir(path))
-        app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": _metrics(path, "val_bpc")})
+        app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": info, "metrics": _log(path)})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: serving on {args.host}: anyone who can reach this address can use the explorer", file=sys.stderr
