@@ -180,3 +180,63 @@ def test_the_self_contained_attention_page_shows_the_models_numbers_offline(brow
         assert shown == [f"{p:.3f}" for p in top]
         cfg = ckpt.model.config
         assert seen.page.locator("#model-view .mv-cell").count() == cfg.n_layers * cfg.n_heads
+
+
+def test_the_class_report_shows_each_exercises_passes_the_mistakes_to_teach_every_grade_and_the_hints(
+    browser, tmp_path: Path
+):
+    from collections import Counter
+
+    from attnlab.exercises import MISTAKES
+    from attnlab.exercises.gradebook import write_class_report
+
+    from .test_gradebook import EXERCISES, synthetic_class
+
+    reports = synthetic_class()  # six notebooks; paths and errors with commas, quotes, newlines and markup
+    n = len(reports)
+    page_path = write_class_report(reports, tmp_path / "class.html")
+    with open_offline(browser, page_path) as seen:
+        assert seen.blocked == [] and seen.errors == [] and seen.broken_images() == []
+        assert seen.page.locator("img").count() == 1  # the mistakes chart
+        mean = sum(r.score for r in reports) / n
+        clean = sum(all(g == "passed" for g in r.grades.values()) and not r.errors for r in reports)
+        assert seen.text("p.data") == (
+            f"{n} notebooks: mean score {mean:.1f} of {len(EXERCISES)} exercises, {clean} passed every exercise "
+            f"without an error, {sum(bool(r.errors) for r in reports)} had errors."
+        )
+
+        expected = []
+        for e in EXERCISES:
+            grades = Counter(r.grades[e] for r in reports)
+            named = sorted(((g, c) for g, c in grades.items() if g in MISTAKES), key=lambda gc: (-gc[1], gc[0]))
+            expected.append(
+                [e, str(grades["passed"]), f"{grades['passed'] / n:.0%}", ", ".join(f"{g} {c}" for g, c in named)]
+                + [str(grades[g]) for g in ("wrong", "reference", "not written", "not checked")]
+            )
+        assert seen.table("table.exercises")[1:] == expected
+
+        made = Counter(g for r in reports for g in r.grades.values() if g in MISTAKES)
+        ranked = sorted(made, key=lambda m: (-made[m], m))
+        items = seen.page.locator("ol.mistakes > li")
+        assert items.count() == len(ranked) == 5
+        for i, m in enumerate(ranked):
+            item = items.nth(i)
+            assert item.locator(".id").inner_text() == m
+            assert item.locator(".count").inner_text() == str(made[m])
+            where = [e for e in EXERCISES if any(r.grades[e] == m for r in reports)]
+            assert item.locator(".where").inner_text() == ", ".join(where)
+            assert item.locator(".what").inner_text() == MISTAKES[m].what
+            assert item.locator(".fix").inner_text() == f"Fix: {MISTAKES[m].fix}"
+
+        rows = seen.table("table.grades")
+        assert rows[0] == ["notebook", "score", *EXERCISES, "errors"]
+        assert rows[1:] == [
+            [r.path, str(r.score), *(r.grades[e] for e in EXERCISES), str(len(r.errors)) if r.errors else ""]
+            for r in reports
+        ]
+
+        assert seen.table("table.hints")[1:] == [["attention", "class/ada/lab.ipynb class/ben/lab.ipynb", "61"]]
+        assert seen.texts("h3.notebook") == [r.path for r in reports if r.errors]
+        assert seen.texts("ul.errors li") == [" ".join(e.split()) for r in reports for e in r.errors]
+        if path := screenshot_to("class_report.png"):
+            seen.page.screenshot(path=str(path), full_page=True)
