@@ -3,6 +3,7 @@ catalogue (other code, the same mistake), and never raise a false alarm on a cor
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.exercises import (
+    CHECKS,
     MISTAKES,
     check_attention,
     check_causal_mask,
@@ -20,6 +22,7 @@ from attnlab.exercises import (
     check_split_heads,
     check_transformer_layer,
     check_transformer_lm,
+    run_all,
 )
 from attnlab.exercises import reference as ref
 
@@ -375,3 +378,241 @@ def test_an_unknown_mistake_gives_the_first_difference():
 def test_a_result_displays_as_its_message():
     result = check_encode_doc(ref.encode_doc)
     assert repr(result) == result.message == "✓ encode_doc: correct on 5 documents, accents and emoji included"
+
+
+# --- grading runs: the same checks on inputs drawn from a seed (issue 23) -------------------------
+
+SEEDS = (0, 1, 7, 23, 2**40 + 5)  # five grading runs; 0 is a seed like any other, not the notebook's inputs
+
+
+def _key(args):
+    """The arguments of one call as plain values (a module by its parameters): equal inputs, equal keys."""
+
+    def plain(a):
+        if isinstance(a, torch.Tensor):
+            return (str(a.dtype), tuple(a.shape), tuple(a.flatten().tolist()))
+        if isinstance(a, torch.nn.Module):
+            return tuple(tuple(p.detach().flatten().tolist()) for p in a.parameters())
+        return a
+
+    return tuple(plain(a) for a in args)
+
+
+def _inputs_seen(check, reference, seed):
+    """The keys of every call a check makes with `seed` (the reference answering)."""
+    seen = []
+
+    def recording(*args):
+        seen.append(_key(args))
+        return reference(*args)
+
+    assert check(recording, seed=seed).passed
+    return seen
+
+
+def _replaying(check, reference):
+    """A function that has stored the reference's answers to every call of the notebook's check, in
+    order, and answers only those (what a student could paste in after reading the inputs)."""
+    answers = {}
+
+    def recording(*args):
+        out = reference(*args)
+        answers.setdefault(_key(args), []).append(out)
+        return out
+
+    check(recording)
+    calls = {}
+
+    def replaying(*args):
+        key = _key(args)
+        if key not in answers:
+            raise KeyError("not one of the notebook's inputs")
+        calls[key] = calls.get(key, -1) + 1
+        return answers[key][calls[key] % len(answers[key])]
+
+    return replaying
+
+
+CHECK_AND_REFERENCE = [(check, getattr(ref, name)) for name, check in CHECKS.items()]
+
+
+def test_every_check_takes_a_keyword_seed_that_defaults_to_the_notebooks_inputs():
+    for check in CHECKS.values():
+        seed = inspect.signature(check).parameters["seed"]
+        assert (seed.kind, seed.default) == (inspect.Parameter.KEYWORD_ONLY, None), check.__name__
+    assert [r.message for r in run_all({"attention": ref.attention}, seed=1)] == [
+        check_attention(ref.attention, seed=1).message
+    ]
+    for not_a_seed in (1.5, "1", True):
+        with pytest.raises(TypeError, match="seed must be an int or None"):
+            check_encode_doc(ref.encode_doc, seed=not_a_seed)
+
+
+@pytest.mark.parametrize(("check", "reference"), CHECK_AND_REFERENCE, ids=list(CHECKS))
+def test_a_seed_draws_the_same_inputs_every_time_and_other_seeds_draw_others(check, reference):
+    notebook = _inputs_seen(check, reference, None)
+    assert _inputs_seen(check, reference, 7) == _inputs_seen(check, reference, 7)
+    drawn = [set(_inputs_seen(check, reference, seed)) for seed in (7, 8)]
+    assert drawn[0] != drawn[1]
+    assert all(keys - set(notebook) for keys in drawn)  # each run has inputs the notebook never showed
+
+
+@pytest.mark.parametrize(("check", "reference"), CHECK_AND_REFERENCE, ids=list(CHECKS))
+def test_stored_answers_to_the_notebooks_inputs_pass_the_notebook_and_fail_every_grading_run(check, reference):
+    replaying = _replaying(check, reference)
+    assert check(replaying).passed
+    for seed in SEEDS:
+        result = check(replaying, seed=seed)
+        assert not result.passed and "KeyError" in result.message, (seed, result.message)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("check", "broken", "mistake"), BROKEN, ids=[f"{b.__name__}-{m}" for _, b, m in BROKEN])
+def test_with_any_seed_a_broken_version_is_named(check, broken, mistake, seed):
+    result = check(broken, seed=seed)
+    assert (result.passed, result.mistake) == (False, mistake), result.message
+    assert f"`{mistake}`" in result.message and "fix:" in result.message
+
+
+# Correct alternatives that the drawn inputs must not fail: ties would fail a top-k that keeps exactly
+# k indices, float64 masks and log(tril) are fine, and so is the LM built from the model's own modules.
+
+
+def mask_float64_log_tril(L):  # correct: log(1) = 0, log(0) = -inf
+    return torch.ones(L, L, dtype=torch.float64).tril().log()
+
+
+def sample_top_k_indices(logits, temperature=1.0, top_k=None):  # correct: sample among the top-k indices
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    if top_k is None:
+        return int(torch.multinomial(F.softmax(logits / temperature, -1), 1))
+    values, indices = torch.topk(logits, top_k)
+    return int(indices[torch.multinomial(F.softmax(values / temperature, -1), 1)])
+
+
+def lm_via_modules(model, ids):  # correct: F.embedding, each block's own forward, the model's head
+    x = F.embedding(ids, model.embed.tok.weight) + model.embed.pos.weight[: ids.shape[1]]
+    for block in model.blocks:
+        x = block(x)
+    return model.unembed(model.final_ln(x))
+
+
+MORE_CORRECT = [
+    (check_causal_mask, mask_float64_log_tril),
+    (check_sampling, sample_top_k_indices),
+    (check_transformer_lm, lm_via_modules),
+]
+
+
+@pytest.mark.parametrize("seed", (None, *SEEDS))
+@pytest.mark.parametrize(
+    ("check", "fn"), CORRECT + MORE_CORRECT, ids=[f"{c.__name__}-{f.__name__}" for c, f in CORRECT + MORE_CORRECT]
+)
+def test_with_any_seed_a_correct_alternative_passes(check, fn, seed):
+    result = check(fn, seed=seed)
+    assert result.passed and result.mistake is None, result.message
+    assert result.function is fn
+
+
+# --- mistakes the notebook's old inputs could not see ---------------------------------------------
+# Each passed the checks before issue 23 (run against that checks.py); the comment says what catches it.
+
+
+def encode_below_255(doc):  # drops 'ÿ' (255): caught by the third document's code points 254-257
+    return torch.tensor([ord(c) for c in doc if ord(c) < 255], dtype=torch.long)
+
+
+def encode_up_to_256(doc):  # keeps 'Ā' (256) as id 256: caught by the same document
+    return torch.tensor([ord(c) for c in doc if ord(c) <= 256], dtype=torch.long)
+
+
+def encode_printable_only(doc):  # drops tabs and other control characters: caught by the tab in it
+    return torch.tensor([ord(c) for c in doc if ord(c) < 256 and (c.isprintable() or c == "\n")], dtype=torch.long)
+
+
+def mask_pasted_for_seven(L):  # the printed 7 x 7 answer pasted in: L = 1 and 4 are checked value by value now
+    if L == 7:
+        return torch.tensor([[0.0 if j <= i else -math.inf for j in range(7)] for i in range(7)])
+    return torch.zeros(L, L)
+
+
+_TRIL_8 = torch.tril(torch.ones(8, 8))  # a block_size of 8, as in many GPT-from-scratch walkthroughs
+
+
+def mask_cut_from_block_size_table(L):  # right up to L = 8: a grading run's sizes go beyond 20
+    return torch.zeros(L, L).masked_fill(_TRIL_8[:L, :L] == 0, float("-inf"))
+
+
+def lm_crops_to_block_size(model, ids):  # keeps the last 8 positions: a grading run adds 9 to 15
+    return ref.transformer_lm(model, ids[:, -8:])
+
+
+def sample_naive_softmax(logits, temperature=1.0, top_k=None):  # exp without subtracting the max
+    if temperature == 0:
+        return int(logits.argmax())
+    x = logits / temperature
+    if top_k is not None:
+        x = x.masked_fill(x < x.topk(top_k).values[-1], float("-inf"))
+    p = torch.exp(x)  # overflows to inf, then inf / inf = NaN, once x passes 88: temperature 0.01 now
+    return int(torch.multinomial(p / p.sum(), 1))
+
+
+def sample_above_the_next_best(logits, temperature=1.0, top_k=None):  # index top_k is out of range at top_k = V
+    if temperature == 0:
+        return int(logits.argmax())
+    x = logits / temperature
+    if top_k is not None:
+        x = x.masked_fill(x <= x.sort(descending=True).values[top_k], float("-inf"))
+    return int(torch.multinomial(x.softmax(-1), 1))
+
+
+MISSED = [  # (check, wrong function, the mistake named, caught on the notebook's inputs too)
+    (check_encode_doc, encode_below_255, None, True),
+    (check_encode_doc, encode_up_to_256, "keeps_out_of_vocab", True),
+    (check_encode_doc, encode_printable_only, None, True),
+    (check_causal_mask, mask_pasted_for_seven, "no_mask", True),
+    (check_causal_mask, mask_cut_from_block_size_table, None, False),
+    (check_transformer_lm, lm_crops_to_block_size, "wrong_shape", False),
+    (check_sampling, sample_naive_softmax, None, True),
+    (check_sampling, sample_above_the_next_best, None, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "wrong", "mistake", "in_notebook"), MISSED, ids=[w.__name__ for _, w, _, _ in MISSED]
+)
+def test_a_mistake_the_old_inputs_missed_is_caught(check, wrong, mistake, in_notebook):
+    for seed in ((None,) if in_notebook else ()) + SEEDS[:2]:
+        result = check(wrong, seed=seed)
+        assert (result.passed, result.mistake) == (False, mistake), (seed, result.message)
+
+
+def test_the_edge_document_says_what_was_expected():
+    message = check_encode_doc(encode_below_255).message
+    assert "'¿Qué tal?\\t3 + 4 = 7, þÿĀā\\n': expected [" in message
+    assert "254, 255, 10], got [" in message and "254, 10] (first difference at position 22)" in message
+    assert "has ['Ā', 'ā'] beyond the vocabulary" in check_encode_doc(encode_up_to_256).message
+
+
+def test_the_edge_settings_say_what_they_mean():
+    overflow = check_sampling(sample_naive_softmax).message
+    assert "(called with a float32 tensor of shape (8), 0.01, None)" in overflow
+    assert "the logits / T reach 200: exp overflows float32" in overflow
+    assert "1.0, 8); top_k 8 = V keeps every token" in check_sampling(sample_above_the_next_best).message
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_grading_run_draws_the_vocabularys_edge_long_masks_and_shuffled_logits(seed):
+    docs = [args[0] for args in _inputs_seen(check_encode_doc, ref.encode_doc, seed)]
+    drawn = docs[len(_inputs_seen(check_encode_doc, ref.encode_doc, None)) :]
+    assert len(drawn) == 4 and "" in drawn
+    assert {"\u00fe", "\u00ff", "\u0100", "\u0101", "\n"} <= set("".join(drawn))
+    assert any(ord(c) > 0xFFFF for c in "".join(drawn))  # an emoji
+    sizes = [args[0] for args in _inputs_seen(check_causal_mask, ref.make_causal_mask, seed)]
+    assert sizes[:3] == [1, 4, 7] and 8 <= sizes[3] <= 20 < sizes[4] <= 64
+    calls = _inputs_seen(check_sampling, ref.sample_next, seed)
+    (values,) = {args[0][2] for args in calls if args[2] == 3}  # the one vector drawn at top_k 3
+    logits = torch.tensor(values)
+    assert logits.unique().numel() == 8 and set(logits.topk(3).indices.tolist()) != {0, 1, 2}
+    assert not torch.equal(logits, torch.tensor([0.3, 2.0, -1.0, 1.2, 0.8, -0.4, 1.6, 0.0]))
