@@ -112,6 +112,7 @@ WRITERS = {
     "export": (["export", "{ckpt}"], "--hf", "dir"),
     "notebook": (["notebook"], "--out", "dir"),
     "seq2seq train": (["seq2seq", "train", "--task", "copy", "--steps", "1"], "--out", "dir"),
+    "check": (["check", "{tmp}/lab.ipynb"], "--report", "file"),
 }
 OUTPUT_CASES = [
     (name, [*args, flag, target], words)

@@ -41,7 +41,7 @@ BASE = {
     "info": ["info"],
     "serve": ["serve", "{ckpt}"],
     "notebook": ["notebook", "--out", "{tmp}/nb"],
-    "check": ["check", "{tmp}/missing.ipynb"],
+    "check": ["check", "{files}/empty.ipynb", "--no-sandbox"],
     "export": ["export", "{ckpt}", "--hf", "{tmp}/hf"],
     "seq2seq show": ["seq2seq", "show", "abc", "cba"],
     "seq2seq train": ["seq2seq", "train", "--task", "copy", "--steps", "1", "--out", "{tmp}/s"],
@@ -83,6 +83,7 @@ INT_FLAGS = {
     "--prompt-len": ["bench"],
     "--new-tokens": ["bench"],
     "--gen-max-len": ["bench"],
+    "--jobs": ["check"],
     "--threads": list(BASE),
 }
 FLOAT_FLAGS = {
@@ -140,6 +141,7 @@ RANGES = {
     "--prompt-len": (["-1", "0"], "--prompt-len"),
     "--new-tokens": (["-1", "0"], "--new-tokens"),
     "--gen-max-len": (["-1", "0"], "--gen-max-len"),
+    "--jobs": (["-1", "0"], ">= 1"),
     "--threads": (["-1", "0", "100000"], "--threads"),
 }
 for flag, (values, words) in RANGES.items():
@@ -235,6 +237,13 @@ ROWS += [
     ("seq2seq train into a file", _seq2seq_train("--task", "copy", "--steps", "1", out="{files}/one.txt"), "is a file"),
     ("seq2seq eval an LM run", ["seq2seq", "eval", "{run}"], "not an encoder-decoder run"),
     ("seq2seq eval nothing", ["seq2seq", "eval", "{tmp}/none"], "no such checkpoint"),
+    # attnlab check: its sizes, shares and times, and paths that hold no notebook.
+    *[(f"check --memory {v!r}", [*BASE["check"], f"--memory={v}"], "give") for v in ("abc", "", "-1G", "1K", "4X")],
+    *[(f"check --shard {v!r}", [*BASE["check"], f"--shard={v}"], "give I/N") for v in ("0/2", "3/2", "a/b", "1/0", "")],
+    *[(f"check --timeout {v}", [*BASE["check"], f"--timeout={v}"], "--timeout") for v in ("0", "-5", "1e9")],
+    ("check missing", ["check", "{tmp}/missing.ipynb"], "no such file or folder"),
+    ("check no notebooks", ["check", "{tmp}"], "no notebooks"),
+    ("check not a notebook", ["check", "{files}/stories.txt"], "is not a Jupyter notebook"),
     ("seq2seq translate an LM run", ["seq2seq", "translate", "{run}", "--text", "abc"], "not an encoder-decoder run"),
 ]
 
@@ -419,6 +428,7 @@ def _write_data_files(files: Path) -> None:
     (files / "broken.bin").write_bytes(b"\x00\x01" * 10)
     (files / "broken.json").write_text('{"format": 1, "dtype": "uin')
     (files / "stories.txt").write_text(join_stories(builtin_stories(n_chars=50_000)))
+    (files / "empty.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     for tok in ("bytes", "char"):
         prepare(str(files / "stories.txt"), files / f"{tok}.bin", tok)
 

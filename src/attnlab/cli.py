@@ -683,11 +683,47 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .exercises.notebook import check_notebook
+    import secrets
 
-    report = check_notebook(args.notebook, timeout=args.timeout)
-    print(report.to_json() if args.format == "json" else report.to_text())
-    return 0 if report.all_passed else 1
+    from tqdm import tqdm
+
+    from .exercises import gradebook, sandbox
+    from .exercises.grade import ClassRun, default_jobs, notebook_paths, parse_shard, read_notebook, shard
+
+    try:  # before anything runs: the notebooks are executed by a Jupyter kernel
+        import ipykernel  # noqa: F401
+        import nbclient  # noqa: F401
+    except ImportError:
+        raise AttnlabError("attnlab check needs nbclient and ipykernel: pip install 'attnlab[notebook]'") from None
+    if not 0 < args.timeout <= 86_400:
+        raise AttnlabError(f"--timeout {args.timeout:g}: give the seconds a cell may run, from 1 to 86400")
+    share = parse_shard(args.shard) if args.shard is not None else None
+    jobs = args.jobs or default_jobs()
+    memory = sandbox.parse_size(args.memory) if args.memory is not None else sandbox.default_memory(jobs)
+    paths = notebook_paths(args.paths)
+    if len(args.paths) == 1 and len(paths) == 1 and Path(args.paths[0]).is_file():
+        read_notebook(paths[0])  # one file that is not a notebook: say so, as a bad input
+    if share is not None:
+        paths = shard(paths, *share)
+    confine = not args.no_sandbox
+    if confine and (why := sandbox.problem()) is not None:
+        raise AttnlabError(
+            f"the notebooks cannot be confined here: {why}; grade them unconfined only if you trust their code: "
+            "--no-sandbox"
+        )
+    limits = sandbox.Limits(memory, cell_seconds=args.timeout, notebook_seconds=3 * args.timeout + 60)
+    grading = ClassRun(limits, confine, jobs, seed=secrets.randbits(48))
+    with tqdm(total=len(paths), desc="check", unit="notebook", file=sys.stderr, disable=None) as bar:
+        reports = grading.grade(paths, progress=lambda report: bar.update(1))
+    if args.format == "json":
+        print(gradebook.json_text(reports))
+    elif args.format == "csv":
+        print(gradebook.csv_text(reports), end="")
+    else:
+        print("\n\n".join(r.to_text() for r in reports))
+    if args.report is not None:
+        print(f"class report: {gradebook.write_class_report(reports, Path(args.report))}", file=sys.stderr)
+    return 0 if reports and all(r.all_passed for r in reports) else 1
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
@@ -874,10 +910,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", metavar="DIR", help="the folder to copy it into (default: here)")
     p.set_defaults(func=cmd_notebook)
 
-    p = sub.add_parser("check", help="run a student's lab notebook and report each exercise: passed or the mistake")
-    p.add_argument("notebook", help="the .ipynb file to check (it runs in a temporary copy)")
+    p = sub.add_parser(
+        "check", help="grade students' lab notebooks, confined: each exercise passed, or the mistake made"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="notebooks, or folders of them (every *.ipynb under)")
+    p.add_argument("--jobs", type=_positive, default=None, metavar="N", help="notebooks at once (default: free cores)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="grade only the I-th of N fixed shares of the paths")
     p.add_argument("--timeout", type=_finite, default=300.0, metavar="S", help="seconds each cell may run (300)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--memory", default=None, metavar="SIZE", help="memory per notebook process, such as 4G (default: a share)"
+    )
+    p.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run the notebooks unconfined: only code you trust (the limits still apply)",
+    )
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.add_argument("--report", default=None, metavar="FILE.html", help="also write the class report here")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model folder")
@@ -956,6 +1005,7 @@ OUTPUTS = {
     "export": [("hf", "dir")],
     "notebook": [("out", "dir")],
     "seq2seq": [("out", "dir")],
+    "check": [("report", "file")],
 }
 
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-# `attnlab check` sets this in the environment of the kernel it starts: every check run in the
-# notebook then appends its result here, one JSON object per line.
-LOG_ENV = "ATTNLAB_CHECK_LOG"
 
 
 @dataclass
@@ -35,15 +29,6 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "mistake": self.mistake, "message": self.message}
-
-
-def record(result: CheckResult) -> CheckResult:
-    """Append `result` to the log `attnlab check` asked for (if any) and return it."""
-    path = os.environ.get(LOG_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result.to_dict()) + "\n")
-    return result
 
 
 def shape_in_letters(shape: tuple[int, ...], letters: dict[str, int]) -> str:

@@ -89,6 +89,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.config = cfg  # so the module can be rebuilt elsewhere from its config and weights (attnlab check)
         C, H, G, D = cfg.emb_dim, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim, self.impl = H, G, D, cfg.attn_impl
         self.w_q = nn.Linear(C, H * D, bias=cfg.bias)

@@ -84,6 +84,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.config = cfg  # so the block can be rebuilt elsewhere from its config and weights (attnlab check)
         self.post_norm = cfg.norm_placement == "post"
         self.ln1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
