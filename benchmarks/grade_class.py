@@ -112,8 +112,12 @@ def main() -> None:
         print(json.dumps(results["class"], indent=2), flush=True)
 
         small = nbformat.v4.new_notebook(
-            cells=[nbformat.v4.new_code_cell("import torch\ndef split_heads(x, n):\n    B, L, E = x.shape\n"
-                                             "    return x.view(B, L, n, E // n).transpose(1, 2)")]
+            cells=[
+                nbformat.v4.new_code_cell(
+                    "import torch\ndef split_heads(x, n):\n    B, L, E = x.shape\n"
+                    "    return x.view(B, L, n, E // n).transpose(1, 2)"
+                )
+            ]
         )
         one = Path(tmp) / "one.ipynb"
         nbformat.write(small, one)

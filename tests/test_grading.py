@@ -340,3 +340,13 @@ def test_without_a_sandbox_the_check_refuses_unless_told(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--no-sandbox" in err and "bubblewrap" in err
     assert os.environ.get("ATTNLAB_CHECK_LOG") is None
+
+
+def test_without_the_sandbox_the_limits_still_apply(tmp_path):
+    allocate = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))"
+    path = _write(tmp_path, "memory_bomb", IMPORTS, allocate, ATTENTION)
+    args = ["check", str(path), "--no-sandbox", "--memory", "1G", "--format", "json", "--timeout", "60"]
+    proc = run_subprocess(args, timeout=300)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and any("memory limit is 1G" in e for e in report["errors"]), report["errors"]
+    assert next(e for e in report["exercises"] if e["name"] == "attention")["passed"]

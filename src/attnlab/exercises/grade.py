@@ -98,6 +98,9 @@ class Sandbox:
 
     def __init__(self, data: bytes, limits: sandbox.Limits, confine: bool, slot: int, threads: int) -> None:
         env = {"ATTNLAB_LAB_SECONDS": QUICK_SECONDS, "ATTNLAB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        # glibc reserves 64 MB of address space per thread's malloc arena; under RLIMIT_AS that is memory
+        # the notebook cannot use (a kernel with torch maps 1.4 GB with the default, 0.84 GB with two).
+        env["MALLOC_ARENA_MAX"] = "2"
         argv = [sys.executable, "-m", "attnlab.exercises.runner"]
         cmd, preexec = sandbox.confined(argv, limits, slot, confine, env)
         child_env = None if confine else {**_plain_env(), **env}
@@ -280,10 +283,16 @@ def _not_checked(name: str, why: str) -> tuple[str, dict[str, Any]]:
 
 def _explain(line: str, limits: sandbox.Limits) -> str:
     """An error line with the limit that caused it, when one did."""
-    if "MemoryError" in line or "can't allocate memory" in line or "out of memory" in line.lower():
-        return f"{line} (the memory limit is {sandbox.format_size(limits.memory)} per process)"
-    if "Resource temporarily unavailable" in line or "BlockingIOError" in line:
+    memory = f"the memory limit is {sandbox.format_size(limits.memory)} per process"
+    lowered = line.lower()
+    if any(w in lowered for w in ("memoryerror", "can't allocate memory", "cannot allocate memory", "out of memory")):
+        return f"{line} ({memory})"
+    if "failed to map segment" in lowered:  # a library cannot even be loaded within the limit
+        return f"{line} ({memory}: too little to load PyTorch; give more with --memory)"
+    if "BlockingIOError" in line:  # fork() refused: the process limit
         return f"{line} (the process limit is {limits.processes} tasks)"
+    if "resource temporarily unavailable" in lowered:  # a thread refused: its stack or the task count
+        return f"{line} (the process limit is {limits.processes} tasks and {memory})"
     if "the kernel died" in line:
         return f"{line} (out of memory? the limit is {sandbox.format_size(limits.memory)} per process)"
     return line
