@@ -350,3 +350,13 @@ def test_without_the_sandbox_the_limits_still_apply(tmp_path):
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and any("memory limit is 1G" in e for e in report["errors"]), report["errors"]
     assert next(e for e in report["exercises"] if e["name"] == "attention")["passed"]
+
+
+def test_an_environment_under_tmp_is_bound_over_the_private_tmp(monkeypatch, tmp_path):
+    """A venv in /tmp (a fresh clone there, say) must stay visible: the private /tmp is mounted first."""
+    env = Path("/tmp") / "some-clone" / ".venv"
+    monkeypatch.setattr(sandbox_module, "_read_only_paths", lambda: [Path("/usr"), env])
+    args = sandbox_module._bwrap_args(Path("/usr/bin"))
+    private_tmp = max(i for i, a in enumerate(args) if a == "--tmpfs" and args[i + 1] == "/tmp")
+    bound = args.index(str(env))
+    assert private_tmp < bound and args[bound - 1] == "--ro-bind"

@@ -105,11 +105,12 @@ class Sandbox:
         cmd, preexec = sandbox.confined(argv, limits, slot, confine, env)
         child_env = None if confine else {**_plain_env(), **env}
         self.scratch = None if confine else tempfile.TemporaryDirectory(prefix="attnlab-check-")
+        self.stderr = tempfile.TemporaryFile()  # the sandbox's own complaints (bwrap, a runner that failed)
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr,
             preexec_fn=preexec,  # noqa: PLW1509 - the limits must be set in the child before it runs
             start_new_session=True,  # its own process group, killed whole
             env=child_env,
@@ -138,7 +139,15 @@ class Sandbox:
     def _gone(self) -> str:
         if self.killed_for_time:
             return f"the notebook ran past its {self.notebook_seconds:g} s and was stopped"
-        return "the sandbox stopped"
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stderr.seek(0, os.SEEK_END)
+        self.stderr.seek(max(0, self.stderr.tell() - 4096))
+        lines = [line.strip() for line in self.stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        said = f": {lines[-1][:200]}" if lines else ""
+        return f"the sandbox stopped (exit status {self.proc.returncode}){said}"
 
     def executed(self) -> tuple[list[str], bool]:
         header, _ = self.receive()
@@ -182,6 +191,7 @@ class Sandbox:
                 pass
         if self.scratch is not None:
             self.scratch.cleanup()
+        self.stderr.close()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -111,7 +111,10 @@ def _bwrap_args(python_dir: Path, root: bool | None = None) -> list[str]:
     root = os.geteuid() == 0 if root is None else root
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-net"]
     args += ["--unshare-uts", "--unshare-cgroup-try"] + ([] if root else ["--unshare-user"])
-    made: set[Path] = {Path("/")}
+    # The private folders first: an environment that lives under /tmp is bound on top of them, not hidden.
+    args += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", WORKDIR]
+    args += ["--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    made: set[Path] = {Path("/"), Path("/tmp"), Path(WORKDIR)}
     for path in _read_only_paths():
         for parent in reversed(path.parents):  # bwrap would make them 0700, closed to the notebook's user
             if parent not in made:
@@ -122,8 +125,6 @@ def _bwrap_args(python_dir: Path, root: bool | None = None) -> list[str]:
         else:
             args += ["--ro-bind", str(path), str(path)]
         made.add(path)
-    args += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", WORKDIR]
-    args += ["--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
     env = {
         "PATH": f"{python_dir}:/usr/bin:/bin",
