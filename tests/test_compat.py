@@ -65,3 +65,19 @@ def test_an_old_run_resumes_to_the_losses_the_old_code_logged(tmp_path: Path, ca
 def test_a_preset_model_still_has_the_parameter_names_of_old_checkpoints() -> None:
     old = load_checkpoint(OLD / "transformer_run").model
     assert set(build_model(preset_config("lab", max_len=16)).state_dict()) == set(old.state_dict())
+
+
+SEQ2SEQ = Path(__file__).parent / "fixtures" / "seq2seq_eb51d9a"
+
+
+def test_an_old_encoder_decoder_gives_the_logits_and_translations_it_gave_before() -> None:
+    from attnlab.seq2seq_run import load_seq2seq, translate
+
+    expected = load_file(SEQ2SEQ / "expected.safetensors")
+    run = load_seq2seq(SEQ2SEQ / "reverse")
+    with torch.no_grad():
+        logits = run.model(expected["src"], expected["dec"])
+    torch.testing.assert_close(logits, expected["logits"], rtol=1e-6, atol=1e-6)
+    said = json.loads((SEQ2SEQ / "expected_translations.json").read_text())
+    assert translate(SEQ2SEQ / "reverse", said["texts"]) == said["greedy"]
+    assert translate(SEQ2SEQ / "reverse", said["texts"], beam=4) == said["beam4"]
