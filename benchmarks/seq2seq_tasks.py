@@ -37,8 +37,8 @@ def main() -> None:
             beam = evaluate_seq2seq(out, beam=args.beam, device="cpu")
         row = {
             "task": task,
-            "train_time_s": trained["train_time_s"],
-            "steps": trained["steps"],
+            "train_time_s": trained.train_time_s,
+            "steps": trained.steps,
             "examples": greedy["examples"],
             "exact_match_greedy": greedy["exact_match"],
             f"exact_match_beam{args.beam}": beam["exact_match"],

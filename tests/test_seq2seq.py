@@ -218,7 +218,7 @@ def test_train_eval_and_translate_a_task_end_to_end(tmp_path: Path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "copy" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], rows
-    assert {row["kind"] for row in rows} == {"train"}
+    assert [row["kind"] for row in rows][-2:] == ["train", "final"] and rows[-1]["examples"] == 1000
     code, out, err = run_cli(["seq2seq", "eval", str(tmp_path / "copy"), "--format", "json"], capsys)
     result = json.loads(out)
     assert code == 0 and result["task"] == "copy" and result["examples"] == 1000 and 0 <= result["exact_match"] <= 1

@@ -95,10 +95,21 @@ def test_wsd_schedule_holds_lr_then_decays_linearly_over_the_cooldown() -> None:
     assert lrs[10:61] == pytest.approx([2.0] * 51)  # stable until the last 40%
     assert lrs[80] == pytest.approx(1.1) and lrs[100] == pytest.approx(0.2)  # halfway down, then min_lr
     assert scheduled_lr(dataclasses.replace(tcfg, schedule="cosine"), 50, 0.5) == cosine_lr(50, 0.5, 2.0, 10, 0.2)
-    with pytest.raises(AttnlabError, match="--schedule noam: choose one of cosine, wsd"):
-        dataclasses.replace(tcfg, schedule="noam").validate()
+    with pytest.raises(AttnlabError, match="--schedule inverse: choose one of cosine, wsd, noam"):
+        dataclasses.replace(tcfg, schedule="inverse").validate()
     with pytest.raises(AttnlabError, match="--cooldown-frac 0.0: must be in"):
         dataclasses.replace(tcfg, cooldown_frac=0.0).validate()
+
+
+def test_the_noam_schedule_is_the_papers_for_any_model():
+    from attnlab.train import noam_lr
+
+    tcfg = TrainConfig(steps=100, lr=2e-3, warmup_steps=4000, schedule="noam")
+    tcfg.validate()
+    # lr / 1e-3 scales the paper's d_model^-0.5 min(step^-0.5, step warmup^-1.5); its peak is at the warm-up's end.
+    assert scheduled_lr(tcfg, 3999, 0.5, d_model=512) == pytest.approx(2 * 512**-0.5 * 4000**-0.5)
+    assert scheduled_lr(tcfg, 99, 0.5, d_model=512) == pytest.approx(2 * noam_lr(100, 512, 4000))
+    assert scheduled_lr(tcfg, 15999, 0.5, d_model=512) == pytest.approx(2 * 512**-0.5 * 16000**-0.5)
 
 
 def test_bits_per_character_accounts_for_characters_per_token(tmp_path: Path) -> None:

@@ -624,7 +624,7 @@ def cmd_seq2seq_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    print(f"checkpoint: {result['checkpoint']}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
+    print(f"checkpoint: {result.checkpoint}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
     return 0
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from .errors import AttnlabError
 
 OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("cosine", "wsd")  # learning-rate schedules after warm-up (train.scheduled_lr)
+SCHEDULES = ("cosine", "wsd", "noam")  # learning-rate schedules after warm-up (train.scheduled_lr)
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
@@ -26,7 +26,7 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     for name, p in model.named_parameters():
         if p.dim() < 2:
             vectors.append(p)
-        elif name.startswith(("embed.", "lm_head.")):
+        elif name.startswith(("embed.", "lm_head.", "src_embed.", "tgt_embed.")):
             io.append(p)
         else:
             hidden.append(p)

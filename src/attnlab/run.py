@@ -98,7 +98,7 @@ def start(
     """
     tcfg = TrainConfig(**train_fields)
     tcfg.validate()
-    with _processes(tcfg.device) as tcfg.device:
+    with processes(tcfg.device) as tcfg.device:
         prepared = data if isinstance(data, Prepared) else prepare_data(data, tokenizer)
         n_vocab = prepared.tokenizer.n_vocab
         if isinstance(config, ModelConfig):
@@ -156,7 +156,7 @@ def resume(
     tcfg = dataclasses.replace(saved.train, **train_fields)
     tcfg.validate()
     check_fits(ckpt.model.config, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
-    with _processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
+    with processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
         world = distributed.world_size()
         if world != saved.world_size and "batch_size" not in train_fields:
             global_batch = saved.train.batch_size * saved.world_size
@@ -204,7 +204,7 @@ def _check_same(ckpt: Checkpoint, saved: TrainState, asked: dict[str, Any], out_
 
 
 @contextlib.contextmanager
-def _processes(device: str, fallback: bool = False) -> Iterator[str]:
+def processes(device: str, fallback: bool = False) -> Iterator[str]:
     """This process's device, for the time of a run.
 
     Under `torchrun` the process joins the group (and leaves it at the end, if it joined here) and

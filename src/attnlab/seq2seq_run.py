@@ -4,48 +4,99 @@
 from attnlab import seq2seq_run
 
 seq2seq_run.train_seq2seq("runs/reverse", task="reverse", max_time=300)
+seq2seq_run.resume_seq2seq("runs/reverse", max_time=600)  # the same run, continued
 seq2seq_run.evaluate_seq2seq("runs/reverse")          # {"task": "reverse", "examples": 1000, "exact_match": ...}
 seq2seq_run.translate("runs/reverse", ["abcdef"], beam=4)
 ```
 
-A run folder holds `checkpoint/` (the model's weights and config; `state.json` with the task or data
-file, the vocabulary and the training settings) and `metrics.jsonl` (the training loss every few
-steps). Training draws fresh pairs of the task's train split every step (a file's train pairs, in
-shuffled passes) and is fed by teacher forcing; evaluation decodes the fixed test split and counts
+It trains through the language models' own loop (`train.fit`, with the `Translation` objective), so
+a run has what theirs have: a checkpoint every `eval_every` steps with the optimizer and random
+states, exact resume (`resume_seq2seq`), Ctrl-C that saves, the stop on a non-finite loss, Muon,
+bf16 / fp16, compile, processes under torchrun and the thread adjustment. A run folder holds
+`checkpoint/` (weights, config, optimizer; `state.json` with the task or data file, the vocabulary
+and the `TrainState`) and `metrics.jsonl` (the training loss every `log_every` steps, and at each
+evaluation the loss and exact match on the first 200 test pairs; the final row on all of them).
+Training draws fresh pairs of the task's train split every step (a file's train pairs, in shuffled
+passes) and is fed by teacher forcing; `evaluate_seq2seq` decodes the fixed test split and counts
 exact matches.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import random
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
 
-from .checkpoint import check_checkpoint, read_weights, save_checkpoint
+from . import distributed
+from .checkpoint import OPTIMIZER, Checkpoint, check_checkpoint, read_weights
 from .errors import AttnlabError
 from .models import ModelConfig, Seq2SeqTransformer, preset_config
 from .models.seq2seq import BOS, PAD
 from .models.translate import beam_search, greedy_decode
-from .run import check_fits
+from .run import check_fits, processes
 from .runtime import notice, resolve_device
-from .tasks import Pair, PairVocab, held_out_pairs, read_pairs, task_pairs, teacher_forcing
-from .train import TrainConfig, cosine_lr
+from .tasks import TASKS, Pair, PairVocab, held_out_pairs, in_test_split, read_pairs, task_pairs, teacher_forcing
+from .train import Callback, TrainConfig, TrainResult, TrainState, fit
 
-SCHEDULES = ("cosine", "noam")
+
+class PairStream:
+    """The training pairs, endless: a task's train split drawn with a seeded `random.Random`, or a file's
+    train pairs in shuffled passes. Its state (the generator's, at the start of the current pass for a
+    file, and the position in it) travels with each checkpoint, so a resumed run draws what the
+    uninterrupted one would have."""
+
+    def __init__(self, task: str | None, pairs: list[Pair] | None, seed: int) -> None:
+        self.task, self.pairs = task, pairs
+        self.rng = random.Random(seed)
+        self.pass_state = self.rng.getstate()
+        self.order: list[Pair] = []
+        self.pos = 0
+        if task is not None and task not in TASKS:
+            raise AttnlabError(f"--task {task}: choose one of {', '.join(TASKS)}")
+
+    def __next__(self) -> Pair:
+        if self.task is not None:  # as tasks.task_pairs draws them
+            while in_test_split((pair := TASKS[self.task](self.rng))[0]):
+                pass
+            return pair
+        if self.pos == len(self.order):
+            self.pass_state = self.rng.getstate()
+            self.order = self.pairs[:]
+            self.rng.shuffle(self.order)
+            self.pos = 0
+        self.pos += 1
+        return self.order[self.pos - 1]
+
+    def __iter__(self) -> Iterator[Pair]:
+        return self
+
+    def state_dict(self) -> torch.Tensor:
+        version, internal, _ = self.pass_state if self.task is None else self.rng.getstate()
+        return torch.tensor([version, *internal, self.pos], dtype=torch.int64)
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        values = [int(v) for v in state.tolist()]
+        if len(values) != 627:
+            raise AttnlabError(f"the saved pair stream state has {len(values)} numbers, not 627; start the run again")
+        self.rng.setstate((values[0], tuple(values[1:-1]), None))
+        if self.task is None:  # the pass's shuffle again, then on to the saved position
+            self.order, self.pos = [], 0
+            next(self)
+            self.pos = values[-1]
 
 
 @dataclass
 class Seq2SeqData:
     name: str  # the task, or the file
-    train: Iterator[Pair]  # endless
+    train: PairStream  # endless
     test: list[Pair]
     vocab: PairVocab
 
@@ -57,17 +108,9 @@ def load_data(task: str | None = None, data: str | None = None, seed: int = 0) -
     if task is not None:
         test = held_out_pairs(task)  # an unknown task is named there
         sample = [p for p, _ in zip(task_pairs(task, "train", seed + 1), range(20_000), strict=False)]
-        return Seq2SeqData(task, task_pairs(task, "train", seed), test, PairVocab.from_pairs(sample + test))
+        return Seq2SeqData(task, PairStream(task, None, seed), test, PairVocab.from_pairs(sample + test))
     train, test = read_pairs(str(data))
-
-    def passes() -> Iterator[Pair]:
-        rng = random.Random(seed)
-        while True:
-            order = train[:]
-            rng.shuffle(order)
-            yield from order
-
-    return Seq2SeqData(str(data), passes(), test, PairVocab.from_pairs(train + test))
+    return Seq2SeqData(str(data), PairStream(None, train, seed), test, PairVocab.from_pairs(train + test))
 
 
 def seq2seq_config(
@@ -91,10 +134,100 @@ def _batch(pairs: list[Pair], vocab: PairVocab, max_len: int, device: str) -> tu
     return tuple(t.to(device) for t in (batch.encoder_input_BS, batch.decoder_input_BL, batch.labels_BL))
 
 
-def noam_lr(step: int, emb_dim: int, warmup_steps: int, scale: float = 1.0) -> float:
-    """The paper's schedule: d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), times `scale`."""
-    step = max(step, 1)
-    return scale * emb_dim**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+EVAL_PAIRS = 200  # the held-back slice of the test split that periodic evaluations decode
+
+
+class Translation:
+    """The encoder-decoder's objective for the one training loop (`train.fit`): teacher-forced batches
+    of fresh pairs, cross-entropy over the target's tokens (padding ignored, optional label smoothing),
+    and evaluations by loss and exact match: periodically on the first `EVAL_PAIRS` test pairs, at the
+    end on the whole test split."""
+
+    def __init__(self, data: Seq2SeqData, label_smoothing: float = 0.0) -> None:
+        self.data, self.label_smoothing = data, label_smoothing
+        self.rows, self.device, self.max_len = 0, "cpu", 0
+
+    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+        self.rows, self.device, self.max_len = sequences, device, model.config.max_len
+        check_lengths(self.data.test, self.data.vocab, self.max_len)
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        return _batch([next(self.data.train) for _ in range(self.rows)], self.data.vocab, self.max_len, self.device)
+
+    def loss(
+        self,
+        forward: Callable[..., torch.Tensor],
+        batch: tuple[torch.Tensor, ...],
+        whole: tuple[torch.Tensor, ...],
+        world: int,
+    ) -> torch.Tensor:
+        """The micro-batch's summed loss over the global batch's target tokens: pairs differ in length, so
+        averaging per micro-batch would weigh a short pair's tokens more when accumulating or with processes."""
+        src_BS, dec_BL, labels_BL = batch
+        logits_BLV = forward(src_BS, dec_BL)
+        total = F.cross_entropy(
+            logits_BLV.flatten(0, 1).float(),
+            labels_BL.flatten(),
+            ignore_index=PAD,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
+        return total * world / self.tokens(whole)
+
+    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+        return int((batch[2] != PAD).sum())
+
+    @torch.no_grad()
+    def _measure(self, model: nn.Module, pairs: list[Pair]) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        total = count = 0.0
+        for i in range(0, len(pairs), 250):
+            src_BS, dec_BL, labels_BL = _batch(pairs[i : i + 250], self.data.vocab, self.max_len, self.device)
+            logits_BLV = model(src_BS, dec_BL)
+            total += F.cross_entropy(
+                logits_BLV.flatten(0, 1).float(), labels_BL.flatten(), ignore_index=PAD, reduction="sum"
+            ).item()
+            count += int((labels_BL != PAD).sum())
+        run = Seq2SeqRun(model, self.data.vocab, {})
+        outputs = decode_texts(run, [source for source, _ in pairs])
+        model.train(was_training)
+        correct = sum(out == target for out, (_, target) in zip(outputs, pairs, strict=True))
+        return {"val_loss": total / count, "exact_match": correct / len(pairs), "examples": len(pairs)}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self._measure(model, self.data.test[:EVAL_PAIRS])
+
+    def final(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+        fields = self._measure(model, self.data.test)
+        return fields, fields
+
+    def describe(self, fields: dict[str, Any]) -> str:
+        return (
+            f"val loss {fields['val_loss']:.3f} nats/token, exact match {fields['exact_match']:.1%} "
+            f"of {fields['examples']:,} test pairs"
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rng.pairs": self.data.train.state_dict()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.data.train.load_state_dict(tensors["rng.pairs"])
+
+
+# The settings a new run starts with where a language model's differ (the paper's: no weight decay,
+# Adam's beta2 0.98 with the noam schedule).
+DEFAULTS = {"batch_size": 64, "lr": 1e-3, "warmup_steps": 200, "weight_decay": 0.0, "log_every": 50}
+
+
+def _train_config(fields: dict[str, Any]) -> TrainConfig:
+    settings = {**DEFAULTS, **{k: v for k, v in fields.items() if v is not None}}
+    settings.setdefault("beta2", 0.98 if settings.get("schedule") == "noam" else 0.99)
+    tcfg = TrainConfig(**settings)
+    tcfg.validate()
+    if tcfg.warmup_steps < 1:
+        raise AttnlabError(f"--warmup-steps {tcfg.warmup_steps}: must be >= 1 (the schedules divide by it)")
+    return tcfg
 
 
 def train_seq2seq(
@@ -104,101 +237,75 @@ def train_seq2seq(
     data: str | None = None,
     preset: str = "seq2seq-small",
     config: dict[str, Any] | None = None,
-    max_time: float | None = None,
-    steps: int | None = None,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    warmup_steps: int = 200,
-    schedule: str = "cosine",
     label_smoothing: float = 0.0,
-    seed: int = 0,
-    device: str = "auto",
-    log_every: int = 50,
-) -> dict[str, Any]:
-    """Train a new encoder-decoder in `out_dir`; returns its summary (steps, time, loss, exact match)."""
-    # The budget, batch, learning rate and seed are checked as for a language model's run.
-    TrainConfig(
-        steps=steps, max_time=max_time, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed
-    ).validate()
-    if warmup_steps < 1:
-        raise AttnlabError(f"--warmup-steps {warmup_steps}: must be >= 1 (the schedules divide by it)")
+    callback: Callback | None = None,
+    **train_fields: Any,
+) -> TrainResult:
+    """Train a new encoder-decoder in `out_dir` through the one training loop (`train.fit`).
+
+    `train_fields` are `TrainConfig` fields (a budget: `steps`, `max_time`; `batch_size`, `lr`,
+    `warmup_steps`, `schedule` ("cosine", "wsd" or the paper's "noam"), `eval_every`, `optimizer`,
+    `dtype`, `compile`, `seed`, `device`, ...), defaulting to `DEFAULTS` where a language model's differ.
+    """
+    tcfg = _train_config(train_fields)
     if not 0 <= label_smoothing < 1:
         raise AttnlabError(f"--label-smoothing {label_smoothing}: out of range; give a number in [0, 1)")
-    if schedule not in SCHEDULES:
-        raise AttnlabError(f"--schedule {schedule}: choose one of {', '.join(SCHEDULES)}")
-    device = resolve_device(device)
-    prepared = load_data(task, data, seed)
-    cfg = seq2seq_config(prepared.vocab, preset, config)
-    check_fits(cfg, training=True, batch_size=batch_size)
-    check_lengths(prepared.test, prepared.vocab, cfg.max_len)  # before any work: the test pairs are like the rest
-    torch.manual_seed(seed)
-    model = Seq2SeqTransformer(cfg).to(device)
-    notice(f"seq2seq: training an encoder-decoder of {model.num_params():,} parameters on {prepared.name} ({device})")
-    betas = (0.9, 0.98) if schedule == "noam" else (0.9, 0.99)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=1e-9, weight_decay=0.0)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "metrics.jsonl"
-    log_path.unlink(missing_ok=True)
-    step, elapsed, loss_sum, loss_n = 0, 0.0, 0.0, 0
-    settings = dict(
-        preset=preset, steps=steps, max_time=max_time, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-        schedule=schedule, label_smoothing=label_smoothing, seed=seed,
-    )  # fmt: skip
-    model.train()
-    while (steps is None or step < steps) and (max_time is None or elapsed < max_time):
-        t0 = time.perf_counter()
-        progress = max(step / steps if steps else 0.0, elapsed / max_time if max_time else 0.0)
-        if schedule == "noam":
-            rate = noam_lr(step + 1, cfg.emb_dim, warmup_steps, lr / 1e-3)  # --lr scales it (1e-3: the paper's)
-        else:
-            rate = cosine_lr(step, progress, lr, warmup_steps, lr * 0.1)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        src_BS, dec_BL, labels_BL = _batch(
-            [next(prepared.train) for _ in range(batch_size)], prepared.vocab, cfg.max_len, device
+    with processes(tcfg.device) as tcfg.device:
+        prepared = load_data(task, data, tcfg.seed)
+        cfg = seq2seq_config(prepared.vocab, preset, config)
+        check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
+        check_lengths(prepared.test, prepared.vocab, cfg.max_len)  # before any work: the test pairs are like the rest
+        torch.manual_seed(tcfg.seed)
+        model = Seq2SeqTransformer(cfg).to(tcfg.device)
+        if distributed.is_main():
+            notice(
+                f"seq2seq: training an encoder-decoder of {model.num_params():,} parameters on {prepared.name} "
+                f"({tcfg.device})"
+            )
+        info = {
+            "kind": "seq2seq",
+            "task": task,
+            "data": data,
+            "vocab": prepared.vocab.to_dict(),
+            "preset": preset,
+            "label_smoothing": label_smoothing,
+        }
+        objective = Translation(prepared, label_smoothing)
+        return fit(model, objective, tcfg, out_dir, None, info, callback=callback, desc="seq2seq")
+
+
+def resume_seq2seq(out_dir: str | Path, *, callback: Callback | None = None, **train_fields: Any) -> TrainResult:
+    """Continue the encoder-decoder run in `out_dir` exactly where it stopped (a new `steps` or `max_time`
+    extends it); the saved settings hold unless `train_fields` change them."""
+    if (Path(out_dir) / "config.json").is_file():
+        raise AttnlabError(
+            f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
         )
-        logits_BLV = model(src_BS, dec_BL)
-        loss = F.cross_entropy(
-            logits_BLV.flatten(0, 1).float(), labels_BL.flatten(), ignore_index=PAD, label_smoothing=label_smoothing
+    ckpt_path, cfg, _, state = check_checkpoint(out_dir)
+    if cfg.model != "seq2seq" or state.get("kind") != "seq2seq":
+        raise AttnlabError(f"{ckpt_path}: not an encoder-decoder run; resume it with attnlab train --resume")
+    if "optimizer" not in state:
+        raise AttnlabError(
+            f"{ckpt_path}: saved by an earlier attnlab without its optimizer and random states, so it cannot "
+            "continue; train it again (it still translates: attnlab seq2seq eval / translate)"
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise AttnlabError(f"the training loss became {value} at step {step + 1}; lower --lr and train again")
-        elapsed += time.perf_counter() - t0
-        step += 1
-        loss_sum, loss_n = loss_sum + value, loss_n + 1
-        if step % log_every == 0:
-            with open(log_path, "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "kind": "train",
-                            "step": step,
-                            "train_loss": loss_sum / loss_n,
-                            "lr": rate,
-                            "elapsed_s": round(elapsed, 3),
-                        }
-                    )
-                    + "\n"
-                )
-            loss_sum, loss_n = 0.0, 0
-    state = {
-        "kind": "seq2seq",
-        "task": task,
-        "data": data,
-        "vocab": prepared.vocab.to_dict(),
-        "step": step,
-        "elapsed_s": elapsed,
-        "train": settings,
-    }
-    save_checkpoint(out / "checkpoint", model, state=state)
-    notice(f"seq2seq: {step} steps in {elapsed:.1f} s")
-    return {"steps": step, "train_time_s": elapsed, "checkpoint": str(out / "checkpoint")}
+    saved = TrainState.from_dict(state, str(ckpt_path))
+    tcfg = dataclasses.replace(saved.train, **{k: v for k, v in train_fields.items() if v is not None})
+    tcfg.validate()
+    check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)
+    with processes(tcfg.device, fallback="device" not in train_fields) as tcfg.device:
+        model = Seq2SeqTransformer(cfg)
+        model.load_state_dict(read_weights(ckpt_path))
+        model.to(tcfg.device)
+        tensors = load_file(ckpt_path / OPTIMIZER) if (ckpt_path / OPTIMIZER).is_file() else {}
+        ckpt = Checkpoint(model, None, ckpt_path, state, tensors)
+        task, data = saved.run.get("task"), saved.run.get("data")
+        prepared = load_data(task, data, tcfg.seed)
+        vocab = PairVocab.from_dict(saved.run.get("vocab"), f"{ckpt_path / 'state.json'}: vocab")
+        prepared.vocab = vocab  # the run's own ids, whatever the data gives now
+        smoothing = saved.run.get("label_smoothing", 0.0)
+        objective = Translation(prepared, smoothing if isinstance(smoothing, float) else 0.0)
+        return fit(model, objective, tcfg, out_dir, None, {}, ckpt, callback, "seq2seq")
 
 
 @dataclass

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from . import distributed, optim
@@ -135,9 +136,19 @@ def cosine_lr(step: int, progress: float, lr: float, warmup_steps: int, min_lr: 
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
 
 
-def scheduled_lr(tcfg: TrainConfig, step: int, progress: float) -> float:
+def noam_lr(step: int, d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
+    """Vaswani et al. 2017's schedule: d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), times `scale`."""
+    step = max(step, 1)
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
+
+
+def scheduled_lr(tcfg: TrainConfig, step: int, progress: float, d_model: int = 1) -> float:
     """The learning rate of `step` at `progress` (0 -> 1) of the budget, by the config's schedule: the
-    cosine, or "wsd": lr held until the last `cooldown_frac` of the run, then a linear decay to min_lr."""
+    cosine; "wsd": lr held until the last `cooldown_frac` of the run, then a linear decay to min_lr;
+    "noam": the paper's warm-up and inverse square root for a model of `d_model` channels, scaled by
+    lr / 1e-3 (1e-3: the paper's)."""
+    if tcfg.schedule == "noam":
+        return noam_lr(step + 1, d_model, max(tcfg.warmup_steps, 1), tcfg.lr / 1e-3)
     min_lr = tcfg.lr * tcfg.min_lr_ratio
     if tcfg.schedule == "cosine" or step < tcfg.warmup_steps:  # both warm up as the cosine does
         return cosine_lr(step, progress, tcfg.lr, tcfg.warmup_steps, min_lr)
@@ -192,6 +203,100 @@ def evaluate(
     model.train(was_training)
     loss = total / count
     return EvalResult(loss, loss / LN2 / stream.chars_per_token, round(count * stream.chars_per_token), count)
+
+
+class Objective(Protocol):
+    """What a run learns from, for the one training loop: batches, the loss of one, and evaluations.
+
+    `LanguageModeling` predicts each next token of a text; `seq2seq_run.Translation` a target from a
+    source. The loop does the rest alike for both: schedule, accumulation, clipping, mixed precision,
+    processes, checkpoints, resume, Ctrl-C, the NaN stop and the log.
+    """
+
+    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+        """Check the data against the model and begin drawing global batches of `sequences` rows."""
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        """The next global batch: tensors whose rows (dim 0) are its sequences."""
+
+    def loss(
+        self,
+        forward: Callable[..., torch.Tensor],
+        batch: tuple[torch.Tensor, ...],
+        whole: tuple[torch.Tensor, ...],
+        world: int,
+    ) -> torch.Tensor:
+        """A micro-batch's share of the global batch `whole`'s mean loss (nats per predicted token), such
+        that the shares summed over a process's micro-batches, averaged over the `world` processes (as
+        DDP averages gradients), are the mean over the global batch."""
+
+    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+        """Tokens a batch trains on (tokens/s counts them)."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """A periodic evaluation: the fields it adds to its log row."""
+
+    def final(self, model: nn.Module) -> tuple[dict[str, Any], Any]:
+        """The final evaluation: its log row's fields, and the result `TrainResult.final` holds."""
+
+    def describe(self, fields: dict[str, Any]) -> str:
+        """An evaluation's fields in words, for the progress line."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The batches' random state, saved with each checkpoint so a resumed run draws the same."""
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+class LanguageModeling:
+    """Next-token prediction on a token stream: random windows of max_len + 1 tokens; evaluations in
+    bits per character on the validation stream (its first `eval_tokens`; the final on its first
+    `final_eval_chars` characters, or all of it)."""
+
+    def __init__(self, train: TokenStream, valid: TokenStream, eval_tokens: int, final_eval_chars: int) -> None:
+        self.train, self.valid, self.eval_tokens, self.final_eval_chars = train, valid, eval_tokens, final_eval_chars
+        self.batches: Batches | None = None
+
+    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+        max_len = model.config.max_len
+        check_length(self.train, max_len, "the training split")
+        self.batches = Batches(self.train.tokens, max_len, sequences, seed + 1, device)
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        return self.batches.next()
+
+    def loss(
+        self,
+        forward: Callable[..., torch.Tensor],
+        batch: tuple[torch.Tensor, ...],
+        whole: tuple[torch.Tensor, ...],
+        world: int,
+    ) -> torch.Tensor:
+        x_BL, y_BL = batch
+        logits_BLV = forward(x_BL)
+        parts = len(whole[0]) // (len(x_BL) * world)  # micro-batches per process, all of one size
+        return F.cross_entropy(logits_BLV.flatten(0, 1).float(), y_BL.flatten()) / parts
+
+    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+        return batch[0].numel()
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        ev = evaluate(model, self.valid, max_tokens=self.eval_tokens)
+        return {"val_loss": ev.loss, "val_bpc": ev.bpc}
+
+    def final(self, model: nn.Module) -> tuple[dict[str, Any], EvalResult]:
+        ev = evaluate(model, self.valid, max_chars=self.final_eval_chars)
+        return {"val_loss": ev.loss, "val_bpc": ev.bpc, "val_chars": ev.chars}, ev
+
+    def describe(self, fields: dict[str, Any]) -> str:
+        text = f"val loss {fields['val_loss']:.3f} nats/token, {fields['val_bpc']:.3f} bits/char"
+        return text + (f" over {fields['val_chars']:,} chars" if "val_chars" in fields else "")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rng.batches": self.batches.state_dict()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.batches.load_state_dict(tensors["rng.batches"])
 
 
 class TrainingInterrupted(Exception):
@@ -344,15 +449,29 @@ def train(
     callback: Callback | None = None,
     desc: str = "train",
 ) -> TrainResult:
-    """Train `model` in place, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
+    """Train a language model in place on `train_stream`, evaluated on `valid_stream` (see `fit`)."""
+    task = LanguageModeling(train_stream, valid_stream, tcfg.eval_tokens, tcfg.final_eval_chars)
+    return fit(model, task, tcfg, out_dir, tokenizer, run_info, resume, callback, desc)
+
+
+def fit(
+    model: nn.Module,
+    task: Objective,
+    tcfg: TrainConfig,
+    out_dir: str | Path,
+    tokenizer: Tokenizer | None = None,
+    run_info: dict[str, Any] | None = None,
+    resume: Checkpoint | None = None,
+    callback: Callback | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place on `task`, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
 
     `resume`: a checkpoint of this run loaded `with_state`, to continue from (see `attnlab.run.resume`).
-    `run_info` is kept in the checkpoint's state. `callback(step, row)` is called after every step;
-    returning True stops the run as Ctrl-C would.
+    `run_info` is kept in the checkpoint's state, and `tokenizer` in its config. `callback(step, row)` is
+    called after every step; returning True stops the run as Ctrl-C would.
     """
     tcfg.validate()
-    max_len = model.config.max_len
-    check_length(train_stream, max_len, "the training split")
     device = str(next(model.parameters()).device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -361,13 +480,14 @@ def train(
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     per_rank = tcfg.batch_size * tcfg.grad_accum
     # Every process draws the same global batch and trains on its slice: results do not depend on `world`.
-    batches = Batches(train_stream.tokens, max_len, per_rank * world, tcfg.seed + 1, device)
+    task.start(model, per_rank * world, tcfg.seed, device)
     optimizer = make_optimizer(model, tcfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
     if resume is not None:
         st = TrainState.from_dict(resume.state, str(resume.path))
         st.train, st.world_size, st.run = tcfg, world, {**st.run, **(run_info or {})}
-        if missing := [k for k in ("rng.batches", "rng.torch") if k not in resume.tensors]:
+        wanted = [*task.state_dict(), "rng.torch"]
+        if missing := [k for k in wanted if k not in resume.tensors]:
             raise AttnlabError(
                 f"checkpoint {resume.path}: no {missing[0]} (its optimizer.safetensors is missing or incomplete), "
                 "so it cannot continue; start the run again"
@@ -375,7 +495,7 @@ def train(
         resume.restore_optimizer(optimizer)
         if main:
             notice(f"resuming {resume.path} at step {st.step} on {device if world == 1 else f'{world} processes'}")
-        batches.load_state_dict(resume.tensors["rng.batches"])
+        task.load_state_dict(resume.tensors)
         torch.set_rng_state(resume.tensors["rng.torch"])
         if device.startswith("cuda") and "rng.cuda" in resume.tensors:
             torch.cuda.set_rng_state(resume.tensors["rng.cuda"], device)  # this run's GPU, not the current one
@@ -407,7 +527,7 @@ def train(
         saved_step = st.step
         if not main:
             return ckpt_path
-        tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": batches.state_dict()}
+        tensors = {"rng.torch": torch.get_rng_state(), **task.state_dict()}
         if device.startswith("cuda"):
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         st.grad_scaler = scaler.state_dict()
@@ -436,25 +556,24 @@ def train(
         total=tcfg.steps, initial=st.step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr
     )
     loss_sum, loss_count = st.loss_acc
+    d_model = getattr(getattr(model, "config", None), "emb_dim", 1)
     with _StopFlag() as flag:
         while distributed.all_agree(budget_left() and not flag.stop, device):
             governor.adjust()
             t0 = time.perf_counter()
-            lr = scheduled_lr(tcfg, st.step, progress())
+            lr = scheduled_lr(tcfg, st.step, progress(), d_model)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)  # the embeddings' group may have its own ratio
-            x_GL, y_GL = batches.next()  # the global batch; this process takes rows [rank * per_rank, ...)
-            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            batch_G = task.draw()  # the global batch; this process takes rows [rank * per_rank, ...)
+            mine = rank * per_rank
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             for a in range(tcfg.grad_accum):
-                x_BL = x_GL[mine][a * tcfg.batch_size : (a + 1) * tcfg.batch_size]
-                y_BL = y_GL[mine][a * tcfg.batch_size : (a + 1) * tcfg.batch_size]
+                rows = slice(mine + a * tcfg.batch_size, mine + (a + 1) * tcfg.batch_size)
                 last = a == tcfg.grad_accum - 1
                 with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
                     with autocast_context(device, tcfg.dtype):
-                        logits_BLV = forward(x_BL)
-                    loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), y_BL.flatten()) / tcfg.grad_accum
+                        loss = task.loss(forward, tuple(t[rows] for t in batch_G), batch_G, world)
                     scaler.scale(loss).backward()
                 loss_value += loss.item()  # also waits for the device, so the timing below is honest
             loss_value = distributed.mean_across(loss_value, device)  # the mean over the global batch
@@ -469,7 +588,7 @@ def train(
             scaler.update()
             st.elapsed_s += time.perf_counter() - t0
             st.step += 1
-            st.tokens_seen += x_GL.numel()
+            st.tokens_seen += task.tokens(batch_G)
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
             bar.update(1)
@@ -490,11 +609,10 @@ def train(
                 st.last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
             st.loss_acc = (loss_sum, loss_count)
             if is_eval and budget_left() and main:
-                ev = evaluate(model, valid_stream, max_tokens=tcfg.eval_tokens)
-                row.update(kind="eval", val_loss=ev.loss, val_bpc=ev.bpc)
+                fields_ = task.evaluate(model)
+                row.update(kind="eval", **fields_)
                 bar.write(
-                    f"{desc} step {st.step}: train loss {row['train_loss']:.3f}, "
-                    f"val loss {ev.loss:.3f} nats/token, {ev.bpc:.3f} bits/char",
+                    f"{desc} step {st.step}: train loss {row['train_loss']:.3f}, {task.describe(fields_)}",
                     file=sys.stderr,
                 )
             if row:
@@ -511,7 +629,7 @@ def train(
     governor.restore()
     path = save()  # before the final evaluation, so Ctrl-C during it loses no training
     try:
-        final = evaluate(model, valid_stream, max_chars=tcfg.final_eval_chars)
+        fields_, final = task.final(model)
     except KeyboardInterrupt:
         raise TrainingInterrupted(st.step, path, " during the final evaluation") from None
     tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
@@ -519,9 +637,7 @@ def train(
         "kind": "final",
         "step": st.step,
         "train_loss": loss_sum / loss_count if loss_count else st.last_train_loss,
-        "val_loss": final.loss,
-        "val_bpc": final.bpc,
-        "val_chars": final.chars,
+        **fields_,
         "elapsed_s": round(st.elapsed_s, 3),
         "tokens_per_s": round(tok_s, 1),
         "final": True,
@@ -530,7 +646,6 @@ def train(
     distributed.barrier()
     if main:
         notice(
-            f"{desc}: {st.step} steps in {st.elapsed_s:.1f} s ({tok_s:,.0f} tokens/s); final validation "
-            f"{final.loss:.4f} nats/token = {final.bpc:.4f} bits/char over {final.chars:,} chars"
+            f"{desc}: {st.step} steps in {st.elapsed_s:.1f} s ({tok_s:,.0f} tokens/s); final {task.describe(fields_)}"
         )
     return TrainResult(model, st.step, st.elapsed_s, tok_s, final, path, log, tokenizer)
