@@ -83,3 +83,28 @@ def test_a_two_process_checkpoint_resumes_in_one_process(corpus_file: Path, tmp_
     state = json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())
     assert state["train"]["batch_size"] == 16 and state["world_size"] == 1  # the global batch was kept
     _assert_same_curve(_rows(tmp_path / "one"), _rows(tmp_path / "two"))
+
+
+SEQ2SEQ = """
+import sys
+from attnlab.seq2seq_run import train_seq2seq
+out, batch = sys.argv[1], int(sys.argv[2])
+config = {"emb_dim": 32, "n_hidden": 64, "n_layers": 2, "head_dim": 8, "dropout": 0.0}
+train_seq2seq(out, task="copy", steps=20, batch_size=batch, eval_every=10, log_every=5, config=config, seed=3)
+"""
+
+
+def test_the_encoder_decoder_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
+    script = tmp_path / "train_seq2seq.py"
+    script.write_text(SEQ2SEQ)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for cmd in (
+        [sys.executable, str(script), str(tmp_path / "one"), "16"],
+        [*launcher, str(script), str(tmp_path / "two"), "8"],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert one[-1]["final"] and [r["kind"] for r in one] == [r["kind"] for r in two]
+    _assert_same_curve(one, two)
+    assert one[-1]["exact_match"] == two[-1]["exact_match"]
