@@ -222,14 +222,6 @@ class TeacherForcing:
     decoder_input_BL: torch.Tensor  # <bos> + the target: what the decoder reads
     labels_BL: torch.Tensor  # the target + <eos>: what it must predict at each position (<pad>: ignored)
 
-    @property
-    def source_padding_BS(self) -> torch.Tensor:
-        return self.encoder_input_BS == PAD
-
-    @property
-    def target_padding_BL(self) -> torch.Tensor:
-        return self.labels_BL == PAD
-
 
 def teacher_forcing(pairs: list[Pair], vocab: PairVocab) -> TeacherForcing:
     """(source, target) pairs -> encoder input, decoder input (the target shifted right behind <bos>)

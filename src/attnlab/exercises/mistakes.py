@@ -105,25 +105,6 @@ MISTAKES: dict[str, Mistake] = {
 }
 
 
-# --- encode_doc -----------------------------------------------------------------------------------
-
-
-def _encode_keep_all(doc: str) -> torch.Tensor:
-    return torch.tensor([ord(ch) for ch in doc], dtype=torch.long)
-
-
-def _encode_clamp(doc: str) -> torch.Tensor:
-    return torch.tensor([min(ord(ch), 255) for ch in doc], dtype=torch.long)
-
-
-def _encode_replace_zero(doc: str) -> torch.Tensor:
-    return torch.tensor([ord(ch) if ord(ch) < 256 else 0 for ch in doc], dtype=torch.long)
-
-
-def _encode_drop_last(doc: str) -> torch.Tensor:
-    return ref.encode_doc(doc)[:-1]
-
-
 # --- attention ------------------------------------------------------------------------------------
 
 
