@@ -134,7 +134,7 @@ def test_resume_continues_to_more_steps(run_dir: Path, capsys, tmp_path: Path) -
         (["train", "--optimizer", "sgd", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
         (["train", "--min-lr-ratio", "2", "--steps", "5", "--out", "{tmp}/x"], "--min-lr-ratio 2.0: must be between"),
         (["train", "--embed-lr-ratio=-1", "--steps", "5", "--out", "{tmp}/x"], "--embed-lr-ratio -1.0: must be"),
-        (["train", "--schedule", "noam", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
+        (["train", "--schedule", "cyclic", "--steps", "5", "--out", "{tmp}/x"], "invalid choice"),
         (["generate", "{corrupt}", "--prompt", "x"], "config.json: not valid JSON"),
         (["eval", "{run}", "--data", "missing.txt"], "no such file or folder"),
         (["eval", "{nothing}", "--data", "builtin"], "no such checkpoint"),

@@ -298,11 +298,11 @@ LOGS = {  # a run's metrics.jsonl: training rows, evaluations, and the final (bi
 
 @pytest.mark.parametrize("log", LOGS)
 def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_path, log):
-    from attnlab.cli import _log
+    from attnlab.checkpoint import run_log
 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGS[log]))
-    metrics = _log(tmp_path / "checkpoint")  # the rows `attnlab serve` hands the card
+    metrics = run_log(tmp_path / "checkpoint")  # the rows `attnlab serve` hands the card
     app_client = fastapi_testclient.TestClient(create_app(model, ByteTokenizer(), {"metrics": metrics}))
     assert app_client.get("/api/card").json()["curve"] == {
         "metric": "val_bpc",
@@ -313,13 +313,13 @@ def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_pat
 
 
 def test_the_run_card_takes_a_lab_models_samples(tmp_path):
-    from attnlab.cli import _lab_samples
+    from attnlab.checkpoint import lab_samples
 
     (tmp_path / "transformer").mkdir()
     lab = {"prompts": ["Once", "The dog"], "transformer": {"samples": [" upon a time", " ran"]}}
     (tmp_path / "metrics.json").write_text(json.dumps(lab))
-    assert _lab_samples(tmp_path / "transformer") == {"Once": " upon a time", "The dog": " ran"}
-    assert _lab_samples(tmp_path / "mlp") == {}
+    assert lab_samples(tmp_path / "transformer") == {"Once": " upon a time", "The dog": " ran"}
+    assert lab_samples(tmp_path / "mlp") == {}
 
 
 # ---- an encoder-decoder run: the cross-attention mode -----------------------------------------

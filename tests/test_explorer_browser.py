@@ -51,10 +51,10 @@ def trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(trained):
     from attnlab import load_checkpoint
-    from attnlab.cli import _log
+    from attnlab.checkpoint import run_log
 
     ckpt = load_checkpoint(trained)
-    metrics = _log(ckpt.path)  # the rows `attnlab serve` hands the run card
+    metrics = run_log(ckpt.path)  # the rows `attnlab serve` hands the run card
     app = create_app(ckpt.model.eval(), ckpt.tokenizer, {"info": {}, "metrics": metrics})
     for url in _serve(app):
         yield url, ckpt

@@ -157,3 +157,20 @@ def test_cached_logits_equal_the_full_forward() -> None:
     steps = [model(ids_BL[:, t : t + 1], kv_cache=cache) for t in range(7, 12)]
     full_BLV = model(ids_BL)
     assert (torch.cat([prefix_BLV, *steps], dim=1) - full_BLV).abs().max() < 1e-5
+
+
+def test_a_reordered_cache_continues_each_row_it_kept() -> None:
+    """The cache's rows follow the rows kept (beam search's move), for a language model too."""
+    from attnlab.models.decoding import KVCache
+
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", n_layers=2, max_len=16, positions="rope", head_dim=4)).eval()
+    ids_BT = torch.randint(0, 256, (2, 5))
+    cache = KVCache(2, 16)
+    model(ids_BT, kv_cache=cache)
+    rows_B = torch.tensor([1, 1, 0])
+    cache.reorder(rows_B)
+    ids_BT = torch.cat([ids_BT[rows_B], torch.tensor([[7], [8], [9]])], dim=1)
+    step_BV = model(ids_BT[:, -1:], kv_cache=cache)[:, -1]
+    assert (step_BV - model(ids_BT)[:, -1]).abs().max() < 1e-5
+    assert cache.layers[0].k_BGTD.shape == (3, 4, 16, 4)  # still max_len slots: the next steps write in place

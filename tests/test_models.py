@@ -189,3 +189,15 @@ def test_qk_norm_gives_each_head_s_queries_and_keys_their_learned_length() -> No
     assert sum(param_breakdown(model.config).values()) == model.num_params()
     with pytest.raises(AttnlabError, match="no n_kv_heads, rotary positions or qk_norm"):
         preset_config("lab", model="seq2seq", qk_norm=True)
+
+
+def test_the_rolled_rotation_the_model_runs_is_rotate_pairs_to_the_bit() -> None:
+    from attnlab.models.positions import RotaryEmbedding, rotate_pairs
+
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(head_dim=8, max_len=32)
+    x_BHLD = torch.randn(2, 3, 32, 8).transpose(1, 2).contiguous().transpose(1, 2)  # any strides
+    assert torch.equal(rope.rotation(slice(0, 32))(x_BHLD), rotate_pairs(x_BHLD, rope.cos_LD, rope.sin_LD))
+    positions_BL = torch.randint(0, 32, (2, 32))  # one row of positions per sequence
+    cos_B1LD, sin_B1LD = rope.cos_LD[positions_BL][:, None], rope.sin_LD[positions_BL][:, None]
+    assert torch.equal(rope.rotation(positions_BL)(x_BHLD), rotate_pairs(x_BHLD, cos_B1LD, sin_B1LD))

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnlab.cli import _check_outputs, _parse_sets, build_parser
+from attnlab.cli import _check_outputs, build_parser
+from attnlab.cli.options import parse_sets
 from attnlab.errors import AttnlabError
 from attnlab.models import ModelConfig, preset_config
 
@@ -94,7 +95,7 @@ SET_VALUES = st.one_of(
 def test_a_set_value_gives_a_valid_config_or_one_attnlab_error(key, value):
     base = preset_config("lab")
     try:
-        cfg = base.with_overrides(_parse_sets([f"{key}={value}"]))
+        cfg = base.with_overrides(parse_sets([f"{key}={value}"]))
     except AttnlabError as e:  # the command line prints it on one line (cli.one_line)
         assert key in str(e)
         return
@@ -108,7 +109,7 @@ def test_a_set_value_gives_a_valid_config_or_one_attnlab_error(key, value):
 @given(pair=st.text(max_size=20))
 def test_a_set_pair_of_any_text_parses_or_names_the_form(pair):
     try:
-        parsed = _parse_sets([pair])
+        parsed = parse_sets([pair])
     except AttnlabError as e:
         assert "expected key=value" in str(e)
         return

@@ -12,6 +12,7 @@ import torch
 from attnlab.errors import AttnlabError
 from attnlab.inspect.params import param_breakdown, param_count
 from attnlab.models import Seq2SeqTransformer, build_model, preset_config
+from attnlab.models.decoding import KVCache
 from attnlab.tasks import (
     BOS,
     EOS,
@@ -89,10 +90,64 @@ def test_kv_cache_decoding_equals_decoding_without_it(fields):
     src_BS = SRC_BS[1:]
     full_BLV = model(src_BS, tgt_BL)
     memory_BSC = model.encode(src_BS)
-    cache: list[dict] = [{} for _ in model.decoder]
-    steps = [model.decode(tgt_BL[:, i : i + 1], memory_BSC, src_BS, cache=cache, start=i) for i in range(6)]
+    cache = KVCache(model.config.n_layers, model.config.max_len)  # the language models' cache
+    steps = [model.decode(tgt_BL[:, i : i + 1], memory_BSC, src_BS, kv_cache=cache) for i in range(6)]
     assert torch.allclose(torch.cat(steps, dim=1), full_BLV, atol=1e-5)
-    assert cache[0]["self"][0].shape[2] == 6 and cache[0]["cross"][0].shape[2] == 5  # keys of 6 targets, 5 sources
+    layer = cache.layers[0]
+    assert cache.length == 6 and layer.source_kv[0].shape[2] == 5  # keys of 6 targets, 5 sources
+    assert layer.k_BGTD.shape[2] == model.config.max_len  # allocated once
+
+
+def test_reordering_the_cache_continues_each_kept_row_as_if_decoded_from_the_start():
+    """Beam search's move: rows kept, repeated or dropped; the one source's keys and values stay one."""
+    model = _model()
+    src_1S = SRC_BS[1:]
+    memory_1SC = model.encode(src_1S)
+    cache = KVCache(model.config.n_layers, model.config.max_len)
+    tokens_BT = torch.tensor([[BOS, 5]])
+    model.decode(tokens_BT, memory_1SC, src_1S, kv_cache=cache)
+    for rows, new in (([0, 0, 0], [6, 7, 8]), ([2, 0, 1], [9, 10, 11]), ([1, 1], [12, 13])):
+        rows_B = torch.tensor(rows)
+        cache.reorder(rows_B)
+        tokens_BT = torch.cat([tokens_BT[rows_B], torch.tensor(new)[:, None]], dim=1)
+        src_BS, memory_BSC = src_1S.expand(len(rows), -1), memory_1SC.expand(len(rows), -1, -1)
+        step_BV = model.decode(tokens_BT[:, -1:], memory_BSC, src_BS, kv_cache=cache)[:, -1]
+        assert torch.allclose(step_BV, model(src_BS, tokens_BT)[:, -1], atol=1e-5)
+    assert cache.length == tokens_BT.shape[1]
+    assert cache.layers[0].source_kv[0].stride(0) == 0  # broadcast to the rows, never copied
+
+
+@pytest.mark.parametrize("fields", VARIANTS)
+def test_greedy_and_beam_search_translate_the_same_with_and_without_the_kv_cache(fields):
+    from attnlab.models.translate import beam_search, greedy_decode
+
+    model = _model(**fields)
+    greedy = greedy_decode(model, SRC_BS, 12)
+    assert greedy == greedy_decode(model, SRC_BS, 12, kv_cache=False)
+    for row in SRC_BS:
+        src_S = row[row != 0]
+        assert beam_search(model, src_S, 12, beam=3) == beam_search(model, src_S, 12, beam=3, kv_cache=False)
+
+
+def test_the_encoder_decoder_is_built_from_the_language_models_parts():
+    """One block, one attention forward, one base: nothing of the encoder-decoder's own but its wiring."""
+    from attnlab.models import LanguageModel, TransformerLM
+    from attnlab.models.attention import Attention, CausalSelfAttention
+    from attnlab.models.base import Model
+    from attnlab.models.layers import Block
+
+    model = _model(tie_embeddings=False)
+    lm = TransformerLM(preset_config("lab"))
+    assert isinstance(model, Model) and isinstance(lm, Model) and not isinstance(model, LanguageModel)
+    assert all(type(b) is Block for b in [*model.encoder, *model.decoder, *lm.blocks])
+    attentions = [model.encoder[0].attn, model.decoder[0].attn, model.decoder[0].cross, lm.blocks[0].attn]
+    assert [type(a) for a in attentions] == [Attention, CausalSelfAttention, Attention, CausalSelfAttention]
+    assert {type(a).forward for a in attentions} == {Attention.forward}
+    assert [a.keys for a in attentions] == ["K", "K", "S", "K"]
+    for name in ("num_params", "unembed", "from_fields", "_capture", "_positions", "generating"):  # the base's
+        assert name in vars(Model) and name not in vars(Seq2SeqTransformer) and name not in vars(TransformerLM)
+    x_BLC = torch.randn(2, 3, model.config.emb_dim)
+    assert torch.equal(model.unembed(x_BLC), model.lm_head(x_BLC))  # an untied head: its own matrix
 
 
 def test_teacher_forcing_shifts_the_gold_target_as_the_paper_trains():

@@ -19,6 +19,7 @@ from attnlab import run
 from attnlab.builtin_corpus import builtin_stories
 from attnlab.data import join_stories
 from attnlab.prepare import prepare
+from attnlab.seq2seq_run import train_seq2seq
 
 from . import test_bad_inputs
 from .conftest import run_cli
@@ -60,8 +61,8 @@ INT_FLAGS = {
     "--batch-size": ["lab", "train", "compare", "bench", "seq2seq train"],
     "--warmup-steps": ["seq2seq train"],
     "--beam": ["seq2seq eval", "seq2seq translate"],
-    "--grad-accum": ["lab", "train", "compare"],
-    "--eval-every": ["lab", "train", "compare"],
+    "--grad-accum": ["lab", "train", "compare", "seq2seq train"],
+    "--eval-every": ["lab", "train", "compare", "seq2seq train"],
     "--seed": [
         "lab",
         "train",
@@ -89,8 +90,8 @@ INT_FLAGS = {
 FLOAT_FLAGS = {
     "--max-time": ["lab", "train", "compare", "seq2seq train"],
     "--lr": ["lab", "train", "compare", "seq2seq train"],
-    "--min-lr-ratio": ["lab", "train", "compare"],
-    "--embed-lr-ratio": ["lab", "train", "compare"],
+    "--min-lr-ratio": ["lab", "train", "compare", "seq2seq train"],
+    "--embed-lr-ratio": ["lab", "train", "compare", "seq2seq train"],
     "--label-smoothing": ["seq2seq train"],
     "--temperature": ["generate"],
     "--top-p": ["generate"],
@@ -98,8 +99,8 @@ FLOAT_FLAGS = {
     "--timeout": ["check"],
 }
 CHOICE_FLAGS = {
-    "--dtype": ["lab", "train", "compare"],
-    "--optimizer": ["lab", "train", "compare"],
+    "--dtype": ["lab", "train", "compare", "seq2seq train"],
+    "--optimizer": ["lab", "train", "compare", "seq2seq train"],
     "--recipe": ["lab"],
     "--model": ["train", "trace", "attention", "embeddings", "next", "lens", "params"],
     "--format": ["eval", "trace", "embeddings", "next", "lens", "params", "bench", "info", "check", "seq2seq eval"],
@@ -245,6 +246,23 @@ ROWS += [
     ("check no notebooks", ["check", "{tmp}"], "no notebooks"),
     ("check not a notebook", ["check", "{files}/stories.txt"], "is not a Jupyter notebook"),
     ("seq2seq translate an LM run", ["seq2seq", "translate", "{run}", "--text", "abc"], "not an encoder-decoder run"),
+    # seq2seq train --resume: a run continues only as what it was, from a checkpoint that is there.
+    *[
+        (f"seq2seq resume {name}", _seq2seq_train("--resume", "--steps", "9", *options, out=out), words)
+        for name, options, out, words in [
+            ("nothing", [], "{tmp}/none", "no such checkpoint"),
+            ("an LM run", [], "{run}", "not an encoder-decoder run"),
+            ("its checkpoint folder", [], "{s2s}/checkpoint", "is a checkpoint folder"),
+            ("--task", ["--task", "reverse"], "{s2s}", "--task reverse: the run in"),
+            ("--data", ["--data", "{files}/one.txt"], "{s2s}", "was trained on task copy"),
+            ("--set", ["--set", "n_heads=2"], "{s2s}", "--set n_heads=2: the run in"),
+            ("--preset", ["--preset", "vaswani-base"], "{s2s}", "was trained with preset seq2seq-small"),
+            ("--optimizer", ["--optimizer", "muon"], "{s2s}", "was trained with optimizer adamw"),
+            ("--label-smoothing", ["--label-smoothing", "0.1"], "{s2s}", "label_smoothing 0.0"),
+            ("--grad-accum 10**8", ["--grad-accum", str(10**8)], "{s2s}", "use a smaller --grad-accum"),
+        ]
+    ],
+    ("train --resume an encoder-decoder run", ["train", "--resume", "--steps", "9", "--out", "{s2s}"], "seq2seq"),
 ]
 
 # --set: fields that do not exist, values of the wrong type or range, and the form itself.
@@ -501,7 +519,10 @@ def places(tmp_path_factory) -> dict[str, str]:
     run.start(root / "other", config={"emb_dim": 48}, **fields)
     _craft(root / "crafted", root / "run" / "checkpoint", root / "other" / "checkpoint")
     _write_data_files(root / "files")
+    small = {"n_layers": 1, "n_enc_layers": 1}
+    train_seq2seq(root / "s2s", task="copy", config=small, steps=2, eval_every=10**6)
     return {
+        "s2s": str(root / "s2s"),
         "root": str(root),
         "run": str(root / "run"),
         "ckpt": str(root / "run"),
@@ -539,7 +560,8 @@ def test_the_tables_cover_every_flag():
     """Every int, float and choice flag of every verb is in the tables above (a new flag must join them)."""
     import argparse
 
-    from attnlab.cli import _finite, _positive, _seed, build_parser
+    from attnlab.cli import build_parser
+    from attnlab.cli.options import finite, positive, seed
 
     def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
         return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
@@ -552,8 +574,8 @@ def test_the_tables_cover_every_flag():
             flag = action.option_strings[-1] if action.option_strings else None
             if flag is None or flag == "--help":
                 continue
-            ints = (int, _seed, _positive)
-            table = INT_FLAGS if action.type in ints else FLOAT_FLAGS if action.type is _finite else None
+            ints = (int, seed, positive)
+            table = INT_FLAGS if action.type in ints else FLOAT_FLAGS if action.type is finite else None
             if action.choices and action.nargs != 0:
                 table = CHOICE_FLAGS
             if table is not None:

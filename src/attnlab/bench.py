@@ -9,9 +9,11 @@ so their ratios are what to compare (this CPU's speed changes by up to 2x from o
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +24,18 @@ from .inspect.params import flops_per_token
 from .models import build_model, preset_config
 from .models.sampling import default_slide
 from .run import check_fits
-from .runtime import DTYPES, autocast_context, available_devices, check_dtype, resolve_device, synchronize
+from .runtime import (
+    DTYPES,
+    autocast_context,
+    available_devices,
+    check_dtype,
+    resolve_device,
+    synchronize,
+    write_text_atomically,
+)
 from .train import TrainConfig, make_optimizer
+
+COMPILE_MODES = {"both": (False, True), "off": (False,), "on": (True,)}  # `--compile`: eager and/or compiled
 
 
 def _timed(fn: Callable[[], Any], device: str, min_repeats: int, budget_s: float) -> list[float]:
@@ -149,8 +161,12 @@ def run_bench(
     new_tokens: int = 500,
     gen_max_len: int = 256,
     log: Callable[[str], None] = print,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Every combination of device x compile x dtype for training, then generation with and without the cache."""
+    """Every combination of device x compile x dtype for training, then generation with and without the cache.
+
+    With `out`, the result is also written there as JSON, and as a Markdown table beside it (OUT.md),
+    each whole or not at all."""
     devices = [resolve_device(d) for d in devices] if devices else available_devices()
     result: dict[str, Any] = {
         "preset": preset,
@@ -197,6 +213,9 @@ def run_bench(
     # The contract's single figure: the peak of the first (main) device.
     result["peak_matmul_flops_by_device"] = result["peak_matmul_flops"]
     result["peak_matmul_flops"] = result["peak_matmul_flops"][devices[0]]
+    if out is not None:
+        write_text_atomically(Path(out), json.dumps(result, indent=2))
+        write_text_atomically(Path(out).with_suffix(".md"), markdown_table(result) + "\n")
     return result
 
 

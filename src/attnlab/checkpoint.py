@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AttnlabError
 from .models import LanguageModel, ModelConfig, Seq2SeqTransformer, build_model
-from .runtime import check_object, json_type_name, memory_limit, read_json
+from .runtime import check_object, json_type_name, memory_limit, read_json, read_json_lines
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
 WEIGHTS, CONFIG, STATE, OPTIMIZER = "model.safetensors", "config.json", "state.json", "optimizer.safetensors"
@@ -329,3 +329,46 @@ def load_checkpoint(
     if optimizer is not None:
         checkpoint.restore_optimizer(optimizer)
     return checkpoint
+
+
+def load_for_text(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """A checkpoint whose tokenizer is saved with it, since text in and out needs one (`load_checkpoint`
+    otherwise)."""
+    ckpt = load_checkpoint(path, device=device)
+    if ckpt.tokenizer is None:
+        raise AttnlabError(
+            f"{ckpt.path}: saved without a tokenizer; save it with one (save_checkpoint(path, model, tokenizer))"
+        )
+    return ckpt
+
+
+def is_seq2seq(path: str | Path | None) -> bool:
+    """Whether a run or checkpoint folder holds an encoder-decoder, from its config alone (its loader
+    checks the rest); False for no path."""
+    return path is not None and read_config(resolve_checkpoint(path))[0].model == "seq2seq"
+
+
+# ---- the run folder around a checkpoint: RUN/checkpoint, RUN/metrics.jsonl, and a lab's RUN/../metrics.json
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint folder (RUN/checkpoint), or the folder itself."""
+    return checkpoint.parent if checkpoint.name == "checkpoint" else checkpoint
+
+
+def run_log(checkpoint: Path) -> list[dict[str, Any]]:
+    """The rows of the run's metrics.jsonl (a half-written last line is skipped; [] without one)."""
+    return read_json_lines(run_folder(checkpoint) / "metrics.jsonl")
+
+
+def lab_samples(run_dir: Path) -> dict[str, str]:
+    """The samples `attnlab lab` wrote for the model of `run_dir` (LAB/mlp or LAB/transformer, from
+    LAB/metrics.json), prompt -> text; {} for a run that is not a lab's model."""
+    try:
+        lab = json.loads((run_dir.parent / "metrics.json").read_text(encoding="utf-8"))
+        if run_dir.name not in lab.get("models", ("mlp", "transformer")):  # files before "models": these two
+            return {}
+        samples = lab[run_dir.name]["samples"]
+        return {str(p): str(t) for p, t in zip(lab["prompts"], samples, strict=True)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not a lab's model, or another shape
+        return {}

@@ -112,17 +112,21 @@ def run_compare(
     prompt: str = "Once upon a time",
     train_overrides: dict[str, Any] | None = None,
     resume: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every variant; write DIR/results.json and DIR/report.html; return the results.
 
-    A variant that finished before with the same settings is kept; one that did not starts again, or
-    with `resume` continues from its checkpoint when it was started with the same settings.
+    The variants vary the `preset`'s config with its fields in `config` (`--set`) changed. A variant that
+    finished before with the same settings is kept; one that did not starts again, or with `resume`
+    continues from its checkpoint when it was started with the same settings.
     """
     out = Path(out)
     todo = variants(vary, one_at_a_time)
     if any("n_vocab" in v for v in todo):
         raise AttnlabError("--vary n_vocab: n_vocab follows the tokenizer; compare tokenizers in separate runs")
-    base = preset_config(preset)
+    if "n_vocab" in (config or {}):
+        raise AttnlabError("--set n_vocab: n_vocab follows the tokenizer; drop --set n_vocab")
+    base = preset_config(preset).with_overrides(config or {})
     configs = [base.with_overrides(v) for v in todo]  # validates every variant before any training
     fields = {"steps": steps, "max_time": max_time, "seed": seed, "device": device, **(train_overrides or {})}
     if max_time and "eval_every" not in fields:
@@ -189,3 +193,16 @@ def run_compare(
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_compare_report(out, results, curves, samples, prompt, prepared.info())
     return results
+
+
+def format_results(results: list[dict[str, Any]], out: str | Path) -> str:
+    """The variants as a table, best validation bits per character first, and where the files are."""
+    width = max(len(r["name"]) for r in results)
+    lines = [f"{'variant':{width}}  {'params':>10}  {'tokens/s':>9}  {'val bpc':>7}  best step"]
+    for r in sorted(results, key=lambda r: r["val_bpc"]):
+        lines.append(
+            f"{r['name']:{width}}  {r['params']:>10,}  {r['tokens_per_s']:>9,.0f}  {r['val_bpc']:>7.3f}  "
+            f"{r['best_step']:>9,}"
+        )
+    lines.append(f"results: {Path(out) / 'results.json'}\nreport: {Path(out) / 'report.html'}")
+    return "\n".join(lines)

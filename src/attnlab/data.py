@@ -271,6 +271,29 @@ def prepare_data(source: str, tokenizer: str | Tokenizer | None = None) -> Prepa
     return Prepared(corpus, tok, train, valid)
 
 
+def evaluation_split(source: str, split: str, tokenizer: Tokenizer) -> TokenStream:
+    """The tokens a model with `tokenizer` is evaluated on: `split` "valid" is the validation split of
+    `source`, "all" its whole text. Token files (FILE.bin) give their validation split, and must have been
+    made by this tokenizer."""
+    if split not in ("valid", "all"):
+        raise AttnlabError(f"split {split!r}: evaluate on valid (the validation split) or all (the whole text)")
+    if source.endswith(".bin"):
+        if split == "all":
+            raise AttnlabError(
+                f"--data {source}: token files are evaluated on their validation split; drop --split all"
+            )
+        prepared = prepare_data(source)
+        if prepared.tokenizer.to_dict() != tokenizer.to_dict():
+            raise AttnlabError(
+                f"--data {source}: made by the {prepared.tokenizer.name} tokenizer, not the model's "
+                f"({tokenizer.name}); prepare the text with --tokenizer {tokenizer.name}"
+            )
+        return prepared.valid
+    if split == "all":
+        return encode_split(load_whole_text(source), tokenizer, source)
+    return encode_split(load_corpus(source).valid, tokenizer, f"{source} valid")
+
+
 def _check_same_tokenizer(name: str, tok: Tokenizer, source: str) -> None:
     """`--tokenizer NAME` with token files made by `tok`: the same one (any `char` table counts, as it is
     learned from the text; `bpe:N` must be the file's N), or one line saying the tokens were made by another."""

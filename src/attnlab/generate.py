@@ -7,12 +7,17 @@ module adds the tokenizer on both ends.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import load_for_text
 from .errors import AttnlabError
 from .models import LanguageModel, Sampling
+from .models.sampling import stream_tokens
+from .runtime import notice, resolve_device
 from .tokenizers import Tokenizer
 
 
@@ -72,3 +77,37 @@ def generate_text(
     device = next(model.parameters()).device
     out = model.generate(torch.tensor([ids], device=device), max_new_tokens, sampling)
     return tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+def stream_continuation(
+    checkpoint: str | Path,
+    prompt: str,
+    max_new_tokens: int = 200,
+    sampling: Sampling | None = None,
+    device: str = "auto",
+    kv_cache: bool = True,
+    slide: int | None = None,
+    compile: bool = False,
+) -> Iterator[str]:
+    """The continuation of `prompt` by the model of a run or checkpoint folder, as the pieces of text each
+    new token completes (`attnlab generate`). The checkpoint is loaded and the prompt encoded (with a
+    notice for what it loses) before this returns; the tokens are drawn as the pieces are read."""
+    if max_new_tokens < 0:
+        raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
+    ckpt = load_for_text(checkpoint, resolve_device(device))
+    model, tokenizer = ckpt.model, ckpt.tokenizer
+    assert tokenizer is not None  # load_for_text
+    ids, notices = encode_prompt(tokenizer, prompt, model.config.max_len)
+    for line in notices:
+        notice(line)
+    ids_BL = torch.tensor([ids], device=next(model.parameters()).device)
+    options = {"kv_cache": kv_cache, "slide": slide, "compile": compile}
+    tokens = stream_tokens(model, ids_BL, max_new_tokens, sampling or Sampling(seed=0), **options)
+    return _pieces(tokenizer, tokens)
+
+
+def _pieces(tokenizer: Tokenizer, tokens: Iterator[torch.Tensor]) -> Iterator[str]:
+    decoder = tokenizer.stream_decoder()
+    for next_B1 in tokens:
+        yield decoder.feed(next_B1[0].tolist())
+    yield decoder.flush()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import load_checkpoint
 from .errors import AttnlabError
 from .models import ModelConfig, TransformerLM, build_model
 
@@ -281,3 +282,14 @@ def to_hf(model: TransformerLM) -> Any:
     if not isinstance(model, TransformerLM):
         raise AttnlabError("only the Transformer exports to transformers (the MLP baseline has no equivalent)")
     return _attnlab_to_gpt2(model) if _family(model.config) == "gpt2" else _attnlab_to_llama(model)
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Any:
+    """Write the Transformer of a run or checkpoint folder as a `transformers` model folder `out` (new or
+    empty); returns the `transformers` model written."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise AttnlabError(f"{out} already exists and is not empty; choose a new folder for --hf")
+    hf = to_hf(load_checkpoint(checkpoint).model)
+    hf.save_pretrained(out)
+    return hf

@@ -91,19 +91,22 @@ def run_lab(
     train_overrides: dict[str, Any] | None = None,
     recipe: str = DEFAULT_RECIPE,
     resume: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train both models with `max_time` seconds each; write metrics.json and report.html into `out`.
 
     `recipe` names one of `RECIPES`; `train_overrides` (TrainConfig fields) win over its settings. The
     recipe's changes to the Transformer apply to the default preset, `small`; a preset named here is
-    trained as it is (the lab's exact sizes, say), with the recipe's training settings. With `resume`,
-    a model that has a checkpoint in `out` continues from it (a finished one is only evaluated again).
+    trained as it is (the lab's exact sizes, say), with the recipe's training settings. `config` (config
+    fields, `--set`) changes the Transformer further, after the recipe; the MLP keeps the preset's sizes.
+    With `resume`, a model that has a checkpoint in `out` continues from it (a finished one is only
+    evaluated again).
     """
     out = Path(out)
     if recipe not in RECIPES:
         raise AttnlabError(f"--recipe {recipe}: choose one of {', '.join(RECIPES)}")
     how = RECIPES[recipe]
-    transformer = how.transformer if preset is None else {}
+    transformer = {**(how.transformer if preset is None else {}), **(config or {})}
     preset = preset or "small"
     fields = {
         "steps": steps,
@@ -137,12 +140,14 @@ def run_lab(
     budget = " / ".join(([f"{max_time:g} s"] if max_time else []) + ([f"{steps} steps"] if steps else []))
     for kind in MODELS:
         notice(f"lab: training the {kind} for {budget}")
-        config = transformer if kind == "transformer" else {}
+        changes = transformer if kind == "transformer" else {}
         if resume and (out / kind / "checkpoint").is_dir():
-            asked = {"model": kind, "preset": preset, "config": config}
+            asked = {"model": kind, "preset": preset, "config": changes}
             result = run.resume(out / kind, data=prepared, desc=kind, same_as=asked, **fields)
         else:
-            result = run.start(out / kind, data=prepared, model=kind, preset=preset, config=config, desc=kind, **fields)
+            result = run.start(
+                out / kind, data=prepared, model=kind, preset=preset, config=changes, desc=kind, **fields
+            )
         model = result.model
         samples = [generate_text(model, prepared.tokenizer, p, sample_tokens, sampling) for p in prompts]
         metrics["device"] = str(next(model.parameters()).device)

@@ -183,20 +183,29 @@ def resume(
 
 def _check_same(ckpt: Checkpoint, saved: TrainState, asked: dict[str, Any], out_dir: str | Path) -> None:
     """Refuse to continue a run as something it is not: another model, preset, tokenizer, config or optimizer."""
-    cfg, tok = ckpt.model.config, ckpt.tokenizer
+    tok = ckpt.tokenizer
     is_now = {
-        "model": cfg.model,
+        "model": ckpt.model.config.model,
         "preset": saved.run.get("preset"),
         "tokenizer": tok.to_dict()["kind"] if tok is not None else None,
         "optimizer": saved.train.optimizer,
     }
+    if asked.get("tokenizer") and asked["tokenizer"].split(":")[0] == is_now["tokenizer"]:
+        asked = {**asked, "tokenizer": None}  # "bpe:300" asks for the run's own kind: its size is the run's
+    refuse_changes(ckpt.model.config, is_now, asked, out_dir)
+
+
+def refuse_changes(cfg: ModelConfig, is_now: dict[str, Any], asked: dict[str, Any], out_dir: str | Path) -> None:
+    """Refuse, in one line, each setting in `asked` (None: not asked) that differs from the run's own
+    (`is_now`, or its model config for "config", a dict of config fields): a run continues only as what
+    it was."""
     fix = "start a new run in another --out, or resume without it"
     for key, value in asked.items():
         if key == "config" or value is None or is_now.get(key) is None:
             continue
-        mine = value.split(":")[0] if key == "tokenizer" else value
-        if mine != is_now[key]:
-            raise AttnlabError(f"--{key} {value}: the run in {out_dir} was trained with {key} {is_now[key]}; {fix}")
+        if value != is_now[key]:
+            flag = key.replace("_", "-")
+            raise AttnlabError(f"--{flag} {value}: the run in {out_dir} was trained with {key} {is_now[key]}; {fix}")
     changed = cfg.with_overrides(asked.get("config") or {})
     for key, value in (asked.get("config") or {}).items():
         if getattr(changed, key) != getattr(cfg, key):

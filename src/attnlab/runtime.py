@@ -94,6 +94,21 @@ def environment() -> dict[str, Any]:
     }
 
 
+def format_environment(info: dict[str, Any]) -> str:
+    """`environment()` as lines for a person."""
+    t = info["threads"]
+    lines = [
+        f"attnlab {info['attnlab']}, torch {info['torch']}, Python {info['python']}",
+        f"devices: {', '.join(info['devices'])}",
+        f"threads: {t['torch']} (CPUs this process may use: {t['available_cpus']}; "
+        + ("adjusted while training to the CPUs other processes leave free)" if t["adaptive"] else "fixed)"),
+        *(f"  {k}={v}" for k, v in t["env"].items()),
+        f"cache: {info['cache']}",
+        f"TinyStories folder (ATTNLAB_TINYSTORIES): {info['tinystories'] or 'not set'}",
+    ]
+    return "\n".join(lines)
+
+
 def synchronize(device: str) -> None:
     """Wait for `device` to finish its queued work (a no-op on the CPU), so timings are honest."""
     if device.startswith("cuda"):

@@ -41,7 +41,7 @@ from .errors import AttnlabError
 from .models import ModelConfig, Seq2SeqTransformer, preset_config
 from .models.seq2seq import BOS, PAD
 from .models.translate import beam_search, greedy_decode
-from .run import check_fits, processes
+from .run import check_fits, processes, refuse_changes
 from .runtime import notice, resolve_device
 from .tasks import TASKS, Pair, PairVocab, held_out_pairs, in_test_split, read_pairs, task_pairs, teacher_forcing
 from .train import Callback, TrainConfig, TrainResult, TrainState, fit
@@ -274,9 +274,17 @@ def train_seq2seq(
         return fit(model, objective, tcfg, out_dir, None, info, callback=callback, desc="seq2seq")
 
 
-def resume_seq2seq(out_dir: str | Path, *, callback: Callback | None = None, **train_fields: Any) -> TrainResult:
+def resume_seq2seq(
+    out_dir: str | Path,
+    *,
+    same_as: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    **train_fields: Any,
+) -> TrainResult:
     """Continue the encoder-decoder run in `out_dir` exactly where it stopped (a new `steps` or `max_time`
-    extends it); the saved settings hold unless `train_fields` change them."""
+    extends it); the saved settings hold unless `train_fields` change them. `same_as` holds what the
+    caller asked the run to be (`task`, `data`, `preset`, `label_smoothing`, `config` fields; None: not
+    asked): anything the run is not is refused, as is another optimizer."""
     if (Path(out_dir) / "config.json").is_file():
         raise AttnlabError(
             f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
@@ -290,6 +298,17 @@ def resume_seq2seq(out_dir: str | Path, *, callback: Callback | None = None, **t
             "continue; train it again (it still translates: attnlab seq2seq eval / translate)"
         )
     saved = TrainState.from_dict(state, str(ckpt_path))
+    asked = {**(same_as or {}), "optimizer": train_fields.get("optimizer")}
+    source = {key: saved.run.get(key) for key in ("task", "data") if saved.run.get(key)}
+    wanted = {key: asked.pop(key) for key in ("task", "data") if asked.get(key)}
+    if wanted and wanted != source:
+        (flag, value), (key, trained_on) = next(iter(wanted.items())), next(iter(source.items()))
+        raise AttnlabError(
+            f"--{flag} {value}: the run in {out_dir} was trained on {key} {trained_on}; "
+            "start a new run in another --out, or resume without it"
+        )
+    is_now = {key: saved.run.get(key) for key in ("preset", "label_smoothing")}
+    refuse_changes(cfg, {**is_now, "optimizer": saved.train.optimizer}, asked, out_dir)
     tcfg = dataclasses.replace(saved.train, **{k: v for k, v in train_fields.items() if v is not None})
     tcfg.validate()
     check_fits(cfg, training=True, batch_size=tcfg.batch_size, grad_accum=tcfg.grad_accum)

@@ -264,3 +264,18 @@ def show_teacher_forcing(source: str, target: str, vocab: PairVocab | None = Non
         note = "    from <bos> and the encoder's output alone" if i == 0 else ""
         rows.append(f"{i:>8}  {d:>{max(width, 15)}}  ->  {y}{note}")
     return "\n".join(rows)
+
+
+def show_pair(
+    source: str | None = None, target: str | None = None, task: str | None = None, words: bool = False
+) -> str:
+    """`show_teacher_forcing` of a (source, target) pair, or of the first training pair of `task`."""
+    if task is not None:
+        if source is not None:
+            raise AttnlabError("give a SOURCE and a TARGET, or --task NAME, not both")
+        source, target = next(task_pairs(task, "train"))
+    if not source or not target or not source.strip() or not target.strip():
+        raise AttnlabError(
+            "give a non-empty SOURCE and TARGET (or --task NAME), e.g. 'J aime les champignons' 'I like mushrooms'"
+        )
+    return show_teacher_forcing(source, target, words=words)

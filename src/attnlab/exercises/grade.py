@@ -20,13 +20,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..errors import AttnlabError
 from . import sandbox, wire
@@ -437,3 +438,45 @@ def default_jobs() -> int:
     except OSError:
         load = 0.0
     return max(1, (os.cpu_count() or 1) - int(math.floor(load + 0.5)))
+
+
+def grade_class(
+    paths: Sequence[str],
+    *,
+    jobs: int | None = None,
+    share: str | None = None,
+    timeout: float = 300.0,
+    memory: str | None = None,
+    confine: bool = True,
+    progress: bool = False,
+) -> list[NotebookReport]:
+    """`attnlab check`: grade the notebooks of `paths` (files, or folders of them), `jobs` at a time
+    (default: the free cores), only the `share` 'I/N' of them if given, each cell allowed `timeout`
+    seconds and each notebook `memory` ('4G'; default: a share of this machine's), in the sandbox unless
+    `confine` is False (the limits still apply). `progress` draws a bar on stderr."""
+    try:  # before anything runs: the notebooks are executed by a Jupyter kernel
+        import ipykernel  # noqa: F401
+        import nbclient  # noqa: F401
+    except ImportError:
+        raise AttnlabError("attnlab check needs nbclient and ipykernel: pip install 'attnlab[notebook]'") from None
+    if not 0 < timeout <= 86_400:
+        raise AttnlabError(f"--timeout {timeout:g}: give the seconds a cell may run, from 1 to 86400")
+    part = parse_shard(share) if share is not None else None
+    jobs = jobs or default_jobs()
+    limit = sandbox.parse_size(memory) if memory is not None else sandbox.default_memory(jobs)
+    notebooks = notebook_paths(paths)
+    if len(paths) == 1 and len(notebooks) == 1 and Path(paths[0]).is_file():
+        read_notebook(notebooks[0])  # one file that is not a notebook: say so, as a bad input
+    if part is not None:
+        notebooks = shard(notebooks, *part)
+    if confine and (why := sandbox.problem()) is not None:
+        raise AttnlabError(
+            f"the notebooks cannot be confined here: {why}; grade them unconfined only if you trust their code: "
+            "--no-sandbox"
+        )
+    limits = sandbox.Limits(limit, cell_seconds=timeout, notebook_seconds=3 * timeout + 60)
+    grading = ClassRun(limits, confine, jobs, seed=secrets.randbits(48))
+    with tqdm(
+        total=len(notebooks), desc="check", unit="notebook", file=sys.stderr, disable=None if progress else True
+    ) as bar:
+        return grading.grade(notebooks, progress=lambda report: bar.update(1))

@@ -267,6 +267,16 @@ def json_text(reports: Sequence[NotebookReport]) -> str:
     return json.dumps(doc, indent=2)
 
 
+def format_reports(reports: Sequence[NotebookReport], fmt: str = "text") -> str:
+    """The grades as `fmt`: "text" (each notebook's report), "json" (`json_text`) or "csv" (`csv_text`),
+    ending with a line break."""
+    if fmt == "csv":
+        return csv_text(reports)
+    if fmt == "json":
+        return json_text(reports) + "\n"
+    return "\n\n".join(r.to_text() for r in reports) + "\n"
+
+
 # --- the class report -------------------------------------------------------------------------------
 
 

@@ -24,6 +24,10 @@ from . import wire
 from .agent import NAME
 
 AGENT_DIR = Path("/tmp/attnlab-agent")
+# The agent's runs (the checks of every exercise at once, importing the reference code on the first) take
+# seconds on a busy machine: they get this long even when a cell gets less. A hanging student function is
+# still stopped, and the whole notebook's time limit still holds.
+AGENT_SECONDS = 30.0
 INSTALL = f"import attnlab.exercises.agent\n{NAME} = attnlab.exercises.agent.install()"
 
 
@@ -47,6 +51,8 @@ class Kernel:
 
     def run(self, code: str) -> str | None:
         """Run `code`; None when it finished, else why not (an error, a hang, a dead kernel)."""
+        import queue
+
         from nbclient.exceptions import DeadKernelError
 
         if self.dead:
@@ -55,7 +61,7 @@ class Kernel:
             reply = self.run_sync(self.client.kc.execute_interactive)(
                 code, store_history=False, allow_stdin=False, timeout=self.seconds, output_hook=lambda msg: None
             )
-        except TimeoutError:
+        except (TimeoutError, queue.Empty):  # Empty: the output ended, but not the reply, within the time
             self.interrupt()
             return f"still running after {self.seconds:g} s; stopped"
         except (DeadKernelError, RuntimeError):
@@ -119,7 +125,9 @@ def serve(kernel: Kernel, inp: Any, out: Any) -> None:
             wire.send(f, header, tensors)
         why = kernel.run(f"{NAME}.serve({str(AGENT_DIR)!r})")
         answer = AGENT_DIR / "response.bin"
-        if why is not None or not answer.is_file():
+        # An answer written is whole (the agent renames it into place): the run's reply may have gone
+        # astray after an interrupted cell, the answer has not.
+        if not answer.is_file():
             wire.send(out, {"error": why or "the agent wrote no answer"})
             continue
         out.write(answer.read_bytes())  # as the agent wrote it: the grader reads it as untrusted data
@@ -145,7 +153,7 @@ def main() -> int:
         resources={"metadata": {"path": os.getcwd()}},
     )
     with client.setup_kernel(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-        kernel = Kernel(client, cell_seconds)
+        kernel = Kernel(client, max(cell_seconds, AGENT_SECONDS))
         errors = execute(nb, client, kernel, cell_seconds)
         wire.send(out, {"type": "executed", "errors": errors, "alive": not kernel.dead})
         if not kernel.dead:

@@ -60,3 +60,22 @@ def logit_lens(model: TransformerLM, tokenizer: Tokenizer, ids: list[int], k: in
         logits_V = model.unembed(model.final_ln(resid_C) if model.final_ln is not None else resid_C)
         rows.append({"layer": label, "name": name, "top": _top(logits_V.float().softmax(-1), tokenizer, k)})
     return rows
+
+
+def format_next_tokens(result: dict[str, Any], prompt: str) -> str:
+    """`next_tokens` as text: a bar per likely next token, then (if asked for) the top five after each prefix."""
+    lines = [f"next token after {prompt[-40:]!r}:"]
+    for row in result["next"]:
+        lines.append(f"  {row['token']!r:>8}  {row['prob']:.4f}  " + "#" * round(40 * row["prob"]))
+    for pos in result.get("positions", []):
+        top = "  ".join(f"{r['token']!r} {r['prob']:.2f}" for r in pos["top"][:5])
+        lines.append(f"  after {pos['position']:>3} {pos['token']!r:>6} (actual next {pos['actual_next']!r}): {top}")
+    return "\n".join(lines)
+
+
+def format_lens(rows: list[dict[str, Any]], prompt: str) -> str:
+    """`logit_lens` as text: the top guesses read after each layer."""
+    lines = [f"next token after {prompt[-40:]!r}, read from the residual stream after each layer:"]
+    for row in rows:
+        lines.append(f"  {row['layer']:>14}: " + "  ".join(f"{r['token']!r} {r['prob']:.2f}" for r in row["top"]))
+    return "\n".join(lines)

@@ -306,6 +306,22 @@ def params_report(cfg: ModelConfig, context: int | None = None) -> dict[str, Any
     return report
 
 
+def params_report_for(target: str, model: str = "transformer", context: int | None = None) -> dict[str, Any]:
+    """`params_report` of a preset (`target` names one; `model` says which of its models) or of a
+    checkpoint (a run or checkpoint folder, read without building its model)."""
+    from ..checkpoint import check_checkpoint  # weights and their files: only for a checkpoint
+    from ..models import PRESETS, preset_config
+
+    if target in PRESETS:
+        cfg = preset_config(target, model=model)
+    else:
+        try:
+            cfg = check_checkpoint(target)[1]
+        except AttnlabError as e:
+            raise AttnlabError(f"{target!r} is not a preset ({', '.join(PRESETS)}); as a checkpoint: {e}") from None
+    return params_report(cfg, context)
+
+
 def _human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M': a short magnitude next to the exact count."""
     for size, suffix in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "K" if unit else "k")):

@@ -9,6 +9,7 @@ import torch
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from ..models.seq2seq import Seq2SeqTransformer, attention_names
 from ..tokenizers import Tokenizer
 
 
@@ -65,6 +66,38 @@ def attention_figure(
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=10)
     return _save(fig, out)
+
+
+SEQ2SEQ_ATTENTIONS = (  # kind, causal, what its picture shows
+    ("encoder", False, "encoder self-attention: every source position sees every other"),
+    ("decoder", True, "decoder self-attention (causal): the target read so far"),
+    ("cross", False, "cross-attention: where in the source each target position looks"),
+)
+
+
+@torch.no_grad()
+def seq2seq_attention_figures(
+    model: Seq2SeqTransformer,
+    src_BS: torch.Tensor,
+    tgt_BL: torch.Tensor,
+    sources: list[str],
+    reads: list[str],
+    out: Path,
+    prompt: str,
+) -> list[Path]:
+    """An encoder-decoder's three attentions for one source (`prompt`: ids `src_BS`, tokens `sources`) and
+    what its decoder reads (ids `tgt_BL`, tokens `reads`): the pictures OUT-encoder, OUT-decoder and
+    OUT-cross (with OUT's suffix), each a panel per layer x head."""
+    _, cache = model.run_with_cache(src_BS, tgt_BL)
+    out = Path(out)
+    written = []
+    for kind, causal, what in SEQ2SEQ_ATTENTIONS:
+        stack = model.encoder if kind == "encoder" else model.decoder
+        weights = [cache[attention_names(kind, i)[3]][0] for i in range(len(stack))]
+        queries, keys = (sources, sources) if kind == "encoder" else (reads, reads if kind == "decoder" else sources)
+        path = out.with_name(f"{out.stem}-{kind}{out.suffix}")
+        written.append(attention_figure(weights, queries, path, keys=keys, causal=causal, title=f"{what} ({prompt!r})"))
+    return written
 
 
 def _cmap(name: str):  # noqa: ANN202 - a matplotlib Colormap
@@ -163,3 +196,10 @@ def nearest_neighbours(
         order = [j for j in sims_N.argsort(descending=True).tolist() if among[j] != q][:k]
         out[tokenizer.token_str(q)] = [(tokenizer.token_str(among[j]), round(sims_N[j].item(), 4)) for j in order]
     return out
+
+
+def format_neighbours(table: dict[str, list[tuple[str, float]]]) -> str:
+    """`nearest_neighbours` as lines: each token, then its neighbours with their cosine similarity."""
+    return "\n".join(
+        f"  {token!r:>6} -> " + "  ".join(f"{t!r} {s:.2f}" for t, s in near) for token, near in table.items()
+    )

@@ -1,17 +1,21 @@
-"""Causal self-attention, step by step as the lab draws it.
+"""Attention, step by step as the lab draws it.
 
 1. project each position to a query, a key and a value;
 2. split the channels into heads;
 3. scores: each query against every key, q . k / sqrt(D);
-4. causal mask: a position may not look at later ones;
+4. mask: the keys a query may not see (the future; padding);
 5. softmax over the keys: the attention weights;
 6. weighted sum of the values;
 7. merge the heads and project back to C channels.
 
-`CausalSelfAttention.forward` is that walk. Steps 3 to 6 also exist as one fused kernel,
-`F.scaled_dot_product_attention`: the same numbers without materialising the L x L weights, taken
-when nothing needs to see them (tested equal). Generation with a KV cache runs the same projections
-over cached keys and values in `decoding.py`.
+`Attention.forward` is that walk, for every attention in attnlab: the language models' causal
+self-attention (`CausalSelfAttention`) and the encoder-decoder's three (the encoder's self-attention,
+the decoder's, and cross-attention, whose keys and values come from the encoder's output). The mask
+is the only difference: causal, padding, or both. Steps 3 to 6 are written out in `attention` and
+also exist as one fused kernel in `fused_attention` (`F.scaled_dot_product_attention`): the same
+numbers without materialising the L x K weights, taken when nothing needs to see them (tested equal).
+While generating, a KV cache (`decoding.py`) hands the forward the keys and values of the earlier
+positions, so each new token runs only its own.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decoding
 from .config import ModelConfig
 from .hooks import NO_HOOK, Hook
 from .norms import RMSNorm
@@ -80,18 +85,41 @@ def attention(
     return F.dropout(weights_BHLK, dropout_p) @ v_BHKD
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head (or grouped-query) causal self-attention with Q, K, V and output projections.
+def fused_attention(
+    q_BHLD: torch.Tensor,
+    k_BHKD: torch.Tensor,
+    v_BHKD: torch.Tensor,
+    mask_LK: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Steps 3-6 as `attention` computes them (the same masks, None the causal one), in one fused kernel
+    that never materialises the weights. Without a mask, one query (a decoding step) sees every key."""
+    L, K = q_BHLD.shape[-2], k_BHKD.shape[-2]
+    if mask_LK is None and L == 1 and torch.compiler.is_compiling():  # a compiled decoding step: see there
+        return decoding.attend_one_query(q_BHLD, k_BHKD, v_BHKD)
+    if mask_LK is None and 1 < L < K:  # new queries after cached keys: the causal diagonal moves right by K - L
+        mask_LK = causal_mask_LK(L, K, q_BHLD.device)
+    causal = mask_LK is None and L > 1
+    return F.scaled_dot_product_attention(
+        q_BHLD, k_BHKD, v_BHKD, attn_mask=mask_LK, dropout_p=dropout_p, is_causal=causal
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention with Q, K, V and output projections.
 
     `head_dim` (D) is independent of `emb_dim` (C): the projections map C -> H x D and back. With
-    `n_kv_heads` = G < H, keys and values have G heads, each shared by H / G query heads.
+    `n_kv_heads` = G < H, keys and values have G heads, each shared by H / G query heads. `kind`
+    "cross" is the encoder-decoder's cross-attention, whose keys are a source's positions: S in its
+    hook names (`k_BHSD`, `weights_BHLS`) where self-attention has K.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kind: str = "self") -> None:
         super().__init__()
+        keys = self.keys_of(kind)
         self.config = cfg  # so the module can be rebuilt elsewhere from its config and weights (attnlab check)
         C, H, G, D = cfg.emb_dim, cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim, self.impl = H, G, D, cfg.attn_impl
+        self.n_heads, self.n_kv_heads, self.head_dim, self.impl, self.keys = H, G, D, cfg.attn_impl, keys
         self.w_q = nn.Linear(C, H * D, bias=cfg.bias)
         self.w_k = nn.Linear(C, G * D, bias=cfg.bias)
         self.w_v = nn.Linear(C, G * D, bias=cfg.bias)
@@ -101,12 +129,18 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
-        kv = "BGKD" if cfg.grouped else "BHKD"  # the hook names say how many heads the tensors hold
+        kv = f"B{'G' if cfg.grouped else 'H'}{keys}D"  # the hook names say how many heads the tensors hold
         self.k_name, self.v_name = f"k_{kv}", f"v_{kv}"
+
+    @staticmethod
+    def keys_of(kind: str) -> str:
+        """The letter of the key positions in the hook names: S (source) for cross-attention, else K."""
+        return "S" if kind == "cross" else "K"
 
     def hook_names(self) -> list[str]:
         """This module's hook points, in the order the forward passes them."""
-        return ["q_BHLD", self.k_name, self.v_name, "scores_BHLK", "masked_BHLK", "weights_BHLK", "z_BHLD", "out_BLC"]
+        scores, masked, weights = (f"{step}_BHL{self.keys}" for step in ("scores", "masked", "weights"))
+        return ["q_BHLD", self.k_name, self.v_name, scores, masked, weights, "z_BHLD", "out_BLC"]
 
     def qkv_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """W_q, W_k and W_v stacked into one (H D + 2 G D) x C matrix (and bias)."""
@@ -115,101 +149,78 @@ class CausalSelfAttention(nn.Module):
         return weight, bias
 
     def project_qkv(
-        self, x_BLC: torch.Tensor, stacked: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self, x_BLC: torch.Tensor, kv: decoding.LayerCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Step 1: queries (B, L, H D), keys and values (B, L, G D) of every position.
+        """Step 1 of self-attention: queries (B, L, H D), keys and values (B, L, G D) of every position.
 
-        The three projections run as one matmul on the stacked weights (`stacked`, if already made):
-        the same arithmetic in one larger call, which is faster forward and backward at these sizes.
+        The three projections run as one matmul on the stacked weights: the same arithmetic in one
+        larger call, which is faster forward and backward at these sizes. While generating (`kv`),
+        the weights are stacked once per cache, not once per token.
         """
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv_BLZ = F.linear(x_BLC, *(stacked or self.qkv_weights()))
+        qkv_BLZ = F.linear(x_BLC, *(kv.cached("qkv", self.qkv_weights) if kv else self.qkv_weights()))
         q_BLX, k_BLY, v_BLY = qkv_BLZ.split([H * D, G * D, G * D], dim=-1)
         return q_BLX, k_BLY, v_BLY
 
-    def forward(self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, rotate: Rotation | None = None) -> torch.Tensor:
+    def source_keys_values(
+        self, source_BSC: torch.Tensor, kv: decoding.LayerCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-2 for cross-attention's keys and values, from the source (the encoder's output); while
+        decoding (`kv`), made on the first step and kept for the others."""
+        G, D = self.n_kv_heads, self.head_dim
+
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            return split_heads(self.w_k(source_BSC), G, D), split_heads(self.w_v(source_BSC), G, D)
+
+        return kv.source(make) if kv is not None else make()
+
+    def forward(
+        self,
+        x_BLC: torch.Tensor,
+        hook: Hook = NO_HOOK,
+        rotate: Rotation | None = None,
+        *,
+        mask_B1LK: torch.Tensor | None = None,
+        source_BSC: torch.Tensor | None = None,
+        kv: decoding.LayerCache | None = None,
+    ) -> torch.Tensor:
+        """x's positions attending to x's own (self-attention) or to `source_BSC`'s (cross-attention).
+
+        `mask_B1LK`: True where a query may see a key, (L, K) or with batch and head dimensions
+        ((B, 1, 1, K) hides padding); None: the causal mask. `rotate`: rotary positions. `kv`: the
+        cache of a generation (decoding.py), which holds the earlier positions' keys and values.
+        """
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        # 1. Project every position to a query, a key and a value.
-        q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)
-        # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
-        q_BHLD = split_heads(q_BLX, H, D)
-        k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
-        if self.q_norm is not None:
-            q_BHLD, k_BGKD = self.q_norm(q_BHLD), self.k_norm(k_BGKD)
-        if rotate is not None:  # rotary positions turn queries and keys by their position's angle
-            q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
+        if source_BSC is None:
+            # 1. Project every position to a query, a key and a value.
+            q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC, kv)
+            # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
+            q_BHLD = split_heads(q_BLX, H, D)
+            k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
+            if self.q_norm is not None:
+                q_BHLD, k_BGKD = self.q_norm(q_BHLD), self.k_norm(k_BGKD)
+            if rotate is not None:  # rotary positions turn queries and keys by their position's angle
+                q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
+            if kv is not None:  # generating: the earlier positions' keys and values come from the cache
+                k_BGKD, v_BGKD = kv.append(k_BGKD, v_BGKD)
+        else:  # 1-2 of cross-attention: queries from x; keys and values from the source
+            q_BHLD = split_heads(self.w_q(x_BLC), H, D)
+            k_BGKD, v_BGKD = self.source_keys_values(source_BSC, kv)
         q_BHLD, k_BGKD, v_BGKD = hook("q_BHLD", q_BHLD), hook(self.k_name, k_BGKD), hook(self.v_name, v_BGKD)
         k_BHKD, v_BHKD = share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H)
         p_drop = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and not hook.enabled:
             # 3-6 in one fused kernel: nothing asked to see the scores or the weights.
-            z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, dropout_p=p_drop, is_causal=True)
+            z_BHLD = fused_attention(q_BHLD, k_BHKD, v_BHKD, mask_B1LK, p_drop)
         else:
-            # 3-6 written out: scores, causal mask, softmax, weighted sum of the values.
-            L = x_BLC.shape[1]
-            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, causal_mask_LK(L, L, x_BLC.device), hook, p_drop)
+            # 3-6 written out: scores, mask, softmax, weighted sum of the values.
+            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, mask_B1LK, hook, p_drop, self.keys)
         z_BHLD = hook("z_BHLD", z_BHLD)
         # 7. Merge the heads and project back to C channels.
         return hook("out_BLC", self.w_o(merge_heads(z_BHLD)))
 
 
-class MaskedAttention(CausalSelfAttention):
-    """The encoder-decoder's three attentions (Vaswani et al. 2017), with the same projections and steps:
-
-    - "encoder": self-attention in which every source position sees every other one;
-    - "decoder": causal self-attention over the target so far;
-    - "cross": the decoder's queries against the keys and values of the encoder's output `memory_BSC`.
-
-    `mask_B1LK` (True = may attend) hides padding, and in the decoder the future as well (see
-    `seq2seq.py`). Hook names are the LM's, with S for the source positions of cross-attention
-    (`k_BHSD`, `weights_BHLS`).
-    """
-
-    def __init__(self, cfg: ModelConfig, kind: str) -> None:
-        super().__init__(cfg)
-        self.kind, self.keys = kind, self.keys_of(kind)
-        self.k_name, self.v_name = f"k_BH{self.keys}D", f"v_BH{self.keys}D"
-
-    @staticmethod
-    def keys_of(kind: str) -> str:
-        """The letter of the key positions in the hook names: S (source) for cross-attention, else K."""
-        return "S" if kind == "cross" else "K"
-
-    def hook_names(self) -> list[str]:
-        K = self.keys
-        return [
-            "q_BHLD",
-            self.k_name,
-            self.v_name,
-            f"scores_BHL{K}",
-            f"masked_BHL{K}",
-            f"weights_BHL{K}",
-            "z_BHLD",
-            "out_BLC",
-        ]
-
-    def keys_values(self, source_BKC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of `source_BKC` (for cross-attention, the encoder's output: made once per source)."""
-        H, D = self.n_heads, self.head_dim
-        return split_heads(self.w_k(source_BKC), H, D), split_heads(self.w_v(source_BKC), H, D)
-
-    def forward(  # type: ignore[override]
-        self,
-        x_BLC: torch.Tensor,
-        mask_B1LK: torch.Tensor,
-        hook: Hook = NO_HOOK,
-        memory_BSC: torch.Tensor | None = None,
-        keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        # 1-2. Queries from x; keys and values from x, or from the encoder's output (cross-attention),
-        # or given (a decoding step's cached ones).
-        q_BHLD = hook("q_BHLD", split_heads(self.w_q(x_BLC), self.n_heads, self.head_dim))
-        k_BHKD, v_BHKD = keys_values or self.keys_values(x_BLC if memory_BSC is None else memory_BSC)
-        k_BHKD, v_BHKD = hook(self.k_name, k_BHKD), hook(self.v_name, v_BHKD)
-        p_drop = self.dropout if self.training else 0.0
-        if self.impl == "sdpa" and not hook.enabled:  # 3-6 fused
-            z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, attn_mask=mask_B1LK, dropout_p=p_drop)
-        else:  # 3-6 written out
-            z_BHLD = attention(q_BHLD, k_BHKD, v_BHKD, mask_B1LK, hook, p_drop, keys=self.keys)
-        # 7. Merge the heads and project back to C channels.
-        return hook("out_BLC", self.w_o(merge_heads(hook("z_BHLD", z_BHLD))))
+class CausalSelfAttention(Attention):
+    """The language models' attention: self-attention under the causal mask (`Attention` with no mask
+    given), each position seeing itself and the positions before it. Named for the lab's exercises,
+    which hand it to `attnlab check`; it adds nothing to `Attention`."""

@@ -1,10 +1,13 @@
-"""What both language models share: the config, the LM head, initialisation, hooks and generation."""
+"""What every model shares (the two language models and the encoder-decoder): the config, the tied LM
+head, parameter counts, initialisation, hooks, positions and generation."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,23 +15,28 @@ from torch import nn
 
 from ..errors import AttnlabError
 from .config import ModelConfig
-from .hooks import Hook, HookFn
+from .hooks import NO_HOOK, Hook, HookFn
 from .positions import PositionScheme
 from .sampling import Sampling, stream_tokens
 
+if TYPE_CHECKING:
+    from .decoding import KVCache
 
-class LanguageModel(nn.Module):
-    """A next-token model: ids_BL (int64) -> logits_BLV. Built from a `ModelConfig`: `Model(config)`."""
 
-    kind = ""  # the config's `model` field for this class: "mlp" or "transformer"
-    supports_kv_cache = False  # `forward` takes a `kv_cache` (see decoding.py)
+class Model(nn.Module):
+    """Every attnlab model, built from a `ModelConfig` (`Model(config)`): its token embedding `embed`
+    and the output layer tied to it (or not), parameter counts, initialisation, the named hook points
+    (`hook_names`, and `run_with_cache` / `run_with_hooks` in each kind's own inputs), and what every
+    generation runs with: eval mode, and the positions that follow a KV cache's."""
+
+    kind = ""  # the config's `model` field for this class: "mlp", "transformer" or "seq2seq"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config if config.model == self.kind else dataclasses.replace(config, model=self.kind)
 
     @classmethod
-    def from_fields(cls, **fields: Any) -> LanguageModel:
+    def from_fields(cls, **fields: Any) -> Model:
         """The model of the config with these fields, the others at their defaults:
         `TransformerLM.from_fields(n_vocab=256, emb_dim=32, n_heads=4, head_dim=5)`."""
         return cls(ModelConfig(model=cls.kind, **fields))
@@ -72,15 +80,61 @@ class LanguageModel(nn.Module):
         if unknown:
             raise AttnlabError(f"unknown hook name {unknown[0]!r}; this model has: {', '.join(sorted(known))}")
 
+    def _positions(
+        self, L: int, kv_cache: KVCache | None = None, hook: Hook = NO_HOOK, what: str = "sequence"
+    ) -> slice:
+        """The positions of L tokens that follow the cached ones (if any), refused beyond max_len."""
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + L > self.config.max_len:
+            raise AttnlabError(f"{what} of {start + L} tokens is longer than max_len={self.config.max_len}")
+        if kv_cache is not None and hook.enabled:  # a cached step runs only its new positions
+            raise AttnlabError("hooks see a whole sequence: run it without a KV cache (run_with_cache)")
+        return slice(start, start + L)
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Eval mode (no dropout) while generating, then the mode the model was in."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    def _capture(
+        self, inputs: tuple[torch.Tensor, ...], names: list[str] | None, fwd_hooks: list[tuple[str, HookFn]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if names is not None:
+            self._check_names(names)
+        cache: dict[str, torch.Tensor] = {}
+        logits_BLV = self._hooked(inputs, fwd_hooks, cache=cache, keep=names)
+        return logits_BLV, cache
+
+    def _hooked(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        fwd_hooks: list[tuple[str, HookFn]],
+        cache: dict[str, torch.Tensor] | None,
+        keep: list[str] | None,
+    ) -> torch.Tensor:
+        """`self(*inputs)` with hooks: the model's forward, whatever inputs it takes."""
+        self._check_names([name for name, _ in fwd_hooks])
+        hooks: dict[str, list[HookFn]] = {}
+        for name, fn in fwd_hooks:
+            hooks.setdefault(name, []).append(fn)
+        return self(*inputs, hook=Hook(cache=cache, hooks=hooks, keep=set(keep) if keep is not None else None))
+
+
+class LanguageModel(Model):
+    """A next-token model: ids_BL (int64) -> logits_BLV, which writes text by appending tokens."""
+
+    supports_kv_cache = False  # `forward` takes a `kv_cache` (see decoding.py)
+
     def run_with_cache(
         self, ids_BL: torch.Tensor, names: list[str] | None = None, fwd_hooks: list[tuple[str, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and every intermediate tensor by name (only `names` if given), after `fwd_hooks` edits."""
-        if names is not None:
-            self._check_names(names)
-        cache: dict[str, torch.Tensor] = {}
-        logits_BLV = self.run_with_hooks(ids_BL, fwd_hooks, cache=cache, keep=names)
-        return logits_BLV, cache
+        return self._capture((ids_BL,), names, fwd_hooks)
 
     def run_with_hooks(
         self,
@@ -90,11 +144,7 @@ class LanguageModel(nn.Module):
         keep: list[str] | None = None,
     ) -> torch.Tensor:
         """A forward in which each hook fn(tensor, name) may return a replacement for its tensor."""
-        self._check_names([name for name, _ in fwd_hooks])
-        hooks: dict[str, list[HookFn]] = {}
-        for name, fn in fwd_hooks:
-            hooks.setdefault(name, []).append(fn)
-        return self(ids_BL, hook=Hook(cache=cache, hooks=hooks, keep=set(keep) if keep is not None else None))
+        return self._hooked((ids_BL,), fwd_hooks, cache, keep)
 
     @torch.no_grad()
     def generate(

@@ -1,4 +1,4 @@
-"""Fast generation: the key/value cache, and attention over it for one new token at a time.
+"""Fast generation: the key/value cache, one new token at a time.
 
 Without a cache, every generated token runs the whole context through the model again. With one,
 the prompt is run once (prefill) and its keys and values kept per layer; each new token then adds
@@ -6,9 +6,13 @@ its own k, v and attends over the cache, so its cost does not grow with the prom
 max_len). The buffers are allocated once at max_len, so a step writes one slot instead of copying
 the whole cache.
 
-`cached_attention` is `CausalSelfAttention` (attention.py) for positions that follow cached ones:
-the same projections and the same result (the tests compare generation with and without the cache
-token for token). `compiled_decoder` runs the one-token steps through `torch.compile`.
+One cache serves every model that generates: a language model's layers, and an encoder-decoder's
+decoder, whose cross-attention also keeps the source's keys and values (made from the encoder's
+output on the first step). Beam search reorders the cache's rows when it keeps some beams and drops
+others (`KVCache.reorder`). The attention itself is `Attention.forward` (attention.py), handed a
+layer's cache: the same projections and the same result (the tests compare generation with and
+without the cache token for token). `compiled_decoder` runs the one-token steps through
+`torch.compile`.
 """
 
 from __future__ import annotations
@@ -19,46 +23,58 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
-
-from .attention import CausalSelfAttention, causal_mask_LK, merge_heads, share_kv_heads, split_heads
-from .positions import Rotation
 
 T = TypeVar("T")
+KeysValues = tuple[torch.Tensor, torch.Tensor]
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, one pair of (B, G, max_len, D) buffers per layer."""
+    """What a generation keeps from step to step, one `LayerCache` per layer (`layers[i]`).
+
+    `length` is the number of positions cached: the next token's position. The model's forward
+    advances it once all its layers have appended their keys and values.
+    """
 
     def __init__(self, n_layers: int, max_len: int) -> None:
         self.max_len = max_len
-        self.k: list[torch.Tensor | None] = [None] * n_layers
-        self.v: list[torch.Tensor | None] = [None] * n_layers
-        self.length = 0  # positions cached (the next token's position)
-        self.layers = [LayerCache(self, i) for i in range(n_layers)]
+        self.length = 0
+        self.layers = [LayerCache(self) for _ in range(n_layers)]
 
-    def append(self, layer: int, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this step's keys and values for `layer`; return all of them so far (B, G, K, D)."""
-        end = self.length + k_BGLD.shape[2]  # <= max_len: TransformerLM.forward refuses longer sequences
-        if self.k[layer] is None:
-            B, G, _, D = k_BGLD.shape
-            self.k[layer] = k_BGLD.new_empty(B, G, self.max_len, D)
-            self.v[layer] = v_BGLD.new_empty(B, G, self.max_len, D)
-        k_BGTD, v_BGTD = self.k[layer], self.v[layer]
-        k_BGTD[:, :, self.length : end] = k_BGLD
-        v_BGTD[:, :, self.length : end] = v_BGLD
-        return k_BGTD[:, :, :end], v_BGTD[:, :, :end]
+    def reorder(self, rows_B: torch.Tensor) -> None:
+        """Beam search: row b of the cache continues what row rows_B[b] held (rows may repeat or go)."""
+        for layer in self.layers:
+            layer.reorder(rows_B)
 
 
 class LayerCache:
-    """One layer's view of a KVCache: what the attention of that layer is handed."""
+    """One layer's part of a KVCache: its keys and values so far in (B, G, max_len, D) buffers, the
+    source's keys and values for cross-attention, and weights derived once for decoding."""
 
-    def __init__(self, cache: KVCache, layer: int) -> None:
-        self.cache, self.layer = cache, layer
+    def __init__(self, cache: KVCache) -> None:
+        self.cache = cache
+        self.k_BGTD: torch.Tensor | None = None  # T = max_len slots, the first `cache.length` filled
+        self.v_BGTD: torch.Tensor | None = None
+        self.source_kv: KeysValues | None = None
         self.derived: dict[str, Any] = {}
 
-    def append(self, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cache.append(self.layer, k_BGLD, v_BGLD)
+    def append(self, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> KeysValues:
+        """Add this step's keys and values; return all of them so far (B, G, K, D)."""
+        start = self.cache.length
+        end = start + k_BGLD.shape[2]  # <= max_len: the model refuses longer sequences
+        if self.k_BGTD is None:
+            B, G, _, D = k_BGLD.shape
+            self.k_BGTD = k_BGLD.new_empty(B, G, self.cache.max_len, D)
+            self.v_BGTD = v_BGLD.new_empty(B, G, self.cache.max_len, D)
+        k_BGTD, v_BGTD = self.k_BGTD, self.v_BGTD
+        k_BGTD[:, :, start:end] = k_BGLD
+        v_BGTD[:, :, start:end] = v_BGLD
+        return k_BGTD[:, :, :end], v_BGTD[:, :, :end]
+
+    def source(self, make: Callable[[], KeysValues]) -> KeysValues:
+        """Cross-attention's keys and values of the source: `make()` on the first step, kept for the rest."""
+        if self.source_kv is None:
+            self.source_kv = make()
+        return self.source_kv
 
     def cached(self, name: str, make: Callable[[], T]) -> T:
         """`make()` computed once per cache: weights derived for decoding (e.g. the stacked q/k/v matrix).
@@ -70,6 +86,29 @@ class LayerCache:
             self.derived[name] = make()
         return self.derived[name]
 
+    def reorder(self, rows_B: torch.Tensor) -> None:
+        """Row b takes row rows_B[b]'s keys and values (only the filled slots are copied)."""
+        n = self.cache.length
+        if self.k_BGTD is not None:
+            self.k_BGTD, self.v_BGTD = _take_rows(self.k_BGTD, rows_B, n), _take_rows(self.v_BGTD, rows_B, n)
+        if self.source_kv is not None:
+            k_BGSD, v_BGSD = self.source_kv
+            self.source_kv = _source_rows(k_BGSD, rows_B), _source_rows(v_BGSD, rows_B)
+
+
+def _take_rows(t_BGTD: torch.Tensor, rows_B: torch.Tensor, n: int) -> torch.Tensor:
+    """A buffer like t_BGTD with len(rows_B) rows, row b holding row rows_B[b]'s first n slots."""
+    out_BGTD = t_BGTD.new_empty(len(rows_B), *t_BGTD.shape[1:])
+    out_BGTD[:, :, :n] = t_BGTD[rows_B, :, :n]
+    return out_BGTD
+
+
+def _source_rows(t_BGSD: torch.Tensor, rows_B: torch.Tensor) -> torch.Tensor:
+    """t_BGSD's rows rows_B; one source that every row reads (a beam search's) stays one, broadcast."""
+    if t_BGSD.shape[0] == 1 or t_BGSD.stride(0) == 0:
+        return t_BGSD[:1].expand(len(rows_B), -1, -1, -1)
+    return t_BGSD[rows_B]
+
 
 def attend_one_query(q_BH1D: torch.Tensor, k_BHKD: torch.Tensor, v_BHKD: torch.Tensor) -> torch.Tensor:
     """Attention of one new query over all keys (no mask needed), as multiply-and-sum reductions.
@@ -80,34 +119,6 @@ def attend_one_query(q_BH1D: torch.Tensor, k_BHKD: torch.Tensor, v_BHKD: torch.T
     """
     scores_BHK = (q_BH1D * k_BHKD).sum(-1) / math.sqrt(q_BH1D.shape[-1])
     return (scores_BHK.softmax(dim=-1)[..., None] * v_BHKD).sum(-2, keepdim=True)
-
-
-def cached_attention(
-    attn: CausalSelfAttention, x_BLC: torch.Tensor, kv: LayerCache, rotate: Rotation | None = None
-) -> torch.Tensor:
-    """`attn` for L new positions after the cached ones: their queries attend to every key so far."""
-    H, G, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    qkv_BLZ = F.linear(x_BLC, *kv.cached("qkv", attn.qkv_weights))  # the stacked weights, made once per cache
-    # Queries and keys side by side as H + G heads, so rotary positions turn them in one pass (a
-    # decoding step is a chain of tiny ops, each costing its dispatch: fewer is faster).
-    qk_BNLD = split_heads(qkv_BLZ[..., : (H + G) * D], H + G, D)
-    if attn.q_norm is not None:
-        q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
-        qk_BNLD = torch.cat([attn.q_norm(q_BHLD), attn.k_norm(k_BGLD)], dim=1)
-    if rotate is not None:
-        qk_BNLD = rotate(qk_BNLD)
-    q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
-    v_BGLD = split_heads(qkv_BLZ[..., (H + G) * D :], G, D)
-    k_BGKD, v_BGKD = kv.append(k_BGLD, v_BGLD)
-    k_BHKD, v_BHKD = share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H)
-    L, K = q_BHLD.shape[2], k_BHKD.shape[2]
-    if L == 1 and torch.compiler.is_compiling():  # a compiled decoding step: see `attend_one_query`
-        z_BHLD = attend_one_query(q_BHLD, k_BHKD, v_BHKD)
-    elif L == 1 or L == K:  # one new query may see every key; a first fill is plain causal attention
-        z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, is_causal=L > 1)
-    else:  # new queries after cached keys: the mask's diagonal moves right by K - L
-        z_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHKD, v_BHKD, attn_mask=causal_mask_LK(L, K, x_BLC.device))
-    return attn.w_o(merge_heads(z_BHLD))
 
 
 @functools.cache

@@ -7,13 +7,15 @@ or RMSNorm, pre- or post-norm, ReLU / GELU / SwiGLU MLPs, biases on or off. Posi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import CausalSelfAttention
+from .attention import Attention, CausalSelfAttention
 from .config import ModelConfig
-from .decoding import LayerCache, cached_attention
+from .decoding import LayerCache
 from .hooks import NO_HOOK, Hook
 from .norms import RMSNorm, make_norm  # noqa: F401 - RMSNorm: imported from here by the README's API
 from .positions import Positions, PositionScheme, Rotation
@@ -76,44 +78,76 @@ class MLP(nn.Module):
         return hook("out_BLC", self.fc_out(hook("hidden_BLF", hidden_BLF)))
 
 
+Sublayer = Callable[[torch.Tensor], torch.Tensor]
+
+
 class Block(nn.Module):
     """Pre-norm (GPT-2, the lab): x + attn(ln1(x)), then + mlp(ln2(.)).
 
     Post-norm (Vaswani et al. 2017): ln1(x + attn(x)), then ln2(. + mlp(.)).
+
+    The same block serves the encoder-decoder: an encoder block is one whose self-attention is not
+    causal (`causal=False`: its mask hides only padding), and a decoder block (`cross=True`) has a
+    third sublayer between the two, cross-attention to the encoder's output, with its own norm.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True, cross: bool = False) -> None:
         super().__init__()
         self.config = cfg  # so the block can be rebuilt elsewhere from its config and weights (attnlab check)
         self.post_norm = cfg.norm_placement == "post"
         self.ln1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg) if causal else Attention(cfg)
+        self.ln_cross = make_norm(cfg) if cross else None
+        self.cross = Attention(cfg, "cross") if cross else None
         self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def hook_names(self) -> list[str]:
-        attn = [f"attn.{n}" for n in self.attn.hook_names()]
-        mlp = [f"mlp.{n}" for n in self.mlp.hook_names()]
-        if self.post_norm:
-            return [*attn, "resid_mid_BLC", "ln1_BLC", *mlp, "resid_post_BLC", "ln2_BLC"]
-        return ["ln1_BLC", *attn, "resid_mid_BLC", "ln2_BLC", *mlp, "resid_post_BLC"]
+    def sublayers(self) -> list[tuple[str, str, str]]:
+        """The hook names of each sublayer, its norm and the residual stream after it, in order."""
+        cross = [("cross", "ln_cross", "resid_cross")] if self.cross is not None else []
+        return [("attn", "ln1", "resid_mid"), *cross, ("mlp", "ln2", "resid_post")]
 
-    def _attend(self, x_BLC: torch.Tensor, hook: Hook, rotate: Rotation | None, kv: LayerCache | None) -> torch.Tensor:
-        if kv is None:
-            return self.attn(x_BLC, hook.scope("attn."), rotate)
-        return cached_attention(self.attn, x_BLC, kv, rotate)  # generation: earlier keys come from the cache
+    def hook_names(self) -> list[str]:
+        inner = [self.attn.hook_names(), *([self.cross.hook_names()] if self.cross else []), self.mlp.hook_names()]
+        names = []
+        for (sub, norm, resid), points in zip(self.sublayers(), inner, strict=True):
+            f = [f"{sub}.{n}" for n in points]
+            names += [*f, f"{resid}_BLC", f"{norm}_BLC"] if self.post_norm else [f"{norm}_BLC", *f, f"{resid}_BLC"]
+        return names
+
+    def residual(
+        self, x_BLC: torch.Tensor, f: Sublayer, norm: nn.Module, hook: Hook, norm_name: str, resid_name: str
+    ) -> torch.Tensor:
+        """One sublayer `f` and its norm on the residual stream: x + f(norm(x)), or post-norm norm(x + f(x)),
+        with the hook names of the norm's output and of the stream after the sublayer."""
+        if self.post_norm:
+            resid_BLC = hook(resid_name, x_BLC + self.drop(f(x_BLC)))
+            return hook(norm_name, norm(resid_BLC))
+        return hook(resid_name, x_BLC + self.drop(f(hook(norm_name, norm(x_BLC)))))
 
     def forward(
-        self, x_BLC: torch.Tensor, hook: Hook = NO_HOOK, rotate: Rotation | None = None, kv: LayerCache | None = None
+        self,
+        x_BLC: torch.Tensor,
+        hook: Hook = NO_HOOK,
+        rotate: Rotation | None = None,
+        kv: LayerCache | None = None,
+        *,
+        mask_B1LK: torch.Tensor | None = None,
+        memory_BSC: torch.Tensor | None = None,
+        memory_mask_B11S: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`mask_B1LK`: the self-attention's mask (None: causal); `memory_BSC`: the encoder's output, which
+        cross-attention reads, and `memory_mask_B11S` its padding; `kv`: a generation's cache."""
+
+        def attend(h_BLC: torch.Tensor) -> torch.Tensor:  # to the sequence itself
+            return self.attn(h_BLC, hook.scope("attn."), rotate, mask_B1LK=mask_B1LK, kv=kv)
+
+        def cross(h_BLC: torch.Tensor) -> torch.Tensor:  # to the source: the encoder's output
+            return self.cross(h_BLC, hook.scope("cross."), mask_B1LK=memory_mask_B11S, source_BSC=memory_BSC, kv=kv)
+
+        x_BLC = self.residual(x_BLC, attend, self.ln1, hook, "ln1_BLC", "resid_mid_BLC")
+        if self.cross is not None:
+            x_BLC = self.residual(x_BLC, cross, self.ln_cross, hook, "ln_cross_BLC", "resid_cross_BLC")
         mlp = hook.scope("mlp.")
-        if self.post_norm:
-            resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self._attend(x_BLC, hook, rotate, kv)))
-            ln1_BLC = hook("ln1_BLC", self.ln1(resid_mid_BLC))
-            resid_post_BLC = hook("resid_post_BLC", ln1_BLC + self.drop(self.mlp(ln1_BLC, mlp)))
-            return hook("ln2_BLC", self.ln2(resid_post_BLC))
-        ln1_BLC = hook("ln1_BLC", self.ln1(x_BLC))
-        resid_mid_BLC = hook("resid_mid_BLC", x_BLC + self.drop(self._attend(ln1_BLC, hook, rotate, kv)))
-        ln2_BLC = hook("ln2_BLC", self.ln2(resid_mid_BLC))
-        return hook("resid_post_BLC", resid_mid_BLC + self.drop(self.mlp(ln2_BLC, mlp)))
+        return self.residual(x_BLC, lambda h_BLC: self.mlp(h_BLC, mlp), self.ln2, hook, "ln2_BLC", "resid_post_BLC")

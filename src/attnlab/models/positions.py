@@ -135,6 +135,14 @@ def rotate_pairs(x_BHLD: torch.Tensor, cos_LD: torch.Tensor, sin_LD: torch.Tenso
     return x_BHLD * cos_LD.to(x_BHLD.dtype) + rotated_BHLD * sin_LD.to(x_BHLD.dtype)
 
 
+def rotate_pairs_rolled(x_BHLD: torch.Tensor, cos_LD: torch.Tensor, signed_sin_LD: torch.Tensor) -> torch.Tensor:
+    """`rotate_pairs` in fewer, larger ops, the same numbers (tested): one roll swaps the halves, and the
+    minus sign of the first half rides on the sines (`signed_sin_LD`: -sin, then +sin). What the model
+    runs: a decoding step is a chain of tiny ops, so each one it saves counts (~2x faster here)."""
+    rolled_BHLD = x_BHLD.roll(x_BHLD.shape[-1] // 2, dims=-1)
+    return x_BHLD * cos_LD.to(x_BHLD.dtype) + rolled_BHLD * signed_sin_LD.to(x_BHLD.dtype)
+
+
 class RotaryEmbedding(PositionScheme):
     """Rotary positions (Su et al. 2021): rotate pairs of q and k channels by position-dependent angles.
 
@@ -150,6 +158,8 @@ class RotaryEmbedding(PositionScheme):
         angles_LD = torch.cat([angles_LD2, angles_LD2], dim=-1)
         self.register_buffer("cos_LD", angles_LD.cos().float(), persistent=False)
         self.register_buffer("sin_LD", angles_LD.sin().float(), persistent=False)
+        signed_LD = torch.cat([-angles_LD2.sin(), angles_LD2.sin()], dim=-1)  # for `rotate_pairs_rolled`
+        self.register_buffer("signed_sin_LD", signed_LD.float(), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> PositionScheme:
@@ -162,14 +172,14 @@ class RotaryEmbedding(PositionScheme):
         return None
 
     def _angles(self, positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_LD[positions], self.sin_LD[positions]
+        cos, signed_sin = self.cos_LD[positions], self.signed_sin_LD[positions]
         if cos.dim() == 3:  # (B, L, D): one row of positions per sequence, shared by its heads
-            cos, sin = cos[:, None], sin[:, None]
-        return cos, sin
+            cos, signed_sin = cos[:, None], signed_sin[:, None]
+        return cos, signed_sin
 
     def rotation(self, positions: Positions) -> Rotation:
-        cos, sin = self._angles(positions)  # looked up once per forward, used by every layer
-        return lambda x_BHLD: rotate_pairs(x_BHLD, cos, sin)
+        cos, signed_sin = self._angles(positions)  # looked up once per forward, used by every layer
+        return lambda x_BHLD: rotate_pairs_rolled(x_BHLD, cos, signed_sin)
 
     def forward(self, x_BHLD: torch.Tensor, positions: Positions | int = 0) -> torch.Tensor:
         """x rotated at `positions`: a start offset, a slice, or a tensor of positions (L,) or (B, L)."""

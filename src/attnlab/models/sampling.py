@@ -118,8 +118,6 @@ def stream_tokens(
     if not 1 <= slide <= max_len:
         raise AttnlabError(f"--slide {slide}: must be between 1 and max_len={max_len}")
     generator = generator if generator is not None else sampling.generator()
-    was_training = model.training
-    model.eval()
     use_cache = kv_cache and model.supports_kv_cache
     decode = compiled_decoder(model) if compile and use_cache else model
     cache: KVCache | None = None
@@ -132,7 +130,7 @@ def stream_tokens(
     ids_BT = ids_BL.new_empty(B, prompt_len + max_new_tokens)  # filled as it goes: no copy of the sequence per token
     ids_BT[:, :prompt_len] = ids_BL
     start = max(0, prompt_len - max_len)  # the window's first token
-    try:
+    with model.generating():
         next_B1 = None
         for n in range(prompt_len, prompt_len + max_new_tokens):  # n: tokens so far
             moved = n - start > max_len
@@ -148,5 +146,3 @@ def stream_tokens(
             next_B1 = sampling.choose(logits_BV, generator)
             ids_BT[:, n : n + 1] = next_B1
             yield next_B1
-    finally:
-        model.train(was_training)

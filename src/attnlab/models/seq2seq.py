@@ -5,33 +5,37 @@
     decoder: target tokens -> embeddings + positions -> n_layers blocks of
              [causal self-attention, cross-attention to memory_BSC, MLP] -> logits_BLV
 
-The attention (`MaskedAttention`: the LM's projections and steps 3-6), the MLP, the norms, the
-embeddings and the position schemes are the Transformer LM's. Each sublayer is wrapped as the LM's
-`Block` wraps its two: post-norm `norm(x + f(x))` as in the paper (the default here), or pre-norm
-`x + f(norm(x))`. Padding (id `PAD` = 0) never receives attention: every attention gets a mask that
-hides padded keys, and the decoder's self-attention also hides the future. With one vocabulary
-(`n_src_vocab` = 0, the paper's shared 37,000 tokens) one embedding table serves the encoder, the
-decoder and (tied) the output layer.
+Everything is the Transformer LM's: the blocks (`Block`: an encoder block is one whose attention is
+not causal, a decoder block one with cross-attention), the one attention forward (`Attention`),
+the MLP, the norms, the embeddings, the position schemes, the KV cache, and the base class (`Model`:
+the tied output layer, parameter counts, hooks, and the positions and eval mode of generation).
+Post-norm `norm(x + f(x))` as in the paper by default, or pre-norm `x + f(norm(x))`. Padding (id
+`PAD` = 0) never receives attention: every attention gets a mask that hides padded keys, and the
+decoder's self-attention also hides the future. With one vocabulary (`n_src_vocab` = 0, the
+paper's shared 37,000 tokens) one embedding table serves the encoder, the decoder and (tied) the
+output layer. Decoding (greedy, beam search) is in `translate.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AttnlabError
-from .attention import MaskedAttention, causal_mask_LK
+from .attention import Attention, causal_mask_LK
+from .base import Model
 from .config import ModelConfig
-from .hooks import NO_HOOK, Hook
-from .layers import MLP, Embeddings, make_norm
+from .decoding import KVCache
+from .hooks import NO_HOOK, Hook, HookFn
+from .layers import Block, Embeddings, make_norm
 from .positions import make_positions
 
 PAD, BOS, EOS = 0, 1, 2  # the special ids of every seq2seq vocabulary: padding, begin, end
 
+
+Seq2SeqBlock = Block  # the encoder's and the decoder's blocks are the language models' (an older name)
 
 ATTENTIONS = ("encoder", "decoder", "cross")  # the encoder's self-attention, the decoder's, cross-attention
 
@@ -47,7 +51,7 @@ def attention_prefix(kind: str, layer: int) -> str:
 
 def attention_names(kind: str, layer: int) -> list[str]:
     """The hook names of one layer's queries, keys, values and weights for the attention `kind`."""
-    p, K = attention_prefix(kind, layer), MaskedAttention.keys_of(kind)
+    p, K = attention_prefix(kind, layer), Attention.keys_of(kind)
     return [p + "q_BHLD", p + f"k_BH{K}D", p + f"v_BH{K}D", p + f"weights_BHL{K}"]
 
 
@@ -56,100 +60,25 @@ def padding_mask_B11S(ids_BS: torch.Tensor) -> torch.Tensor:
     return (ids_BS != PAD)[:, None, None, :]
 
 
-class Seq2SeqBlock(nn.Module):
-    """An encoder block (self-attention, MLP) or, with `decoder`, a decoder block (causal self-attention,
-    cross-attention to the encoder's output, MLP)."""
-
-    def __init__(self, cfg: ModelConfig, decoder: bool) -> None:
-        super().__init__()
-        self.post_norm = cfg.norm_placement == "post"
-        self.ln1 = make_norm(cfg)
-        self.attn = MaskedAttention(cfg, "decoder" if decoder else "encoder")
-        self.ln_cross = make_norm(cfg) if decoder else None
-        self.cross = MaskedAttention(cfg, "cross") if decoder else None
-        self.ln2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-
-    def sublayers(self) -> list[tuple[str, str, str]]:
-        """(sublayer, its norm, the residual stream after it) in order."""
-        cross = [("cross", "ln_cross", "resid_cross")] if self.cross is not None else []
-        return [("attn", "ln1", "resid_mid"), *cross, ("mlp", "ln2", "resid_post")]
-
-    def hook_names(self) -> list[str]:
-        names = []
-        for sub, norm, resid in self.sublayers():
-            inner = [f"{sub}.{n}" for n in getattr(self, sub).hook_names()]
-            names += (
-                [*inner, f"{resid}_BLC", f"{norm}_BLC"] if self.post_norm else [f"{norm}_BLC", *inner, f"{resid}_BLC"]
-            )
-        return names
-
-    def _residual(self, x_BLC: torch.Tensor, hook: Hook, sub: str, norm: str, resid: str, f: Any) -> torch.Tensor:
-        norm_fn = getattr(self, norm)
-        if self.post_norm:  # norm(x + f(x)), the paper's
-            resid_BLC = hook(f"{resid}_BLC", x_BLC + self.drop(f(x_BLC, hook.scope(f"{sub}."))))
-            return hook(f"{norm}_BLC", norm_fn(resid_BLC))
-        normed_BLC = hook(f"{norm}_BLC", norm_fn(x_BLC))
-        return hook(f"{resid}_BLC", x_BLC + self.drop(f(normed_BLC, hook.scope(f"{sub}."))))
-
-    def forward(
-        self,
-        x_BLC: torch.Tensor,
-        self_mask: torch.Tensor,
-        hook: Hook = NO_HOOK,
-        memory_BSC: torch.Tensor | None = None,
-        cross_mask: torch.Tensor | None = None,
-        cache: dict[str, Any] | None = None,
-    ) -> torch.Tensor:
-        """`cache` (decoding): the self-attention's keys and values so far ("self", grown here) and the
-        encoder output's ("cross", made once)."""
-
-        def attend(h_BLC: torch.Tensor, scope: Hook) -> torch.Tensor:
-            kv = None
-            if cache is not None:
-                k_BHLD, v_BHLD = self.attn.keys_values(h_BLC)
-                if "self" in cache:
-                    k_BHLD = torch.cat([cache["self"][0], k_BHLD], dim=2)
-                    v_BHLD = torch.cat([cache["self"][1], v_BHLD], dim=2)
-                kv = cache["self"] = (k_BHLD, v_BHLD)
-            return self.attn(h_BLC, self_mask, scope, keys_values=kv)
-
-        def cross(h_BLC: torch.Tensor, scope: Hook) -> torch.Tensor:
-            assert self.cross is not None and memory_BSC is not None and cross_mask is not None
-            kv = None
-            if cache is not None:
-                if "cross" not in cache:
-                    cache["cross"] = self.cross.keys_values(memory_BSC)
-                kv = cache["cross"]
-            return self.cross(h_BLC, cross_mask, scope, memory_BSC, keys_values=kv)
-
-        steps = {"attn": attend, "cross": cross, "mlp": lambda h_BLC, scope: self.mlp(h_BLC, scope)}
-        for sub, norm, resid in self.sublayers():
-            x_BLC = self._residual(x_BLC, hook, sub, norm, resid, steps[sub])
-        return x_BLC
-
-
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(Model):
     """Encoder and decoder stacks (the paper's post-norm by default); `forward(src_BS, tgt_BL)` -> logits_BLV."""
 
     kind = "seq2seq"
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config if config.model == self.kind else dataclasses.replace(config, model=self.kind)
+        super().__init__(config)
         cfg = self.config
         self.embed = Embeddings(cfg, make_positions(cfg))  # the target's (and the source's, when shared)
         if cfg.n_src_vocab:
             self.src_embed = Embeddings(dataclasses.replace(cfg, n_vocab=cfg.n_src_vocab), make_positions(cfg))
         else:
             self.src_embed = None
-        self.encoder = nn.ModuleList(Seq2SeqBlock(cfg, decoder=False) for _ in range(cfg.n_enc_layers or cfg.n_layers))
-        self.decoder = nn.ModuleList(Seq2SeqBlock(cfg, decoder=True) for _ in range(cfg.n_layers))
+        self.encoder = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_enc_layers or cfg.n_layers))
+        self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.n_layers))
         pre = cfg.norm_placement == "pre"  # pre-norm stacks end in a norm of their own; post-norm blocks do already
         self.enc_ln = make_norm(cfg) if pre else None
         self.dec_ln = make_norm(cfg) if pre else None
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.emb_dim, cfg.n_vocab, bias=False)
+        self.lm_head = self._make_lm_head()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -162,9 +91,6 @@ class Seq2SeqTransformer(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, self.config.emb_dim**-0.5)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def hook_names(self) -> list[str]:
         names = [f"src_embed.{n}" for n in self.embed.hook_names()]  # the source's embedding has the same points
         for i, block in enumerate(self.encoder):
@@ -174,18 +100,14 @@ class Seq2SeqTransformer(nn.Module):
             names += [f"decoder.{i}.{n}" for n in block.hook_names()]
         return [*names, *(["dec_ln_BLC"] if self.dec_ln is not None else []), "logits_BLV"]
 
-    def _check_length(self, n: int, what: str) -> None:
-        if n > self.config.max_len:
-            raise AttnlabError(f"a {what} of {n} tokens is longer than max_len={self.config.max_len}")
-
     def encode(self, src_BS: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         """The encoder's output memory_BSC: one vector per source position, each having seen all of them."""
-        self._check_length(src_BS.shape[1], "source")
+        positions = self._positions(src_BS.shape[1], what="a source")
         mask_B11S = padding_mask_B11S(src_BS)
         embed = self.src_embed if self.src_embed is not None else self.embed
-        x_BSC = embed(src_BS, hook.scope("src_embed."), slice(0, src_BS.shape[1]))
+        x_BSC = embed(src_BS, hook.scope("src_embed."), positions)
         for i, block in enumerate(self.encoder):
-            x_BSC = block(x_BSC, mask_B11S, hook.scope(f"encoder.{i}."))
+            x_BSC = block(x_BSC, hook.scope(f"encoder.{i}."), mask_B1LK=mask_B11S)
         if self.enc_ln is not None:
             x_BSC = self.enc_ln(x_BSC)
         return hook("memory_BSC", x_BSC)
@@ -196,32 +118,36 @@ class Seq2SeqTransformer(nn.Module):
         memory_BSC: torch.Tensor,
         src_BS: torch.Tensor,
         hook: Hook = NO_HOOK,
-        cache: list[dict[str, Any]] | None = None,
-        start: int = 0,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Logits for the target tokens tgt_BL (positions start, start + 1, ...) given the encoder's output.
+        """Logits for the target tokens tgt_BL given the encoder's output.
 
-        With `cache` (one dict per decoder block, empty at first) only the new positions are run: their
-        self-attention reads the earlier keys and values from it, and cross-attention the encoder's,
-        made on the first call.
+        With `kv_cache`, tgt_BL continues the cached positions, and only the new ones are run: their
+        self-attention reads the earlier keys and values from the cache, and cross-attention the
+        source's, made on the first step.
         """
         L = tgt_BL.shape[1]
-        self._check_length(start + L, "target")
-        if cache is not None and hook.enabled:
-            raise AttnlabError("hooks see a whole sequence: decode it without a cache")
-        if cache is None:
-            self_mask = causal_mask_LK(L, L, tgt_BL.device)[None, None] & padding_mask_B11S(tgt_BL)
-        else:  # new positions after `start` cached ones; padding is never fed while decoding
-            self_mask = causal_mask_LK(L, start + L, tgt_BL.device)[None, None]
-        cross_mask = padding_mask_B11S(src_BS)
-        x_BLC = self.embed(tgt_BL, hook.scope("embed."), slice(start, start + L))
+        positions = self._positions(L, kv_cache, hook, what="a target")
+        self_mask_B1LL = None  # decoding: the causal mask (padding is never fed)
+        if kv_cache is None:
+            self_mask_B1LL = causal_mask_LK(L, L, tgt_BL.device) & padding_mask_B11S(tgt_BL)
+        mask_B11S = padding_mask_B11S(src_BS)  # the source's padding, hidden from cross-attention
+        x_BLC = self.embed(tgt_BL, hook.scope("embed."), positions)
         for i, block in enumerate(self.decoder):
-            layer = cache[i] if cache is not None else None
-            x_BLC = block(x_BLC, self_mask, hook.scope(f"decoder.{i}."), memory_BSC, cross_mask, layer)
+            kv = kv_cache.layers[i] if kv_cache is not None else None
+            x_BLC = block(
+                x_BLC,
+                hook.scope(f"decoder.{i}."),
+                kv=kv,
+                mask_B1LK=self_mask_B1LL,
+                memory_BSC=memory_BSC,
+                memory_mask_B11S=mask_B11S,
+            )
+        if kv_cache is not None:
+            kv_cache.length += L
         if self.dec_ln is not None:
             x_BLC = hook("dec_ln_BLC", self.dec_ln(x_BLC))
-        logits_BLV = F.linear(x_BLC, self.embed.tok.weight) if self.lm_head is None else self.lm_head(x_BLC)
-        return hook("logits_BLV", logits_BLV)
+        return hook("logits_BLV", self.unembed(x_BLC))
 
     def forward(self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         """Teacher forcing: logits_BLV for every target position at once, from the source and the
@@ -229,12 +155,17 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(tgt_BL, self.encode(src_BS, hook), src_BS, hook)
 
     def run_with_cache(
-        self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, names: list[str] | None = None
+        self,
+        src_BS: torch.Tensor,
+        tgt_BL: torch.Tensor,
+        names: list[str] | None = None,
+        fwd_hooks: list[tuple[str, HookFn]] = (),
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and the named activations (all of them with `names=None`), as the LM's `run_with_cache`."""
-        known = self.hook_names()
-        if names is not None and (unknown := [n for n in names if n not in known]):
-            raise AttnlabError(f"unknown hook name {unknown[0]!r}; this model has: {', '.join(known[:6])}, ...")
-        cache: dict[str, torch.Tensor] = {}
-        logits_BLV = self(src_BS, tgt_BL, Hook(cache=cache, keep=set(names) if names is not None else None))
-        return logits_BLV, cache
+        return self._capture((src_BS, tgt_BL), names, fwd_hooks)
+
+    def run_with_hooks(
+        self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, fwd_hooks: list[tuple[str, HookFn]]
+    ) -> torch.Tensor:
+        """A forward in which each hook fn(tensor, name) may return a replacement, as the LM's `run_with_hooks`."""
+        return self._hooked((src_BS, tgt_BL), fwd_hooks, None, None)

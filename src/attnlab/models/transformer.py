@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import AttnlabError
 from .base import LanguageModel
 from .config import ModelConfig
 from .decoding import KVCache
@@ -38,20 +37,14 @@ class TransformerLM(LanguageModel):
 
     def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see decoding.py)."""
-        start = kv_cache.length if kv_cache is not None else 0
-        L = ids_BL.shape[1]
-        if start + L > self.config.max_len:
-            raise AttnlabError(f"sequence of {start + L} tokens is longer than max_len={self.config.max_len}")
-        if kv_cache is not None and hook.enabled:  # the cached attention (decoding.py) has no hook points
-            raise AttnlabError("hooks see a whole sequence: run it without a KV cache (run_with_cache)")
-        positions = slice(start, start + L)
+        positions = self._positions(ids_BL.shape[1], kv_cache, hook)
         x_BLC = self.embed(ids_BL, hook.scope("embed."), positions)
         rotate = self.embed.pos.rotation(positions)  # rotary positions act inside attention; else None
         for i, block in enumerate(self.blocks):
             kv = kv_cache.layers[i] if kv_cache is not None else None
             x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), rotate, kv)
         if kv_cache is not None:
-            kv_cache.length += L
+            kv_cache.length += ids_BL.shape[1]
         if self.final_ln is not None:
             x_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
         return hook("logits_BLV", self.unembed(x_BLC))

@@ -1,0 +1,184 @@
+"""`attnlab generate`, `trace`, `attention`, `embeddings`, `next`, `lens`, `params`: using a trained model
+and looking inside it (`attnlab.views`, `attnlab.inspect`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .options import Verbs, command, finite, positive, seed
+
+
+def _subject(args: argparse.Namespace):  # noqa: ANN202 - a views.Subject
+    from ..views import Subject
+
+    return Subject(args.checkpoint, args.random, args.preset, args.model, args.seed, args.device)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..generate import stream_continuation
+    from ..models.sampling import Sampling
+
+    sampling = Sampling(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed
+    )
+    options = {"kv_cache": not args.no_kv_cache, "slide": args.slide, "compile": args.compile}
+    pieces = stream_continuation(args.checkpoint, args.prompt, args.max_new_tokens, sampling, args.device, **options)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from ..inspect.trace import format_trace
+    from ..views import trace_prompt
+
+    tr = trace_prompt(_subject(args), args.prompt, args.target)
+    print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from ..explorer import attention_files
+
+    for path in attention_files(_subject(args), args.prompt, args.out, args.html, args.head, args.target):
+        print(path)
+    return 0
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from ..views import embedding_view, format_embedding_view
+
+    view = embedding_view(_subject(args), args.out, args.neighbours, args.top)
+    print(json.dumps(view) if args.format == "json" else format_embedding_view(view))
+    return 0
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    from ..inspect.lens import format_next_tokens
+    from ..views import next_token_view
+
+    view = next_token_view(_subject(args), args.prompt, args.top, args.all_positions)
+    print(json.dumps(view) if args.format == "json" else format_next_tokens(view, args.prompt))
+    return 0
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from ..inspect.lens import format_lens
+    from ..views import lens_view
+
+    view = lens_view(_subject(args), args.prompt, args.top)
+    print(json.dumps(view) if args.format == "json" else format_lens(view["layers"], args.prompt))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from ..inspect.params import format_params_table, params_report_for
+
+    report = params_report_for(args.target, args.model, args.context)
+    print(json.dumps(report) if args.format == "json" else format_params_table(report))
+    return 0
+
+
+# ---- the verbs' flags ---------------------------------------------------------------------------
+
+
+def _add_subject(p: argparse.ArgumentParser, prompt: bool = True) -> None:
+    """The model to look at (a checkpoint, or an untrained preset) and, for most views, the prompt."""
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
+    p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
+    p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with --random")
+    p.add_argument("--seed", type=seed, default=0, help="with --random: the initialisation seed")
+    p.add_argument("--device", default="cpu")
+    if prompt:
+        p.add_argument("--prompt", required=True)
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target",
+        default=None,
+        help="an encoder-decoder run: the target its decoder reads (default: its greedy translation of --prompt)",
+    )
+
+
+def add_generate(verbs: Verbs) -> None:
+    p = verbs.add_parser("generate", help="continue a prompt with a trained model")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=finite, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=finite, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument(
+        "--slide",
+        type=int,
+        default=None,
+        help="tokens the context window moves once it is full (default max_len/4; 1 = always the last max_len)",
+    )
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token (slower)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the decoding step (faster after a ~10-30 s compile)"
+    )
+    p.add_argument("--device", default="auto")
+    command(p, cmd_generate)
+
+
+def add_trace(verbs: Verbs) -> None:
+    p = verbs.add_parser("trace", help="walk a prompt through the model step by step, with every shape")
+    _add_subject(p)
+    _add_target(p)
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    command(p, cmd_trace)
+
+
+def add_attention(verbs: Verbs) -> None:
+    p = verbs.add_parser("attention", help="attention weights as heatmaps (PNG), or the explorer as one HTML file")
+    _add_subject(p)
+    _add_target(p)
+    p.add_argument("--out", default=None, help="the PNG file to write")
+    p.add_argument("--html", default=None, metavar="OUT.html", help="the explorer's views as one self-contained file")
+    p.add_argument("--head", default=None, help="LAYER.HEAD: one large panel for that head, e.g. 0.2")
+    command(p, cmd_attention)
+
+
+def add_embeddings(verbs: Verbs) -> None:
+    p = verbs.add_parser("embeddings", help="2-D PCA picture of the token embeddings and nearest neighbours")
+    _add_subject(p, prompt=False)
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--neighbours", default="aeiouAT.,! ", help="characters whose nearest neighbours to list")
+    p.add_argument("--top", type=positive, default=5)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    command(p, cmd_embeddings)
+
+
+def add_next(verbs: Verbs) -> None:
+    p = verbs.add_parser("next", help="the most likely next tokens after a prompt")
+    _add_subject(p)
+    p.add_argument("--top", type=positive, default=10)
+    p.add_argument("--all-positions", action="store_true", help="also after every prefix of the prompt")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    command(p, cmd_next)
+
+
+def add_lens(verbs: Verbs) -> None:
+    p = verbs.add_parser("lens", help="logit lens: the next-token guess after each layer")
+    _add_subject(p)
+    p.add_argument("--top", type=positive, default=5)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    command(p, cmd_lens)
+
+
+def add_params(verbs: Verbs) -> None:
+    p = verbs.add_parser("params", help="parameters per component and FLOPs per token of a preset or checkpoint")
+    p.add_argument("target", metavar="PRESET_OR_CKPT", help="a preset name (gpt2, gpt3-175b, small...) or a checkpoint")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with a preset")
+    p.add_argument("--context", type=positive, default=None, help="context length for the FLOPs (default: max_len)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    command(p, cmd_params)
