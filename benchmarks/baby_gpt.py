@@ -8,7 +8,7 @@ shape on the same text:
   step stacked from per-row slices; AdamW betas (0.9, 0.99), weight decay 0.1 on matrices, gradient
   clipping 1.0). Its tokens/s here is the check that it stands in for the original, whose figure on
   these 2 cores is 12,000-14,000 tokens/s.
-- `attnlab`: `attnlab.train.train` itself (batches, AdamW, clipping, logging) on a `TransformerLM`
+- `attnlab`: `attnlab.training.train.train` itself (batches, AdamW, clipping, logging) on a `TransformerLM`
   of that shape, twice: with the reference's architecture (GELU MLP, no biases, learned positions),
   and with the `small` preset's blocks (ReLU MLP, biases).
 Rounds alternate reference / attnlab (this CPU changes speed by up to 2x from minute to minute);
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.data import prepare_data
+from attnlab.data.corpus import prepare_data
 from attnlab.models import build_model, preset_config
-from attnlab.train import TrainConfig, train
+from attnlab.training.train import TrainConfig, train
 
 SHAPE = dict(n_layers=4, n_heads=4, emb_dim=128, n_hidden=512, max_len=64)
 BATCH = 12

@@ -3,7 +3,7 @@
 The reference is nanoGPT's model and training loop re-implemented here (as in baby_gpt.py): 4 layers,
 4 heads, 128 wide, context 128, batch 16, AdamW lr 4e-3 with 100 warm-up steps and cosine decay to
 lr/10 over 2,200 steps, char-level TinyStories. It trains first; its wall time T is then the budget
-of each of attnlab's recipes (`attnlab.run.start`, time-based schedule), each also trained for T/3:
+of each of attnlab's recipes (`attnlab.training.run.start`, time-based schedule), each also trained for T/3:
 the best at character level (bytes, as the lab reads text) and the best with a BPE vocabulary (more
 characters per token: more text per step at nearly the same cost). All are evaluated on the whole
 validation file (2.56 M characters) as bits per character, which compare across tokenizers. The
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnlab import run
-from attnlab.data import prepare_data
-from attnlab.tokens import TokenStream
+from attnlab.data.corpus import prepare_data
+from attnlab.data.tokens import TokenStream
+from attnlab.training import run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baby_gpt import ReferenceGPT  # noqa: E402 - the reference model, shared with the throughput benchmark

@@ -1,6 +1,6 @@
 """What the lab's Transformer reaches in its time budget on TinyStories, recipe by recipe.
 
-Each recipe trains the `small` preset (changed as the recipe says) with `attnlab.run.start` for
+Each recipe trains the `small` preset (changed as the recipe says) with `attnlab.training.run.start` for
 `--max-time` seconds of training on TinyStories (bytes tokenizer, seed 0), exactly as `attnlab lab`
 does, then reports the lab's figures: the final validation bits per character (the first 1,000,000
 characters of the validation split), the samples for the lab's three prompts (temperature 0.8,
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from attnlab import run
-from attnlab.data import prepare_data
+from attnlab.apps.lab import DEFAULT_PROMPTS, known_word_fraction, word_set
+from attnlab.data.corpus import prepare_data
 from attnlab.generate import generate_text
-from attnlab.lab import DEFAULT_PROMPTS, known_word_fraction, word_set
 from attnlab.models import Sampling
-from attnlab.train import TrainConfig
+from attnlab.training import run
+from attnlab.training.train import TrainConfig
 
 TRAIN_FIELDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 

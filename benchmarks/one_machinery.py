@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 import attnlab
+from attnlab.data.tasks import PAD, PairVocab, held_out_pairs, task_pairs, teacher_forcing
 from attnlab.models import Seq2SeqTransformer, build_model, preset_config
 from attnlab.models.translate import beam_search, greedy_decode
-from attnlab.tasks import PAD, PairVocab, held_out_pairs, task_pairs, teacher_forcing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB on Linux
 
 
 def write_corpus(path: Path, mb: int) -> None:
-    from attnlab.builtin_corpus import builtin_stories
-    from attnlab.data import join_stories
+    from attnlab.data.builtin_corpus import builtin_stories
+    from attnlab.data.corpus import join_stories
 
     with open(path, "w") as f:
         written, seed = 0, 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from attnlab.seq2seq_run import evaluate_seq2seq, train_seq2seq
+from attnlab.training.seq2seq_run import evaluate_seq2seq, train_seq2seq
 
 SETTINGS = dict(batch_size=64, lr=1e-3, warmup_steps=200, schedule="cosine", config={})  # the preset: post-norm
 

@@ -1,7 +1,7 @@
 """Bits per character the `small` preset reaches in a fixed training time, AdamW against Muon.
 
 For each run (an optimizer, optionally with model config overrides such as rotary positions) and
-each budget: one run of `attnlab.train.train` on TinyStories (bytes tokenizer, seed 0, the preset's
+each budget: one run of `attnlab.training.train.train` on TinyStories (bytes tokenizer, seed 0, the preset's
 defaults otherwise) for that many seconds of training; the final evaluation covers the whole
 validation file (2.56 M characters), as the reference figures do.
 Reference (nanoGPT's baby GPT on these 2 cores): 1.87 bits/char after 141 s and 1.54 after 306 s;
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from attnlab.data import prepare_data
+from attnlab.data.corpus import prepare_data
 from attnlab.models import build_model, preset_config
-from attnlab.train import TrainConfig, train
+from attnlab.training.train import TrainConfig, train
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Training speed of the `small` preset on a quiet machine and beside busy processes, per thread setting.
 
 Each measurement is a fresh process (thread settings only take effect before torch is loaded) that
-trains `small` (batch 16 x 128, AdamW) with `attnlab.train` for `--budget` seconds, while 0, 1 or 2
+trains `small` (batch 16 x 128, AdamW) with `attnlab.training.train` for `--budget` seconds, while 0, 1 or 2
 other processes spin in a plain busy loop. Settings and loads are interleaved round by round, so
 the machine's changes of speed hit every setting alike; the table gives medians over the rounds.
 
@@ -9,7 +9,7 @@ the machine's changes of speed hit every setting alike; the table gives medians 
     python benchmarks/threads.py --settings "spin0=GOMP_SPINCOUNT=0" "passive=OMP_WAIT_POLICY=PASSIVE"
 
 Settings: `torch` is PyTorch's own defaults (ATTNLAB_THREADS=torch), `attnlab` what `import attnlab`
-sets (attnlab.threads); others are NAME=VAR=VALUE[,VAR=VALUE] on top of PyTorch's defaults.
+sets (attnlab.runtime.threads); others are NAME=VAR=VALUE[,VAR=VALUE] on top of PyTorch's defaults.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import json, sys, tempfile
 import numpy as np, torch
 from attnlab.models import build_model, preset_config
 from attnlab.tokenizers import ByteTokenizer
-from attnlab.tokens import TokenStream
-from attnlab.train import TrainConfig, train
+from attnlab.data.tokens import TokenStream
+from attnlab.training.train import TrainConfig, train
 tokens = np.random.default_rng(0).integers(0, 256, 2_000_000).astype(np.uint16)
 stream = TokenStream(tokens, len(tokens))
 torch.manual_seed(0)

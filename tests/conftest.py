@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.builtin_corpus import builtin_stories
 from attnlab.cli import main
-from attnlab.data import join_stories
+from attnlab.data.builtin_corpus import builtin_stories
+from attnlab.data.corpus import join_stories
 
 
 @pytest.fixture(autouse=True)

@@ -56,7 +56,7 @@ NUMBERS = [
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("bad") / "run"
-    from attnlab import run
+    from attnlab.training import run
 
     run.start(out, data="builtin", preset="lab", steps=2, eval_every=10**6, final_eval_chars=1000)
     return str(out)
@@ -186,7 +186,7 @@ def test_every_flag_that_writes_is_checked_and_in_the_output_tables():
 
 
 def test_checking_an_output_folder_leaves_no_trace(tmp_path):
-    from attnlab.runtime import check_output
+    from attnlab.runtime.files import check_output
 
     (tmp_path / "run").mkdir()
     before = [(p, p.stat().st_mtime_ns) for p in (tmp_path, tmp_path / "run")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnlab.data import build_tokenizer, load_corpus, prepare_data
+from attnlab.data.corpus import build_tokenizer, load_corpus, prepare_data
 from attnlab.errors import AttnlabError
 from attnlab.tokenizers import make_tokenizer, tokenizer_from_dict
 from attnlab.tokenizers.bpe import (

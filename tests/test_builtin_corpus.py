@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from attnlab.builtin_corpus import MAX_STORY_CHARS, MIN_STORY_CHARS, NAMES, _story, builtin_stories
+from attnlab.data.builtin_corpus import MAX_STORY_CHARS, MIN_STORY_CHARS, NAMES, _story, builtin_stories
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from .conftest import TINY, run_cli, run_subprocess
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, stories: list[str]) -> Path:
     from attnlab.cli import main
-    from attnlab.data import join_stories
+    from attnlab.data.corpus import join_stories
 
     root = tmp_path_factory.mktemp("run")
     data = root / "stories.txt"
@@ -195,7 +195,7 @@ def test_serve_without_the_explorer_extra_says_how_to_install_it(monkeypatch, ca
 
 
 def test_train_takes_the_best_recipe_s_schedule_flags(tmp_path: Path, capsys) -> None:
-    from attnlab.checkpoint import load_checkpoint
+    from attnlab.training.checkpoint import load_checkpoint
 
     args = ["train", "--steps", "3", "--preset", "lab", "--out", str(tmp_path / "r"), "--optimizer", "muon"]
     flags = ["--min-lr-ratio", "0", "--embed-lr-ratio", "3", "--schedule", "wsd"]

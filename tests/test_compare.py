@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.compare import parse_vary, run_compare, variants
+from attnlab.apps.compare import parse_vary, run_compare, variants
 from attnlab.errors import AttnlabError
 
 from .conftest import run_cli

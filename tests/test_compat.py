@@ -71,7 +71,7 @@ SEQ2SEQ = Path(__file__).parent / "fixtures" / "seq2seq_eb51d9a"
 
 
 def test_an_old_encoder_decoder_gives_the_logits_and_translations_it_gave_before() -> None:
-    from attnlab.seq2seq_run import load_seq2seq, translate
+    from attnlab.training.seq2seq_run import load_seq2seq, translate
 
     expected = load_file(SEQ2SEQ / "expected.safetensors")
     run = load_seq2seq(SEQ2SEQ / "reverse")

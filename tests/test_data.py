@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.data import (
+from attnlab.data.corpus import (
     HUB_TRAIN,
     HUB_VALID,
     Batches,
@@ -111,7 +111,7 @@ def test_large_files_are_tokenized_to_a_cached_memmap(tmp_path: Path, corpus_fil
 
 
 def test_chunked_tokenization_counts_dropped_characters(tmp_path: Path, monkeypatch) -> None:
-    import attnlab.tokens as tokens
+    import attnlab.data.tokens as tokens
 
     monkeypatch.setattr(tokens, "CHUNK_BYTES", 7)
     path = tmp_path / "wide.txt"

@@ -87,7 +87,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(corpus_file: Path, tmp_
 
 SEQ2SEQ = """
 import sys
-from attnlab.seq2seq_run import train_seq2seq
+from attnlab.training.seq2seq_run import train_seq2seq
 out, batch = sys.argv[1], int(sys.argv[2])
 config = {"emb_dim": 32, "n_hidden": 64, "n_layers": 2, "head_dim": 8, "dropout": 0.0}
 train_seq2seq(out, task="copy", steps=20, batch_size=batch, eval_every=10, log_every=5, config=config, seed=3)

@@ -11,15 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import attnlab.tokens as tokens
-from attnlab.tokenizers import (
-    ENDOFTEXT,
-    BPETokenizer,
-    ByteTokenizer,
-    CharTokenizer,
-    CodepointTokenizer,
-    Tokenizer,
-)
+import attnlab.data.tokens as tokens
+from attnlab.tokenizers import ENDOFTEXT, BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, Tokenizer
 
 # Pieces chosen to hit every rule of GPT-2's pre-tokeniser at a cut: contractions, runs of spaces and
 # newlines before words, digits, punctuation runs, multi-byte characters, and special-token fragments.
@@ -94,7 +87,7 @@ def test_processes_filling_the_token_cache_at_once_each_swap_in_a_whole_file(tmp
     path = tmp_path / "big.txt"
     path.write_text(text)
     script = (
-        "import sys, attnlab.tokens as t; from attnlab.tokenizers import ByteTokenizer; from pathlib import Path\n"
+        "import sys, attnlab.data.tokens as t; from attnlab.tokenizers import ByteTokenizer; from pathlib import Path\n"
         "t.CHUNK_BYTES = 997\n"
         "s = t.cached_tokens(Path(sys.argv[1]), ByteTokenizer(), 'test')\n"
         "print(len(s.tokens), s.n_chars)\n"

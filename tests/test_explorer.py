@@ -298,7 +298,7 @@ LOGS = {  # a run's metrics.jsonl: training rows, evaluations, and the final (bi
 
 @pytest.mark.parametrize("log", LOGS)
 def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_path, log):
-    from attnlab.checkpoint import run_log
+    from attnlab.training.checkpoint import run_log
 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGS[log]))
@@ -313,7 +313,7 @@ def test_the_run_card_curve_is_the_runs_evaluations_named_as_such(model, tmp_pat
 
 
 def test_the_run_card_takes_a_lab_models_samples(tmp_path):
-    from attnlab.checkpoint import lab_samples
+    from attnlab.training.checkpoint import lab_samples
 
     (tmp_path / "transformer").mkdir()
     lab = {"prompts": ["Once", "The dog"], "transformer": {"samples": [" upon a time", " ran"]}}
@@ -329,10 +329,10 @@ def test_the_run_card_takes_a_lab_models_samples(tmp_path):
 def seq2seq_client():
     """An untrained encoder-decoder on the reverse task's letters, with weights scaled up so its heads
     attend unevenly, served as `attnlab serve` serves a seq2seq run."""
+    from attnlab.data.tasks import PairVocab
     from attnlab.explorer.app import create_seq2seq_app
     from attnlab.models import Seq2SeqTransformer
-    from attnlab.seq2seq_run import Seq2SeqRun
-    from attnlab.tasks import PairVocab
+    from attnlab.training.seq2seq_run import Seq2SeqRun
 
     vocab = PairVocab.from_pairs([("abcdefghijklmnopqrstuvwxyz", "")])
     torch.manual_seed(0)
@@ -347,7 +347,7 @@ def seq2seq_client():
 
 
 def _reading(run, source):
-    from attnlab.seq2seq_run import source_and_reading
+    from attnlab.training.seq2seq_run import source_and_reading
 
     src, tgt = source_and_reading(run, source)
     _, cache = run.model.run_with_cache(torch.tensor([src]), torch.tensor([tgt]))

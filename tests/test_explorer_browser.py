@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab import run
 from attnlab.explorer.app import create_app
 from attnlab.explorer.page import standalone_html
+from attnlab.training import run
 
 from .conftest import run_cli
 
@@ -51,7 +51,7 @@ def trained(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(trained):
     from attnlab import load_checkpoint
-    from attnlab.checkpoint import run_log
+    from attnlab.training.checkpoint import run_log
 
     ckpt = load_checkpoint(trained)
     metrics = run_log(ckpt.path)  # the rows `attnlab serve` hands the run card
@@ -205,8 +205,8 @@ def test_a_space_among_the_next_tokens_and_in_the_lens_is_a_visible_mark(server,
 
 
 def test_the_run_card_shows_the_checkpoints_config_and_its_evaluations(server, browser, trained):
-    from attnlab.runtime import read_json_lines
-    from attnlab.train import log_rows
+    from attnlab.runtime.files import read_json_lines
+    from attnlab.training.train import log_rows
 
     url, ckpt = server
     page, errors = _open(browser, url)
@@ -272,10 +272,10 @@ def test_the_self_contained_file_works_from_disk_with_the_network_blocked(traine
 def seq2seq_server():
     """`attnlab serve` of an encoder-decoder: ATTNLAB_SEQ2SEQ_RUN, or an untrained one of the reverse
     task's letters (weights scaled up so that its heads attend unevenly)."""
+    from attnlab.data.tasks import PairVocab
     from attnlab.explorer.app import create_seq2seq_app
     from attnlab.models import Seq2SeqTransformer, preset_config
-    from attnlab.seq2seq_run import Seq2SeqRun, load_seq2seq
-    from attnlab.tasks import PairVocab
+    from attnlab.training.seq2seq_run import Seq2SeqRun, load_seq2seq
 
     if os.environ.get("ATTNLAB_SEQ2SEQ_RUN"):
         run = load_seq2seq(os.environ["ATTNLAB_SEQ2SEQ_RUN"])
@@ -293,7 +293,7 @@ def seq2seq_server():
 
 def _seq2seq_log() -> list[dict]:
     """ATTNLAB_SEQ2SEQ_RUN's metrics.jsonl, or a log of training rows only (a seq2seq run logs no val_bpc)."""
-    from attnlab.runtime import read_json_lines
+    from attnlab.runtime.files import read_json_lines
 
     if os.environ.get("ATTNLAB_SEQ2SEQ_RUN"):
         return read_json_lines(Path(os.environ["ATTNLAB_SEQ2SEQ_RUN"]) / "metrics.jsonl")
@@ -301,7 +301,7 @@ def _seq2seq_log() -> list[dict]:
 
 
 def test_the_cross_attention_mode_shows_target_rows_over_source_columns(seq2seq_server, browser):
-    from attnlab.seq2seq_run import source_and_reading
+    from attnlab.training.seq2seq_run import source_and_reading
 
     url, run = seq2seq_server
     source = "abcdefghij"
@@ -365,7 +365,7 @@ def test_the_cross_attention_mode_shows_target_rows_over_source_columns(seq2seq_
 
 
 def test_the_encoder_decoders_card_draws_its_training_loss(seq2seq_server, browser):
-    from attnlab.train import log_rows
+    from attnlab.training.train import log_rows
 
     url, _ = seq2seq_server
     page = browser.new_page(viewport={"width": 1400, "height": 1800})

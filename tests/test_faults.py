@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab import load_checkpoint, prepare_data, run
-from attnlab.checkpoint import save_checkpoint
+from attnlab import load_checkpoint, prepare_data
+from attnlab.data.tokens import TokenStream
 from attnlab.models import build_model, preset_config
 from attnlab.tokenizers import ByteTokenizer
-from attnlab.tokens import TokenStream
-from attnlab.train import TrainConfig, TrainingDiverged, TrainingInterrupted, make_optimizer, train
+from attnlab.training import run
+from attnlab.training.checkpoint import save_checkpoint
+from attnlab.training.train import TrainConfig, TrainingDiverged, TrainingInterrupted, make_optimizer, train
 
 from .conftest import run_cli
 

@@ -216,7 +216,7 @@ def test_logit_lens_last_layer_is_the_model_prediction() -> None:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from attnlab.checkpoint import save_checkpoint
+    from attnlab.training.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("inspect") / "checkpoint"
     save_checkpoint(path, _model(n_layers=2), ByteTokenizer())
@@ -299,8 +299,8 @@ def test_inspect_bad_input_is_one_line_and_exit_2(args, message, ckpt: Path, tmp
 
 
 def test_unencodable_prompt_characters_are_reported(tmp_path: Path, capsys) -> None:
-    from attnlab.checkpoint import save_checkpoint
     from attnlab.tokenizers import CharTokenizer
+    from attnlab.training.checkpoint import save_checkpoint
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ")
     save_checkpoint(tmp_path / "c", _model(n_vocab=tok.n_vocab), tok)

@@ -130,8 +130,8 @@ def test_from_hf_rejects_other_folders(tmp_path: Path) -> None:
 
 
 def test_export_cli_writes_a_folder_transformers_loads(tmp_path: Path, capsys) -> None:
-    from attnlab.checkpoint import save_checkpoint
     from attnlab.tokenizers import ByteTokenizer
+    from attnlab.training.checkpoint import save_checkpoint
 
     from .conftest import run_cli
 
@@ -155,8 +155,8 @@ def test_a_converted_gpt2_with_its_bpe_files_can_be_traced_like_any_checkpoint(t
     """The README's recipe for looking inside GPT-2: from_hf + the GPT-2 tokenizer files -> a checkpoint."""
     import json
 
-    from attnlab.checkpoint import save_checkpoint
     from attnlab.tokenizers.bpe import BPETokenizer
+    from attnlab.training.checkpoint import save_checkpoint
 
     from .conftest import run_cli
 

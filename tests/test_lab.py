@@ -67,7 +67,7 @@ def test_lab_preset_lab_runs_the_exact_lab_sizes(tmp_path: Path, corpus_file: Pa
 def test_the_recipe_decides_how_the_default_model_trains(
     recipe: str, positions: str, layers: int, optimizer: str, tmp_path: Path, corpus_file: Path
 ) -> None:
-    from attnlab.lab import run_lab
+    from attnlab.apps.lab import run_lab
 
     metrics = run_lab(str(corpus_file), tmp_path, max_time=None, steps=3, recipe=recipe, sample_tokens=8)
     cfg = metrics["transformer"]["config"]
@@ -81,10 +81,10 @@ def test_the_recipe_decides_how_the_default_model_trains(
 
 
 def test_the_fast_recipe_resumes_exactly_and_traces(tmp_path: Path, corpus_file: Path) -> None:
-    from attnlab import run
+    from attnlab.apps.lab import RECIPES
     from attnlab.inspect.trace import trace
-    from attnlab.lab import RECIPES
-    from attnlab.train import TrainingInterrupted
+    from attnlab.training import run
+    from attnlab.training.train import TrainingInterrupted
 
     fast = RECIPES["fast"]
     settings = {

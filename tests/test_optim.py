@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.data import prepare_data
+from attnlab.data.corpus import prepare_data
 from attnlab.models import build_model, preset_config
-from attnlab.optim import Float32Muon, MuonWithAdamW, make_optimizer, newton_schulz, split_params
-from attnlab.train import TrainConfig, train
+from attnlab.training.optim import Float32Muon, MuonWithAdamW, make_optimizer, newton_schulz, split_params
+from attnlab.training.train import TrainConfig, train
 
 
 def test_newton_schulz_flattens_the_singular_values() -> None:
@@ -111,7 +111,7 @@ def test_the_embeddings_learn_at_their_own_ratio_of_the_scheduled_rate(kind, cor
     model = build_model(preset_config("lab", max_len=32, tie_embeddings=False))
     tcfg = TrainConfig(steps=7, batch_size=4, eval_every=1000, optimizer=kind, embed_lr_ratio=3.0, warmup_steps=5)
     result = train(model, prepared.tokenizer, prepared.train, prepared.valid, tcfg, tmp_path / kind)
-    from attnlab.train import make_optimizer as make_train_optimizer
+    from attnlab.training.train import make_optimizer as make_train_optimizer
 
     opt = make_train_optimizer(result.model, tcfg, "cpu")
     io = {id(p) for p in split_params(result.model)[1]}

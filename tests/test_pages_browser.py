@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from attnlab import load_checkpoint
-from attnlab.runtime import read_json_lines
+from attnlab.runtime.files import read_json_lines
 
 from .conftest import run_subprocess
 from .pages import launch, needs_chromium, open_offline, screenshot_to

@@ -150,7 +150,7 @@ def test_a_context_below_one_is_rejected() -> None:
 @pytest.mark.parametrize("name", ["lab", "small", "gpt2", "gpt3-175b"])
 @pytest.mark.parametrize("changes", [{}, {"tie_embeddings": False, "positions": "none"}, {"norm_placement": "post"}])
 def test_param_count_is_the_breakdowns_total_without_its_rows(name, changes):
-    from attnlab.inspect.params import param_count
+    from attnlab.models.counts import param_count
 
     cfg = preset_config(name, **changes)
     assert param_count(cfg) == sum(param_breakdown(cfg).values())

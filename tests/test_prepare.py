@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import attnlab.prepare as prep
-import attnlab.tokens as tokens
-from attnlab.data import prepare_data
+import attnlab.data.token_files as prep
+import attnlab.data.tokens as tokens
+from attnlab.data.corpus import prepare_data
 from attnlab.errors import AttnlabError
 from attnlab.tokenizers import ENDOFTEXT
 
@@ -21,7 +21,7 @@ def _all_tokens(prepared) -> np.ndarray:
 
 
 def test_prepared_tokens_are_the_whole_text_split_at_a_story_boundary(corpus_file: Path, tmp_path: Path) -> None:
-    meta = prep.prepare(str(corpus_file), tmp_path / "c.bin")
+    meta = prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin")
     prepared = prepare_data(str(tmp_path / "c.bin"))
     text = corpus_file.read_text()
     assert bytes(_all_tokens(prepared).astype(np.uint8)) == text.encode()
@@ -45,10 +45,10 @@ def test_an_interrupted_prepare_continues_where_it_stopped(
 
     monkeypatch.setattr(tokens, "read_chunks", dying)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare(str(corpus_file), tmp_path / "c.bin")
+        prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin")
     assert (tmp_path / "c.bin.progress.json").exists() and not (tmp_path / "c.bin").exists()
     monkeypatch.setattr(tokens, "read_chunks", real_chunks)
-    prep.prepare(str(corpus_file), tmp_path / "c.bin")
+    prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin")
     import re
 
     at = re.search(r"continuing train at byte ([\d,]+) \(([\d,]+) tokens", capsys.readouterr().err)
@@ -58,19 +58,19 @@ def test_an_interrupted_prepare_continues_where_it_stopped(
 
 
 def test_prepare_with_a_learned_tokenizer_round_trips(corpus_file: Path, tmp_path: Path) -> None:
-    prep.prepare(str(corpus_file), tmp_path / "c.bin", "bpe:400")
+    prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin", "bpe:400")
     prepared = prepare_data(str(tmp_path / "c.bin"))
     assert prepared.tokenizer.n_vocab == 400 and prepared.train.tokens.dtype == np.uint16
     assert prepared.tokenizer.decode(_all_tokens(prepared)) == corpus_file.read_text()
 
 
 def test_prepare_a_folder_with_train_and_valid(tmp_path: Path, stories: list[str]) -> None:
-    from attnlab.data import join_stories
+    from attnlab.data.corpus import join_stories
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train.txt").write_text(join_stories(stories[:40]))
     (tmp_path / "d" / "valid.txt").write_text(join_stories(stories[40:45]))
-    prep.prepare(str(tmp_path / "d"), tmp_path / "t.bin", "char")
+    prep.prepare_token_files(str(tmp_path / "d"), tmp_path / "t.bin", "char")
     prepared = prepare_data(str(tmp_path / "t.bin"))
     assert prepared.tokenizer.decode(np.asarray(prepared.valid.tokens)) == join_stories(stories[40:45])
 
@@ -119,20 +119,20 @@ def test_a_text_too_short_to_split_says_how_long_it_must_be_and_leaves_nothing(t
 
 def test_eleven_equal_lines_are_long_enough_to_split(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("".join(f"line number {i:03d} here.\n" for i in range(11)))
-    meta = prep.prepare(str(tmp_path / "t.txt"), tmp_path / "t.bin")
+    meta = prep.prepare_token_files(str(tmp_path / "t.txt"), tmp_path / "t.bin")
     assert (meta["train"]["tokens"], meta["valid"]["tokens"]) == (220, 22)
 
 
 @pytest.mark.parametrize("name", ["bytes", "char", "bpe:300"])
 def test_a_tokenizer_named_as_the_token_files_own_is_accepted(corpus_file: Path, tmp_path: Path, name) -> None:
-    prep.prepare(str(corpus_file), tmp_path / "c.bin", name)
+    prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin", name)
     named, own = prepare_data(str(tmp_path / "c.bin"), name), prepare_data(str(tmp_path / "c.bin"))
     assert named.tokenizer.to_dict() == own.tokenizer.to_dict() and own.tokenizer.name == name
 
 
 @pytest.mark.parametrize("other", ["bytes", "codepoint", "codepoint:300", "bpe:4096"])
 def test_another_tokenizer_than_the_token_files_own_is_refused(corpus_file: Path, tmp_path: Path, other) -> None:
-    prep.prepare(str(corpus_file), tmp_path / "c.bin", "bpe:300")
+    prep.prepare_token_files(str(corpus_file), tmp_path / "c.bin", "bpe:300")
     words = f"--tokenizer {other}: .* made by the bpe:300 tokenizer \\(attnlab prepare\\); drop --tokenizer"
     with pytest.raises(AttnlabError, match=words):
         prepare_data(str(tmp_path / "c.bin"), other)

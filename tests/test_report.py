@@ -107,7 +107,7 @@ def test_compare_report_shares_the_page_shell_and_escapes_samples(tmp_path):
 
 
 def test_log_rows_say_their_kind_and_old_logs_are_read_by_their_keys():
-    from attnlab.train import log_kind, log_rows
+    from attnlab.training.train import log_kind, log_rows
 
     new = [
         {"kind": "train", "step": 10, "train_loss": 2.0},

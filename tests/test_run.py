@@ -1,4 +1,4 @@
-"""A training run as one library call (`attnlab.run.start` / `resume`), and checkpoints of a model and
+"""A training run as one library call (`attnlab.training.run.start` / `resume`), and checkpoints of a model and
 its optimizer alone (no tokenizer, no run folder)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlab import load_checkpoint, run, save_checkpoint
-from attnlab.data import prepare_data
+from attnlab import load_checkpoint, save_checkpoint
+from attnlab.data.corpus import prepare_data
 from attnlab.errors import AttnlabError
 from attnlab.models import ModelConfig, TransformerLM, build_model, preset_config
-from attnlab.train import TrainingInterrupted
+from attnlab.training import run
+from attnlab.training.train import TrainingInterrupted
 
 SMALL = {"n_heads": 2, "head_dim": 8, "emb_dim": 16, "n_hidden": 32, "max_len": 16}
 
@@ -118,9 +119,9 @@ def test_commands_that_need_text_refuse_a_checkpoint_without_a_tokenizer(tmp_pat
 
 
 def test_resume_refuses_token_files_of_another_tokenizer(corpus_file: Path, tmp_path: Path) -> None:
-    from attnlab.prepare import prepare
+    from attnlab.data.token_files import prepare_token_files
 
     run.start(tmp_path / "r", data=str(corpus_file), preset="lab", config=SMALL, steps=3, batch_size=4)
-    prepare(str(corpus_file), tmp_path / "chars.bin", "char")
+    prepare_token_files(str(corpus_file), tmp_path / "chars.bin", "char")
     with pytest.raises(AttnlabError, match="another tokenizer"):
         run.resume(tmp_path / "r", steps=6, data=str(tmp_path / "chars.bin"))

@@ -9,11 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.errors import AttnlabError
-from attnlab.inspect.params import param_breakdown, param_count
-from attnlab.models import Seq2SeqTransformer, build_model, preset_config
-from attnlab.models.decoding import KVCache
-from attnlab.tasks import (
+from attnlab.data.tasks import (
     BOS,
     EOS,
     TASKS,
@@ -26,6 +22,10 @@ from attnlab.tasks import (
     task_pairs,
     teacher_forcing,
 )
+from attnlab.errors import AttnlabError
+from attnlab.models import Seq2SeqTransformer, build_model, preset_config
+from attnlab.models.counts import param_breakdown, param_count
+from attnlab.models.decoding import KVCache
 
 from .conftest import run_cli
 
@@ -282,7 +282,7 @@ def test_train_eval_and_translate_a_task_end_to_end(tmp_path: Path, capsys):
     code, out, _ = run_cli(
         ["seq2seq", "translate", str(tmp_path / "copy"), *[a for s, _ in test for a in ("--text", s)]], capsys
     )
-    from attnlab.seq2seq_run import evaluate_seq2seq, translate
+    from attnlab.training.seq2seq_run import evaluate_seq2seq, translate
 
     assert out.splitlines() == translate(tmp_path / "copy", [s for s, _ in test])
     assert evaluate_seq2seq(tmp_path / "copy")["exact_match"] == result["exact_match"]  # decoding is deterministic
@@ -303,7 +303,7 @@ def test_eval_of_a_run_trained_on_a_file_says_it_is_a_file(tmp_path: Path, capsy
 
 
 def test_the_lm_verbs_and_seq2seq_verbs_refuse_each_others_runs(tmp_path: Path, capsys):
-    from attnlab import run
+    from attnlab.training import run
 
     run.start(tmp_path / "lm", data="builtin", preset="lab", steps=1, eval_every=10**6, final_eval_chars=500)
     capsys.readouterr()
@@ -371,7 +371,7 @@ def _decoder_kinds(n_layers: int, H: int) -> list[str]:
 def test_attnlab_trace_on_a_seq2seq_run_reads_the_source_and_the_translation(tmp_path: Path, capsys):
     import json
 
-    from attnlab.seq2seq_run import load_seq2seq, translate
+    from attnlab.training.seq2seq_run import load_seq2seq, translate
 
     _train_briefly(tmp_path / "r", capsys)
     code, out, err = run_cli(["trace", str(tmp_path / "r"), "--prompt", "abc", "--format", "json"], capsys)
@@ -401,7 +401,7 @@ def test_attnlab_trace_on_a_seq2seq_run_reads_the_source_and_the_translation(tmp
 def test_a_trained_reverse_model_reads_the_source_backwards(tmp_path: Path, capsys):
     """700 steps (about 45 s here; a step budget, so a busy machine only makes it slower): the test split
     is solved, and cross-attention is an anti-diagonal."""
-    from attnlab.seq2seq_run import evaluate_seq2seq, load_seq2seq
+    from attnlab.training.seq2seq_run import evaluate_seq2seq, load_seq2seq
 
     args = ["seq2seq", "train", "--task", "reverse", "--steps", "700", "--out", str(tmp_path / "r")]
     assert run_cli(args, capsys)[0] == 0

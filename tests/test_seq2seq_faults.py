@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.checkpoint import check_checkpoint
+from attnlab.training.checkpoint import check_checkpoint
 
 from .conftest import run_cli
 from .test_faults import COMMAND, _ctrl_c_as_in_a_terminal, _interrupt_when, _one_line_130

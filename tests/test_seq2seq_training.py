@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.checkpoint import check_checkpoint
+from attnlab.data.tasks import held_out_pairs
 from attnlab.errors import AttnlabError
 from attnlab.models import Seq2SeqTransformer
-from attnlab.seq2seq_run import (
+from attnlab.training.checkpoint import check_checkpoint
+from attnlab.training.seq2seq_run import (
     Translation,
     evaluate_seq2seq,
     load_data,
@@ -26,8 +27,7 @@ from attnlab.seq2seq_run import (
     train_seq2seq,
     translate,
 )
-from attnlab.tasks import held_out_pairs
-from attnlab.train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit
+from attnlab.training.train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit
 
 SMALL = {"emb_dim": 32, "n_hidden": 64, "n_layers": 2, "head_dim": 8}
 FAST = dict(config=SMALL, batch_size=16, eval_every=10, log_every=5, device="cpu")

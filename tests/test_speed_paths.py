@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.bench import run_bench
-from attnlab.data import prepare_data
+from attnlab.apps.bench import run_bench
+from attnlab.data.corpus import prepare_data
 from attnlab.models import build_model, decoding, preset_config
 from attnlab.models.decoding import attend_one_query
-from attnlab.train import TrainConfig, train
+from attnlab.training.train import TrainConfig, train
 
 from .conftest import run_cli
 

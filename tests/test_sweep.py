@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from attnlab import run
-from attnlab.builtin_corpus import builtin_stories
-from attnlab.data import join_stories
-from attnlab.prepare import prepare
-from attnlab.seq2seq_run import train_seq2seq
+from attnlab.data.builtin_corpus import builtin_stories
+from attnlab.data.corpus import join_stories
+from attnlab.data.token_files import prepare_token_files
+from attnlab.training import run
+from attnlab.training.seq2seq_run import train_seq2seq
 
 from . import test_bad_inputs
 from .conftest import run_cli
@@ -448,7 +448,7 @@ def _write_data_files(files: Path) -> None:
     (files / "stories.txt").write_text(join_stories(builtin_stories(n_chars=50_000)))
     (files / "empty.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     for tok in ("bytes", "char"):
-        prepare(str(files / "stories.txt"), files / f"{tok}.bin", tok)
+        prepare_token_files(str(files / "stories.txt"), files / f"{tok}.bin", tok)
 
 
 def _craft(crafted: Path, good: Path, other: Path) -> None:

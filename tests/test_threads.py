@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.threads import ThreadGovernor, available_cpus, configure
+from attnlab.runtime.threads import ThreadGovernor, available_cpus, configure
 
 THREAD_VARS = ("OMP_NUM_THREADS", "ATTNLAB_THREADS", "ATTNLAB_SET_OMP_NUM_THREADS", "OMP_WAIT_POLICY")
 

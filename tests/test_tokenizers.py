@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 
 from attnlab.errors import AttnlabError
-from attnlab.tokenizers import (
-    ByteTokenizer,
-    CharTokenizer,
-    CodepointTokenizer,
-    make_tokenizer,
-    tokenizer_from_dict,
-)
+from attnlab.tokenizers import ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer, tokenizer_from_dict
 
 TEXTS = ["", "Once upon a time.", "“Curly quotes” – and an emoji 🙂\n", "naïve café ☕ 日本語 \x00\t"]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.checkpoint import load_checkpoint, save_checkpoint
-from attnlab.data import prepare_data
+from attnlab.data.corpus import prepare_data
 from attnlab.errors import AttnlabError
 from attnlab.models import build_model, preset_config
-from attnlab.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, scheduled_lr, train
+from attnlab.training.checkpoint import load_checkpoint, save_checkpoint
+from attnlab.training.train import TrainConfig, TrainingInterrupted, cosine_lr, evaluate, scheduled_lr, train
 
 from .conftest import TINY, run_cli
 
@@ -102,7 +102,7 @@ def test_wsd_schedule_holds_lr_then_decays_linearly_over_the_cooldown() -> None:
 
 
 def test_the_noam_schedule_is_the_papers_for_any_model():
-    from attnlab.train import noam_lr
+    from attnlab.training.train import noam_lr
 
     tcfg = TrainConfig(steps=100, lr=2e-3, warmup_steps=4000, schedule="noam")
     tcfg.validate()
@@ -128,7 +128,7 @@ def test_bits_per_character_accounts_for_characters_per_token(tmp_path: Path) ->
 
 def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -> None:
     script = f"""
-import os, torch, attnlab.checkpoint as c
+import os, torch, attnlab.training.checkpoint as c
 from attnlab.models import build_model, preset_config
 from attnlab.tokenizers import ByteTokenizer
 torch.manual_seed(0)

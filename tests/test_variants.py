@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnlab.data import TokenStream
+from attnlab.data.corpus import TokenStream
 from attnlab.errors import AttnlabError
 from attnlab.inspect.params import param_breakdown
 from attnlab.inspect.trace import trace
@@ -18,7 +18,7 @@ from attnlab.models.attention import attention, causal_mask_LK
 from attnlab.models.decoding import attend_one_query
 from attnlab.models.layers import Block, RMSNorm
 from attnlab.models.positions import RotaryEmbedding, sinusoidal_positions_LC
-from attnlab.train import TrainConfig, evaluate, train
+from attnlab.training.train import TrainConfig, evaluate, train
 
 from .conftest import TINY, run_cli
 
@@ -235,7 +235,7 @@ def test_invalid_variant_combinations_name_the_field(overrides: dict, field: str
 
 
 def test_cli_trains_a_variant_and_the_checkpoint_restores_it(corpus_file: Path, tmp_path: Path, capsys) -> None:
-    from attnlab.checkpoint import load_checkpoint
+    from attnlab.training.checkpoint import load_checkpoint
 
     args = [
         "train",

@@ -5,7 +5,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .threads import configure as _configure_threads
+from .runtime.threads import configure as _configure_threads
 
 _configure_threads()  # before anything loads torch: OpenMP reads its thread settings once, at start
 
@@ -19,16 +19,19 @@ if Path(sys.argv[0]).name == "attnlab" and signal.getsignal(signal.SIGINT) is si
     # The command, still loading torch (seconds): Ctrl-C is one line and exit 130 until `cli.main` starts.
     signal.signal(signal.SIGINT, _interrupted_while_loading)
 
-from . import run
+from . import _moved
 from ._version import __version__ as __version__
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import prepare_data
+from .data.corpus import prepare_data
 from .errors import AttnlabError
 from .generate import generate_text, next_token_table
 from .interop import from_hf, to_hf  # transformers itself is imported only when they are called
 from .models import FeedForwardLM, ModelConfig, Sampling, TransformerLM, build_model, preset_config
 from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
-from .train import TrainConfig, evaluate, train
+from .training import run
+from .training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .training.train import TrainConfig, evaluate, train
+
+_moved.install()  # the modules' names before they were grouped by layer keep importing
 
 __all__ = [
     "AttnlabError",

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_for_text
 from .errors import AttnlabError
 from .models import LanguageModel, Sampling
 from .models.sampling import stream_tokens
-from .runtime import notice, resolve_device
+from .runtime.devices import resolve_device
+from .runtime.environment import notice
 from .tokenizers import Tokenizer
+from .training.checkpoint import load_for_text
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, max_len: int | None = None) -> tuple[list[int], list[str]]:

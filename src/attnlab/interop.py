@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint
 from .errors import AttnlabError
 from .models import ModelConfig, TransformerLM, build_model
+from .training.checkpoint import load_checkpoint
 
 GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
 

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from .train import log_kind, log_rows
+from .training.train import log_kind, log_rows
 
 DISPLAY_NAMES = {"mlp": "MLP", "transformer": "Transformer"}
 MISSING = "\u2013"  # en dash for a figure the run did not record

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    from ..data import SOURCES_HELP
-    from ..runtime import check_output
+    from ..data.corpus import SOURCES_HELP
+    from ..runtime.files import check_output
 
     data = getattr(args, "data", None)
     if data is not None and not data.strip():
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ..threads import use_threads
-    from ..train import TrainingDiverged, TrainingInterrupted
+    from ..runtime.threads import use_threads
+    from ..training.train import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:

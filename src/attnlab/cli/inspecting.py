@@ -1,5 +1,5 @@
 """`attnlab generate`, `trace`, `attention`, `embeddings`, `next`, `lens`, `params`: using a trained model
-and looking inside it (`attnlab.views`, `attnlab.inspect`)."""
+and looking inside it (`attnlab.inspect.views`, `attnlab.inspect`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .options import Verbs, command, finite, positive, seed
 
 
 def _subject(args: argparse.Namespace):  # noqa: ANN202 - a views.Subject
-    from ..views import Subject
+    from ..inspect.views import Subject
 
     return Subject(args.checkpoint, args.random, args.preset, args.model, args.seed, args.device)
 
@@ -34,7 +34,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from ..inspect.trace import format_trace
-    from ..views import trace_prompt
+    from ..inspect.views import trace_prompt
 
     tr = trace_prompt(_subject(args), args.prompt, args.target)
     print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
@@ -50,7 +50,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def cmd_embeddings(args: argparse.Namespace) -> int:
-    from ..views import embedding_view, format_embedding_view
+    from ..inspect.views import embedding_view, format_embedding_view
 
     view = embedding_view(_subject(args), args.out, args.neighbours, args.top)
     print(json.dumps(view) if args.format == "json" else format_embedding_view(view))
@@ -59,7 +59,7 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
 
 def cmd_next(args: argparse.Namespace) -> int:
     from ..inspect.lens import format_next_tokens
-    from ..views import next_token_view
+    from ..inspect.views import next_token_view
 
     view = next_token_view(_subject(args), args.prompt, args.top, args.all_positions)
     print(json.dumps(view) if args.format == "json" else format_next_tokens(view, args.prompt))
@@ -68,7 +68,7 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 def cmd_lens(args: argparse.Namespace) -> int:
     from ..inspect.lens import format_lens
-    from ..views import lens_view
+    from ..inspect.views import lens_view
 
     view = lens_view(_subject(args), args.prompt, args.top)
     print(json.dumps(view) if args.format == "json" else format_lens(view["layers"], args.prompt))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import AttnlabError
-from ..optim import OPTIMIZERS, SCHEDULES
+from ..training.optim import OPTIMIZERS, SCHEDULES
 
 EXIT_BAD_INPUT = 2
 Verbs = Any  # what `add_subparsers` returns: its `add_parser(name, help=...)` makes the parser of a verb

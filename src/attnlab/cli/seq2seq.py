@@ -1,4 +1,4 @@
-"""`attnlab seq2seq show | train | eval | translate`: the encoder-decoder Transformer (`attnlab.seq2seq_run`).
+"""`attnlab seq2seq show | train | eval | translate`: the encoder-decoder Transformer (`attnlab.training.seq2seq_run`).
 
 A flag the language model's verbs share joins a verb here with `add_flags` (`options.FLAGS`), with its
 settings changed where the encoder-decoder's differ: `add_flags(p, "--eval-every", "--resume")`."""
@@ -13,15 +13,15 @@ from .options import Parser, Verbs, add_flags, command, finite, parse_sets, posi
 
 
 def cmd_seq2seq_show(args: argparse.Namespace) -> int:
-    from ..tasks import show_pair
+    from ..data.tasks import show_pair
 
     print(show_pair(args.source, args.target, args.task, words=args.words))
     return 0
 
 
 def cmd_seq2seq_train(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..seq2seq_run import resume_seq2seq, train_seq2seq
+    from ..runtime import distributed
+    from ..training.seq2seq_run import resume_seq2seq, train_seq2seq
 
     fields = {**training_fields(args), "warmup_steps": args.warmup_steps}
     asked = {"task": args.task, "data": args.data, "preset": args.preset, "config": parse_sets(args.set)}
@@ -36,7 +36,7 @@ def cmd_seq2seq_train(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq_eval(args: argparse.Namespace) -> int:
-    from ..seq2seq_run import evaluate_seq2seq
+    from ..training.seq2seq_run import evaluate_seq2seq
 
     result = evaluate_seq2seq(args.run, beam=args.beam, device=args.device)
     match, n = result["exact_match"], result["examples"]
@@ -46,7 +46,7 @@ def cmd_seq2seq_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq_translate(args: argparse.Namespace) -> int:
-    from ..seq2seq_run import translate
+    from ..training.seq2seq_run import translate
 
     for text in translate(args.run, args.text, beam=args.beam, device=args.device):
         print(text)

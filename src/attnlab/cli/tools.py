@@ -11,7 +11,7 @@ from .options import Verbs, command, finite
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..bench import COMPILE_MODES, markdown_table, run_bench
+    from ..apps.bench import COMPILE_MODES, markdown_table, run_bench
 
     log = (lambda msg: print(msg, file=sys.stderr)) if args.format == "json" else print
     result = run_bench(
@@ -32,9 +32,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..prepare import prepare
+    from ..data.token_files import prepare_token_files
 
-    meta = prepare(args.source, args.out, args.tokenizer)
+    meta = prepare_token_files(args.source, args.out, args.tokenizer)
     for split in ("train", "valid"):
         part, where = meta[split], Path(args.out).parent / meta[split]["file"]
         print(f"{split}: {part['tokens']:,} tokens ({part['chars']:,} characters) in {where}")
@@ -51,7 +51,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..runtime import environment, format_environment
+    from ..runtime.environment import environment, format_environment
 
     info = environment()
     print(json.dumps(info) if args.format == "json" else format_environment(info))

@@ -32,7 +32,7 @@ def _lab_options(args: argparse.Namespace, default_max_time: float) -> dict[str,
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from ..lab import DEFAULT_MAX_TIME, run_lab, summary
+    from ..apps.lab import DEFAULT_MAX_TIME, run_lab, summary
 
     # --preset None: the recipe's model
     metrics = run_lab(**_lab_options(args, DEFAULT_MAX_TIME), preset=args.preset, recipe=args.recipe)
@@ -41,7 +41,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .. import distributed, run
+    from ..runtime import distributed
+    from ..training import run
 
     config = parse_sets(args.set)
     if args.resume:  # the run's own model and tokenizer; asking for others is refused, not ignored
@@ -63,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..compare import format_results, run_compare
+    from ..apps.compare import format_results, run_compare
 
     options = _lab_options(args, 60.0)
     results = run_compare(args.vary, one_at_a_time=args.one_at_a_time, preset=args.preset or "small", **options)
@@ -72,7 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..views import evaluate_checkpoint, format_evaluation
+    from ..inspect.views import evaluate_checkpoint, format_evaluation
 
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.device)
     print(json.dumps(result) if args.format == "json" else format_evaluation(result))

@@ -50,26 +50,27 @@ class Kernel:
         self.dead = False
 
     def run(self, code: str) -> str | None:
-        """Run `code`; None when it finished, else why not (an error, a hang, a dead kernel)."""
+        """Run `code`; None when it finished, else why not (an error, a hang, a dead kernel). Only the
+        reply is read (the outputs are not needed), so no output stream can hold it up."""
         import queue
-
-        from nbclient.exceptions import DeadKernelError
+        import time
 
         if self.dead:
             return "the kernel died"
-        try:
-            reply = self.run_sync(self.client.kc.execute_interactive)(
-                code, store_history=False, allow_stdin=False, timeout=self.seconds, output_hook=lambda msg: None
-            )
-        except (TimeoutError, queue.Empty):  # Empty: the output ended, but not the reply, within the time
-            self.interrupt()
-            return f"still running after {self.seconds:g} s; stopped"
-        except (DeadKernelError, RuntimeError):
-            self.dead = True
-            return "the kernel died"
-        if not self.client.km.is_alive():  # a reply may still come from a kernel killed right after
-            self.dead = True
-            return "the kernel died"
+        kc = self.client.kc
+        msg_id = kc.execute(code, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + self.seconds
+        while True:
+            try:  # replies to earlier requests (a cell stopped for its time) are passed over
+                reply = self.run_sync(kc.get_shell_msg)(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                if not self.run_sync(self.client.km.is_alive)():
+                    self.dead = True
+                    return "the kernel died"
+                self.interrupt()
+                return f"still running after {self.seconds:g} s; stopped"
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                break
         content = reply.get("content", {})
         if content.get("status") != "ok":
             return f"{content.get('ename', 'Error')}: {str(content.get('evalue', ''))[:200]}"

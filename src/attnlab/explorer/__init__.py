@@ -15,13 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import is_seq2seq, lab_samples, load_for_text, resolve_checkpoint, run_folder, run_log
 from ..errors import AttnlabError
+from ..inspect.views import Subject, attention_picture, no_target, seq2seq_attention_pictures
 from ..models import LanguageModel
-from ..runtime import notice, resolve_device, write_text_atomically
-from ..seq2seq_run import load_seq2seq
+from ..runtime.devices import resolve_device
+from ..runtime.environment import notice
+from ..runtime.files import write_text_atomically
 from ..tokenizers import Tokenizer
-from ..views import Subject, attention_picture, no_target, seq2seq_attention_pictures
+from ..training.checkpoint import is_seq2seq, lab_samples, load_for_text, resolve_checkpoint, run_folder, run_log
+from ..training.seq2seq_run import load_seq2seq
 from .page import standalone_html
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

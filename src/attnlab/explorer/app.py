@@ -21,8 +21,8 @@ from .. import __version__
 from ..errors import AttnlabError
 from ..models import LanguageModel, Sampling
 from ..models.sampling import stream_tokens
-from ..seq2seq_run import Seq2SeqRun
 from ..tokenizers import Tokenizer
+from ..training.seq2seq_run import Seq2SeqRun
 from . import payloads, seq2seq
 from .page import render_page
 

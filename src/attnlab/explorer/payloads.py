@@ -23,7 +23,7 @@ from ..inspect.params import group_totals, param_breakdown
 from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
-from ..train import log_rows
+from ..training.train import log_rows
 
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before they are tokenized
 MAX_NEW_TOKENS = 2_000

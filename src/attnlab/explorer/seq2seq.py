@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from ..data.tasks import held_out_pairs
 from ..errors import AttnlabError
 from ..inspect.params import group_totals, param_breakdown
 from ..inspect.trace import trace_seq2seq
 from ..models.seq2seq import ATTENTIONS, attention_names, attention_prefix
-from ..seq2seq_run import Seq2SeqRun, source_and_reading
-from ..tasks import held_out_pairs
+from ..training.seq2seq_run import Seq2SeqRun, source_and_reading
 from .payloads import MAX_PROMPT_CHARS, THUMB, loss_curve, printable, trace_payload
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import AttnlabError
-from ..runtime import check_object
+from ..runtime.checks import check_object
 from .positions import SCHEMES
 
 MODEL_KINDS = ("mlp", "transformer", "seq2seq")

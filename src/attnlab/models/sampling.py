@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import AttnlabError
-from ..runtime import memory_limit
+from ..runtime.checks import memory_limit
 from .decoding import KVCache, compiled_decoder
 
 if TYPE_CHECKING:

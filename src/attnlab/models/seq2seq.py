@@ -151,7 +151,7 @@ class Seq2SeqTransformer(Model):
 
     def forward(self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, hook: Hook = NO_HOOK) -> torch.Tensor:
         """Teacher forcing: logits_BLV for every target position at once, from the source and the
-        decoder input (the target shifted right, see `attnlab.tasks.teacher_forcing`)."""
+        decoder input (the target shifted right, see `attnlab.data.tasks.teacher_forcing`)."""
         return self.decode(tgt_BL, self.encode(src_BS, hook), src_BS, hook)
 
     def run_with_cache(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AttnlabError
-from ..runtime import write_text_atomically
+from ..runtime.files import write_text_atomically
 
 HERE = Path(__file__).parent
 STUDENT, SOLUTIONS = HERE / "lab.ipynb", HERE / "lab_solutions.ipynb"

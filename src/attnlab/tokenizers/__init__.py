@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnlabError
-from ..runtime import check_object
+from ..runtime.checks import check_object
 from .base import ENDOFTEXT, IncrementalEncoder, StreamDecoder, Tokenizer, describe_unencodable, token_dtype
 from .basic import ByteTokenizer, CharTokenizer, CodepointTokenizer
 from .bpe import BPETokenizer, parse_bpe_spec, train_cached

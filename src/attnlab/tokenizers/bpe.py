@@ -36,7 +36,9 @@ import numpy as np
 import regex
 
 from ..errors import AttnlabError
-from ..runtime import check_object, notice, read_json
+from ..runtime.checks import check_object
+from ..runtime.environment import notice
+from ..runtime.files import read_json
 from .base import ENDOFTEXT, IncrementalEncoder, Tokenizer, token_dtype
 
 # GPT-2's pre-tokeniser: contractions, words, numbers, punctuation runs, and whitespace. A space is

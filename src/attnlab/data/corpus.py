@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import AttnlabError
+from ..runtime.environment import cache_dir, notice
+from ..tokenizers import ENDOFTEXT, Tokenizer, describe_unencodable, make_tokenizer
+from ..tokenizers.bpe import parse_bpe_spec
 from .builtin_corpus import builtin_stories
-from .errors import AttnlabError
-from .runtime import cache_dir, notice
-from .tokenizers import ENDOFTEXT, Tokenizer, describe_unencodable, make_tokenizer
-from .tokenizers.bpe import parse_bpe_spec
 from .tokens import TokenStream, cached_tokens, check_text, dropped_chars, read_chunks, read_token_files
 
 HUB_REPO = "roneneldan/TinyStories"

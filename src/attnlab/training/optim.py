@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AttnlabError
+from ..errors import AttnlabError
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "noam")  # learning-rate schedules after warm-up (train.scheduled_lr)

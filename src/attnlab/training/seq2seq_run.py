@@ -1,7 +1,7 @@
 """Training, evaluating and using the encoder-decoder on a task or a parallel text file.
 
 ```python
-from attnlab import seq2seq_run
+from attnlab.training import seq2seq_run
 
 seq2seq_run.train_seq2seq("runs/reverse", task="reverse", max_time=300)
 seq2seq_run.resume_seq2seq("runs/reverse", max_time=600)  # the same run, continued
@@ -35,15 +35,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from . import distributed
+from ..data.tasks import TASKS, Pair, PairVocab, held_out_pairs, in_test_split, read_pairs, task_pairs, teacher_forcing
+from ..errors import AttnlabError
+from ..models import ModelConfig, Seq2SeqTransformer, preset_config
+from ..models.seq2seq import BOS, PAD
+from ..models.translate import beam_search, greedy_decode
+from ..runtime import distributed
+from ..runtime.devices import resolve_device
+from ..runtime.environment import notice
 from .checkpoint import OPTIMIZER, Checkpoint, check_checkpoint, read_weights
-from .errors import AttnlabError
-from .models import ModelConfig, Seq2SeqTransformer, preset_config
-from .models.seq2seq import BOS, PAD
-from .models.translate import beam_search, greedy_decode
 from .run import check_fits, processes, refuse_changes
-from .runtime import notice, resolve_device
-from .tasks import TASKS, Pair, PairVocab, held_out_pairs, in_test_split, read_pairs, task_pairs, teacher_forcing
 from .train import Callback, TrainConfig, TrainResult, TrainState, fit
 
 

@@ -71,7 +71,7 @@ def configure(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def use_threads(n: int) -> None:
     """Run this process's PyTorch work on `n` threads from now on (`--threads N`); the count stays fixed."""
-    from .errors import AttnlabError
+    from ..errors import AttnlabError
 
     if n < 1:
         raise AttnlabError(f"--threads {n}: must be >= 1")

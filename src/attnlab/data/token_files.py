@@ -1,7 +1,7 @@
 """`attnlab prepare`: tokenize a corpus once into token files that training memory-maps.
 
 The text never has to fit in memory: each split is tokenized by the chunked, resumable writer of
-`attnlab.tokens` (the full TinyStories train split is about 2 GB). A single file is split at the
+`attnlab.data.tokens` (the full TinyStories train split is about 2 GB). A single file is split at the
 first story boundary after 90% of it, found without reading the file. `--data FILE.bin` then trains
 on the token files with no tokenization at all.
 """
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .data import VALID_FRACTION, Corpus, TextSplit, build_tokenizer, encode_split, load_corpus
-from .errors import AttnlabError
-from .tokenizers import ENDOFTEXT, token_dtype
+from ..errors import AttnlabError
+from ..tokenizers import ENDOFTEXT, token_dtype
+from .corpus import VALID_FRACTION, Corpus, TextSplit, build_tokenizer, encode_split, load_corpus
 from .tokens import check_text, read_chunks, write_token_file, write_token_files_meta
 
 
@@ -52,7 +52,7 @@ class _ByteRange(TextSplit):
             yield text
 
 
-def prepare(source: str, out: str | Path, tokenizer: str = "bytes") -> dict[str, Any]:
+def prepare_token_files(source: str, out: str | Path, tokenizer: str = "bytes") -> dict[str, Any]:
     """Tokenize `source` into OUT.bin (train), OUT.valid.bin and OUT.json; returns the metadata."""
     out = Path(out)
     if out.suffix != ".bin":

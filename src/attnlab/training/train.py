@@ -25,25 +25,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed, optim
+from ..data.corpus import Batches, batch_bytes, check_length
+from ..data.tokens import TokenStream
+from ..errors import AttnlabError
+from ..models import LanguageModel
+from ..runtime import distributed
+from ..runtime.checks import check_object, field_types, memory_limit
+from ..runtime.devices import autocast_context, check_dtype
+from ..runtime.environment import notice
+from ..runtime.files import read_json_lines, write_text_atomically
+from ..runtime.threads import ThreadGovernor
+from ..tokenizers import Tokenizer
+from . import optim
 from .checkpoint import Checkpoint, save_checkpoint
-from .data import Batches, batch_bytes, check_length
-from .errors import AttnlabError
-from .models import LanguageModel
 from .optim import MuonWithAdamW
-from .runtime import (
-    autocast_context,
-    check_dtype,
-    check_object,
-    field_types,
-    memory_limit,
-    notice,
-    read_json_lines,
-    write_text_atomically,
-)
-from .threads import ThreadGovernor
-from .tokenizers import Tokenizer
-from .tokens import TokenStream
 
 LN2 = math.log(2)
 Callback = Callable[[int, dict[str, Any]], bool | None]  # (step, logged row) -> True to stop
@@ -467,7 +462,7 @@ def fit(
 ) -> TrainResult:
     """Train `model` in place on `task`, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
 
-    `resume`: a checkpoint of this run loaded `with_state`, to continue from (see `attnlab.run.resume`).
+    `resume`: a checkpoint of this run loaded `with_state`, to continue from (see `attnlab.training.run.resume`).
     `run_info` is kept in the checkpoint's state, and `tokenizer` in its config. `callback(step, row)` is
     called after every step; returning True stops the run as Ctrl-C would.
     """

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .errors import AttnlabError
-from .runtime import cache_dir, check_object, notice, read_json
-from .tokenizers import Tokenizer, describe_unencodable, token_dtype, tokenizer_from_dict
+from ..errors import AttnlabError
+from ..runtime.checks import check_object
+from ..runtime.environment import cache_dir, notice
+from ..runtime.files import read_json
+from ..tokenizers import Tokenizer, describe_unencodable, token_dtype, tokenizer_from_dict
 
 CHUNK_BYTES = 8 * 2**20
 TOKEN_FILES_FORMAT = 1

@@ -16,15 +16,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import run
-from .checkpoint import load_checkpoint
-from .data import prepare_data
-from .errors import AttnlabError
-from .generate import generate_text
-from .models import Sampling, preset_config
-from .report import write_compare_report
-from .runtime import notice, read_json_lines, resolve_device
-from .train import TrainConfig, log_kind, log_rows
+from ..data.corpus import prepare_data
+from ..errors import AttnlabError
+from ..generate import generate_text
+from ..models import Sampling, preset_config
+from ..report import write_compare_report
+from ..runtime.devices import resolve_device
+from ..runtime.environment import notice
+from ..runtime.files import read_json_lines
+from ..training import run
+from ..training.checkpoint import load_checkpoint
+from ..training.train import TrainConfig, log_kind, log_rows
 
 Variant = dict[str, str]
 

@@ -22,10 +22,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import AttnlabError
-from .models import LanguageModel, ModelConfig, Seq2SeqTransformer, build_model
-from .runtime import check_object, json_type_name, memory_limit, read_json, read_json_lines
-from .tokenizers import Tokenizer, tokenizer_from_dict
+from ..errors import AttnlabError
+from ..models import LanguageModel, ModelConfig, Seq2SeqTransformer, build_model
+from ..runtime.checks import check_object, json_type_name, memory_limit
+from ..runtime.files import read_json, read_json_lines
+from ..tokenizers import Tokenizer, tokenizer_from_dict
 
 WEIGHTS, CONFIG, STATE, OPTIMIZER = "model.safetensors", "config.json", "state.json", "optimizer.safetensors"
 FORMAT_VERSION = 1

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from .errors import AttnlabError
-from .models.seq2seq import BOS, EOS, PAD
-from .runtime import check_object
+from ..errors import AttnlabError
+from ..models.seq2seq import BOS, EOS, PAD
+from ..runtime.checks import check_object
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 TEST_SHARE = 10  # one source in 10 (by hash) is a test example

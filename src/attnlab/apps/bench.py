@@ -19,21 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import AttnlabError
-from .inspect.params import flops_per_token
-from .models import build_model, preset_config
-from .models.sampling import default_slide
-from .run import check_fits
-from .runtime import (
-    DTYPES,
-    autocast_context,
-    available_devices,
-    check_dtype,
-    resolve_device,
-    synchronize,
-    write_text_atomically,
-)
-from .train import TrainConfig, make_optimizer
+from ..errors import AttnlabError
+from ..inspect.params import flops_per_token
+from ..models import build_model, preset_config
+from ..models.sampling import default_slide
+from ..runtime.devices import DTYPES, autocast_context, available_devices, check_dtype, resolve_device, synchronize
+from ..runtime.files import write_text_atomically
+from ..training.run import check_fits
+from ..training.train import TrainConfig, make_optimizer
 
 COMPILE_MODES = {"both": (False, True), "off": (False,), "on": (True,)}  # `--compile`: eager and/or compiled
 

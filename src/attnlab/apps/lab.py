@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import run
-from .data import prepare_data
-from .errors import AttnlabError
-from .generate import generate_text
-from .inspect.ablations import without_positions
-from .models import Sampling, preset_config
-from .report import write_lab_report
-from .runtime import notice
-from .train import TrainConfig, evaluate
+from ..data.corpus import prepare_data
+from ..errors import AttnlabError
+from ..generate import generate_text
+from ..inspect.ablations import without_positions
+from ..models import Sampling, preset_config
+from ..report import write_lab_report
+from ..runtime.environment import notice
+from ..training import run
+from ..training.train import TrainConfig, evaluate
 
 WORD = re.compile(r"[A-Za-z]+")
 

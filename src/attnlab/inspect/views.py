@@ -1,7 +1,7 @@
 """What the looking verbs show, from a folder (or an untrained preset) and a prompt, as data to print.
 
 ```python
-from attnlab import views
+from attnlab.inspect import views
 
 subject = views.Subject("runs/lab/transformer")
 views.trace_prompt(subject, "Once")                       # a Trace: format_trace(...) or .to_dict()
@@ -23,12 +23,19 @@ from typing import Any
 
 import torch
 
-from .checkpoint import is_seq2seq, load_for_text
-from .data import evaluation_split
-from .errors import AttnlabError
-from .generate import encode_prompt
-from .inspect.lens import logit_lens, next_tokens
-from .inspect.pictures import (
+from ..data.corpus import evaluation_split
+from ..errors import AttnlabError
+from ..generate import encode_prompt
+from ..models import LanguageModel, build_model, preset_config
+from ..runtime.devices import resolve_device
+from ..runtime.environment import notice
+from ..tokenizers import ByteTokenizer, Tokenizer
+from ..training.checkpoint import is_seq2seq, load_for_text
+from ..training.run import check_fits
+from ..training.seq2seq_run import load_seq2seq, source_and_reading
+from ..training.train import evaluate
+from .lens import logit_lens, next_tokens
+from .pictures import (
     attention_figure,
     displayable_tokens,
     embeddings_figure,
@@ -36,13 +43,7 @@ from .inspect.pictures import (
     nearest_neighbours,
     seq2seq_attention_figures,
 )
-from .inspect.trace import Trace, trace, trace_seq2seq
-from .models import LanguageModel, build_model, preset_config
-from .run import check_fits
-from .runtime import notice, resolve_device
-from .seq2seq_run import load_seq2seq, source_and_reading
-from .tokenizers import ByteTokenizer, Tokenizer
-from .train import evaluate
+from .trace import Trace, trace, trace_seq2seq
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A training run as one library call: `start` one in a folder, or `resume` the one a folder holds.
 
 ```python
-from attnlab import run
+from attnlab.training import run
 
 result = run.start("runs/small", data="tinystories", preset="small", max_time=120)
 result = run.resume("runs/small", max_time=240)      # the same run, continued to 240 s of training
@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from ..data.corpus import Prepared, batch_bytes, check_length, prepare_data
+from ..errors import AttnlabError
+from ..models import ModelConfig, build_model, preset_config
+from ..models.counts import param_count
+from ..runtime import distributed
+from ..runtime.checks import memory_limit
+from ..runtime.devices import resolve_device
+from ..runtime.environment import notice
 from .checkpoint import CONFIG, Checkpoint, load_checkpoint
-from .data import Prepared, batch_bytes, check_length, prepare_data
-from .errors import AttnlabError
-from .inspect.params import param_count
-from .models import ModelConfig, build_model, preset_config
-from .runtime import memory_limit, notice, resolve_device
 from .train import Callback, TrainConfig, TrainResult, TrainState, train
 
 
