@@ -102,8 +102,8 @@ def stream_continuation(
     for line in notices:
         notice(line)
     ids_BL = torch.tensor([ids], device=next(model.parameters()).device)
-    options = {"kv_cache": kv_cache, "slide": slide, "compile": compile}
-    tokens = stream_tokens(model, ids_BL, max_new_tokens, sampling or Sampling(seed=0), **options)
+    sampling = sampling or Sampling(seed=0)
+    tokens = stream_tokens(model, ids_BL, max_new_tokens, sampling, kv_cache=kv_cache, slide=slide, compile=compile)
     return _pieces(tokenizer, tokens)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .errors import AttnlabError
-from .models import ModelConfig, TransformerLM, build_model
+from .models import LanguageModel, ModelConfig, TransformerLM
 from .training.checkpoint import load_checkpoint
 
 GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
@@ -102,7 +102,7 @@ def _gpt2_to_attnlab(hf: Any) -> TransformerLM:
         for j, name in enumerate(("w_q", "w_k", "w_v")):
             out[f"blocks.{i}.attn.{name}.weight"] = fused_W[:, j * C : (j + 1) * C].T
             out[f"blocks.{i}.attn.{name}.bias"] = fused_b[j * C : (j + 1) * C]
-    model = build_model(cfg)
+    model = TransformerLM(cfg)  # the config's `model` is left at its default, transformer
     model.load_state_dict({k: v.detach().clone().contiguous() for k, v in out.items()})
     return model
 
@@ -156,7 +156,7 @@ def _llama_to_attnlab(hf: Any) -> TransformerLM:
                 key = f"model.layers.{i}.{theirs}.{part}"
                 if key in sd:
                     out[f"blocks.{i}.{ours}.{part}"] = sd[key]
-    model = build_model(cfg)
+    model = TransformerLM(cfg)  # the config's `model` is left at its default, transformer
     model.load_state_dict({k: v.detach().clone().contiguous() for k, v in out.items()})
     return model
 
@@ -245,7 +245,8 @@ def _attnlab_to_llama(model: TransformerLM) -> Any:
         head_dim=cfg.head_dim,
         max_position_embeddings=cfg.max_len,
         rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
+        # transformers 4 takes rope_theta; 5 still does (into rope_parameters) but its signature leaves it out.
+        rope_theta=cfg.rope_theta,  # type: ignore[call-arg]
         attention_bias=cfg.bias,
         mlp_bias=cfg.bias,
         tie_word_embeddings=cfg.tie_embeddings,
@@ -277,7 +278,7 @@ def _filled(hf: Any, weights: dict[str, torch.Tensor]) -> Any:
     return hf.eval()
 
 
-def to_hf(model: TransformerLM) -> Any:
+def to_hf(model: LanguageModel) -> Any:
     """The same network as a `transformers` model (GPT2LMHeadModel or LlamaForCausalLM), weights copied."""
     if not isinstance(model, TransformerLM):
         raise AttnlabError("only the Transformer exports to transformers (the MLP baseline has no equivalent)")

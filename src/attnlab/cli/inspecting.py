@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from .options import Verbs, command, finite, positive, seed
 
+if TYPE_CHECKING:
+    from ..inspect.views import Subject
 
-def _subject(args: argparse.Namespace):  # noqa: ANN202 - a views.Subject
+
+def _subject(args: argparse.Namespace) -> Subject:
     from ..inspect.views import Subject
 
     return Subject(args.checkpoint, args.random, args.preset, args.model, args.seed, args.device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import AttnlabError
 from ..training.optim import OPTIMIZERS, SCHEDULES
@@ -27,7 +27,7 @@ Verbs = Any  # what `add_subparsers` returns: its `add_parser(name, help=...)` m
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), like every other bad input."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
 

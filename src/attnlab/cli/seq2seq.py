@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from .options import Parser, Verbs, add_flags, command, finite, parse_sets, positive, training_fields
 
@@ -76,7 +77,7 @@ def _add_train(verbs: Verbs) -> None:
     p.add_argument("--task", default=None, help="copy | reverse | sort | addition | numbers | dates")
     p.add_argument("--data", default=None, help="a text file of source<TAB>target lines (instead of --task)")
     p.add_argument("--out", required=True, help="run folder: checkpoint/ and metrics.jsonl go here")
-    settings = {
+    settings: dict[str, dict[str, Any]] = {
         "preset": {"help": "model sizes (default seq2seq-small)"},
         "batch_size": {"help": "pairs per step and process (default 64)", "type": int},
         "lr": {"help": "peak learning rate (default 1e-3; with noam a scale, 1e-3 the paper's)", "type": finite},

@@ -9,7 +9,7 @@ splits are made by whole stories.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +68,12 @@ def join_stories(stories: list[str]) -> str:
 
 def split_train_valid(text: str, what: str, valid_fraction: float = VALID_FRACTION) -> tuple[str, str]:
     """Last `valid_fraction` of the stories (or of the lines, for text without separators) is validation."""
+    join: Callable[[list[str]], str]
     if ENDOFTEXT in text:
         units, join = split_stories(text), join_stories
     else:
         units = [line for line in text.splitlines() if line.strip()]
-        join = "\n".join  # type: ignore[assignment]
+        join = "\n".join
     if len(units) < 2:
         raise AttnlabError(
             f"{what}: cannot split one story into train and validation; "

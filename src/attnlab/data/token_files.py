@@ -48,6 +48,7 @@ class _ByteRange(TextSplit):
         self.byte_range = byte_range
 
     def chunks(self) -> Iterator[str]:
+        assert self.path is not None  # __init__ takes one
         for text, _, _ in read_chunks(self.path, *self.byte_range):
             yield text
 

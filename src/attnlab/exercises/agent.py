@@ -38,7 +38,11 @@ def _reference_code(name: str) -> set[CodeType]:
     from ..models.transformer import TransformerLM
 
     codes = {getattr(reference, name).__code__}
-    forward = {"multi_head_attention": CausalSelfAttention, "transformer_layer": Block, "transformer_lm": TransformerLM}
+    forward: dict[str, type[torch.nn.Module]] = {
+        "multi_head_attention": CausalSelfAttention,
+        "transformer_layer": Block,
+        "transformer_lm": TransformerLM,
+    }
     if name in forward:
         codes.add(forward[name].forward.__code__)
     return codes
@@ -116,7 +120,7 @@ class Agent:
     def _once(fn: Callable[..., Any], args: list[Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         try:
             out = fn(*args)
-        except Exception as e:  # noqa: BLE001 - the student's error is the answer
+        except Exception as e:  # the student's error is the answer
             return {"raised": type(e).__name__, "message": str(e)[:500]}, {}
         if isinstance(out, torch.Tensor):
             return {"returned": "tensor"}, {"out": out.detach().cpu()}

@@ -17,7 +17,7 @@ import math
 import numbers
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ LETTERS = {"B": B, "L": L, "H": H, "D": D, "E": H * D, "C": C, "F": F, "V": V}
 Case = tuple[Any, ...]
 Wrong = list[tuple[str, Callable[..., Any]]]
 Seed = int | None
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def _rng(name: str, seed: int) -> random.Random:
@@ -86,9 +87,9 @@ def _result(name: str, fn: Callable[..., Any] | None, passed: bool, mistake: str
     return CheckResult(name, passed, mistake, f"{'✓' if passed else '✗'} {name}: {text}", function)
 
 
-def _not_a_function(name: str, fn: Any) -> CheckResult | None:
-    """The result for something that is not a function (None: it is one)."""
-    return None if callable(fn) else _result(name, fn, False, None, f"expected a function, got {type(fn).__name__}")
+def _not_a_function(name: str, fn: Any) -> CheckResult:
+    """The result for something that is not a function (None or any other value)."""
+    return _result(name, fn, False, None, f"expected a function, got {type(fn).__name__}")
 
 
 def _diagnosis(name: str, mistake: str, evidence: str = "") -> CheckResult:
@@ -107,7 +108,7 @@ def _call(name: str, fn: Callable[..., Any], args: Case, note: str = "") -> Any:
         raise _Stop(
             _result(name, fn, False, None, "not implemented yet: write it in its cell, run that cell, then this check")
         ) from None
-    except Exception as e:  # noqa: BLE001 - any error of the student's code is reported, in one line
+    except Exception as e:  # any error of the student's code is reported, in one line
         where = ", ".join(_describe_arg(a) for a in args)
         text = f"raised {type(e).__name__}: {e} (called with {where}){note}"
         raise _Stop(_result(name, fn, False, None, text)) from None
@@ -187,8 +188,8 @@ def _check_tensor_fn(
     evidence: Callable[[str, Callable[..., Any], list[Case], list[torch.Tensor]], str] | None = None,
 ) -> CheckResult:
     """The common check: run on every case, compare with the reference, else look for the mistake."""
-    if (result := _not_a_function(name, fn)) is not None:
-        return result
+    if not callable(fn):
+        return _not_a_function(name, fn)
     reference = getattr(ref, name)
     try:
         with torch.no_grad():
@@ -260,8 +261,8 @@ def _documents(seed: Seed) -> list[str]:
 def check_encode_doc(encode_doc: Callable[[str], torch.Tensor] | None, *, seed: Seed = None) -> CheckResult:
     """Check `encode_doc(doc) -> LongTensor (L,)`: code points, characters >= 256 dropped."""
     name = "encode_doc"
-    if (result := _not_a_function(name, encode_doc)) is not None:
-        return result
+    if not callable(encode_doc):
+        return _not_a_function(name, encode_doc)
     docs = _documents(seed)
     try:
         gots = [_call(name, encode_doc, (doc,)) for doc in docs]
@@ -361,8 +362,8 @@ def _mask_verdict(name: str, n: int, mask: torch.Tensor) -> CheckResult | None:
 def check_causal_mask(make_causal_mask: Callable[[int], torch.Tensor] | None, *, seed: Seed = None) -> CheckResult:
     """Check `make_causal_mask(L) -> FloatTensor (L, L)`: 0 where key j <= query i, a large negative elsewhere."""
     name = "make_causal_mask"
-    if (result := _not_a_function(name, make_causal_mask)) is not None:
-        return result
+    if not callable(make_causal_mask):
+        return _not_a_function(name, make_causal_mask)
     sizes = _mask_sizes(seed)
     try:
         masks = {n: _as_tensor(name, _call(name, make_causal_mask, (n,)), ref.make_causal_mask(n)) for n in sizes}
@@ -486,7 +487,7 @@ def _config(**changes: Any) -> ModelConfig:
     return ModelConfig(**{**fields, **changes})
 
 
-def _randomised(module: nn.Module, seed: int) -> nn.Module:
+def _randomised(module: ModuleT, seed: int) -> ModuleT:
     """`module` with every parameter drawn from N(0, 0.5^2): the usual 0.02 init would hide mistakes in rounding."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -577,7 +578,7 @@ def _frequencies(
 def _token_id(name: str, got: Any, n: int) -> int:
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
-    if isinstance(got, bool) or not isinstance(got, numbers.Integral) or not 0 <= got < n:
+    if isinstance(got, bool) or not isinstance(got, numbers.Integral) or not 0 <= int(got) < n:
         raise _Stop(_result(name, None, False, None, f"returned {got!r}; expected one token id, an int in [0, {n})"))
     return int(got)
 
@@ -611,7 +612,8 @@ def _edge_settings(logits_V: torch.Tensor) -> list[tuple[float, int | None, str]
 def _greedy_logits(seed: Seed) -> list[torch.Tensor]:
     """Five (V,) logits vectors, each with one largest logit (no tie for the argmax to break)."""
     (s,) = _torch_seeds("sample_next.greedy", seed, (0,))
-    gen, vectors = torch.Generator().manual_seed(s), []
+    gen = torch.Generator().manual_seed(s)
+    vectors: list[torch.Tensor] = []
     while len(vectors) < 5:
         logits_V = torch.randn(V, generator=gen) * 3
         if (logits_V == logits_V.max()).sum() == 1:
@@ -694,8 +696,8 @@ def check_sampling(sample_next: Callable[..., int] | None, *, seed: Seed = None)
     from softmax(logits / T) over the top_k best tokens. Draws are counted, so this takes a second;
     a few more at the edges (temperature 0.01, top_k 1, top_k V) come last."""
     name = "sample_next"
-    if (result := _not_a_function(name, sample_next)) is not None:
-        return result
+    if not callable(sample_next):
+        return _not_a_function(name, sample_next)
     logits_V = _sampling_logits(seed)
     try:
         for greedy_V in _greedy_logits(seed):

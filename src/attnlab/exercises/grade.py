@@ -12,6 +12,7 @@ prints, logs, redefines or monkeypatches reaches this process.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import math
 import os
 import re
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
-from typing import Any
+from typing import IO, Any
 
 import torch
 from tqdm import tqdm
@@ -57,7 +58,7 @@ def read_notebook(path: Path) -> tuple[bytes, Any]:
     try:
         nb = nbformat.reads(data.decode("utf-8"), as_version=4)
         nbformat.validate(nb)
-    except Exception as e:  # noqa: BLE001 - nbformat raises several kinds; all mean "not a notebook"
+    except Exception as e:  # nbformat raises several kinds; all mean "not a notebook"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NotANotebook(f"{path} is not a Jupyter notebook ({first[:120]}); give a .ipynb file") from None
     return data, nb
@@ -112,11 +113,15 @@ class Sandbox:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            preexec_fn=preexec,  # noqa: PLW1509 - the limits must be set in the child before it runs
+            preexec_fn=preexec,  # the limits must be set in the child before it runs
             start_new_session=True,  # its own process group, killed whole
             env=child_env,
             cwd=self.scratch.name if self.scratch else None,
         )
+        # The notebook's messages go in on its stdin and come back on its stdout: both PIPEs, so both exist.
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.to_box: IO[bytes] = self.proc.stdin
+        self.from_box: IO[bytes] = self.proc.stdout
         self.timer = threading.Timer(limits.notebook_seconds, self.kill)
         self.timer.daemon = True
         self.timer.start()
@@ -127,13 +132,13 @@ class Sandbox:
 
     def send(self, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
         try:
-            wire.send(self.proc.stdin, header, tensors)
+            wire.send(self.to_box, header, tensors)
         except (BrokenPipeError, OSError) as e:
             raise ProtocolError(self._gone()) from e
 
     def receive(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         try:
-            return wire.receive(self.proc.stdout)
+            return wire.receive(self.from_box)
         except (wire.WireError, OSError, struct_error) as e:
             raise ProtocolError(self._gone() if self.proc.poll() is not None or self.killed_for_time else str(e)) from e
 
@@ -180,12 +185,12 @@ class Sandbox:
         self.timer.cancel()
         if self.proc.poll() is None:
             try:
-                wire.send(self.proc.stdin, {"type": "done"})
+                wire.send(self.to_box, {"type": "done"})
                 self.proc.wait(timeout=20)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         _kill_group(self.proc)
-        for stream in (self.proc.stdin, self.proc.stdout):
+        for stream in (self.to_box, self.from_box):
             try:
                 stream.close()
             except OSError:
@@ -367,7 +372,11 @@ def notebook_paths(paths: Iterable[str]) -> list[Path]:
         else:
             raise AttnlabError(f"{p}: no such file or folder; give notebooks or folders of them")
     seen: set[Path] = set()
-    unique = [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique: list[Path] = []
+    for p in out:  # one path per file: the first that names it
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
     if not unique:
         raise AttnlabError(f"no notebooks (*.ipynb) under {', '.join(map(str, paths))}")
     return unique
@@ -413,7 +422,7 @@ class ClassRun:
                 report = grade_notebook(path, self.limits, self.confine, self.seed, slot, threads)
             except NotANotebook as e:
                 report = _unreadable(path, str(e))
-            except Exception as e:  # noqa: BLE001 - one notebook's failure must not stop the class
+            except Exception as e:  # one notebook's failure must not stop the class
                 report = _unreadable(path, f"{path}: could not be graded ({type(e).__name__}: {e})")
             finally:
                 with lock:
@@ -454,11 +463,9 @@ def grade_class(
     (default: the free cores), only the `share` 'I/N' of them if given, each cell allowed `timeout`
     seconds and each notebook `memory` ('4G'; default: a share of this machine's), in the sandbox unless
     `confine` is False (the limits still apply). `progress` draws a bar on stderr."""
-    try:  # before anything runs: the notebooks are executed by a Jupyter kernel
-        import ipykernel  # noqa: F401
-        import nbclient  # noqa: F401
-    except ImportError:
-        raise AttnlabError("attnlab check needs nbclient and ipykernel: pip install 'attnlab[notebook]'") from None
+    # Before anything runs: the notebooks are executed by a Jupyter kernel.
+    if importlib.util.find_spec("ipykernel") is None or importlib.util.find_spec("nbclient") is None:
+        raise AttnlabError("attnlab check needs nbclient and ipykernel: pip install 'attnlab[notebook]'")
     if not 0 < timeout <= 86_400:
         raise AttnlabError(f"--timeout {timeout:g}: give the seconds a cell may run, from 1 to 86400")
     part = parse_shard(share) if share is not None else None

@@ -31,6 +31,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..report import _environment
 from .checks import CHECKS
@@ -175,7 +176,8 @@ def _function(source: str, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef 
         return None
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     named = [d for d in defs if d.name == name]
-    return (named or defs or [None])[-1]
+    found = named or defs
+    return found[-1] if found else None
 
 
 def normalised_function(source: str, name: str) -> tuple[str, int] | None:
@@ -291,7 +293,9 @@ def mistakes_figure(mistakes: Sequence[dict[str, Any]]) -> Figure:
     ax.set_xlabel("times made (notebooks × exercises)")
     ax.set_title("Most frequent mistakes")
     ax.tick_params(axis="y", labelsize=11)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    locator = ax.xaxis.get_major_locator()
+    assert isinstance(locator, MaxNLocator)  # a new axes' AutoLocator, a MaxNLocator: it takes `integer`
+    locator.set_params(integer=True)
     ax.set_xlim(0, max(counts, default=1) * 1.12)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)

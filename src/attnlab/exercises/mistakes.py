@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from ..models.attention import Attention
+from ..models.layers import Block
+from ..models.positions import LearnedPositions
+from ..models.transformer import TransformerLM
 from . import reference as ref
 
 
@@ -180,8 +183,8 @@ def _mha(
     split: Callable[..., torch.Tensor] = ref.split_heads,
     merge: Callable[..., torch.Tensor] = ref.merge_heads,
     attend: Callable[..., torch.Tensor] = ref.attention,
-) -> Callable[[torch.Tensor, nn.Module], torch.Tensor]:
-    def mha(x_BLC: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+) -> Callable[[torch.Tensor, Attention], torch.Tensor]:
+    def mha(x_BLC: torch.Tensor, attn: Attention) -> torch.Tensor:
         H = attn.n_heads
         q_BHLD, k_BHLD, v_BHLD = (split(w(x_BLC), H) for w in (attn.w_q, attn.w_k, attn.w_v))
         return attn.w_o(merge(attend(q_BHLD, k_BHLD, v_BHLD)))
@@ -200,7 +203,7 @@ MULTI_HEAD_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
 
 
 def _layer(residual: tuple[bool, bool] = (True, True), post_norm: bool = False) -> Callable[..., torch.Tensor]:
-    def layer(block: nn.Module, x_BLC: torch.Tensor) -> torch.Tensor:
+    def layer(block: Block, x_BLC: torch.Tensor) -> torch.Tensor:
         if post_norm:
             x_BLC = block.ln1(x_BLC + block.attn(x_BLC))
             return block.ln2(x_BLC + block.mlp(x_BLC))
@@ -221,7 +224,9 @@ LAYER_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
 
 
 def _lm(positions: bool = True, layer: Callable[..., torch.Tensor] = ref.transformer_layer) -> Callable[..., Any]:
-    def lm(model: nn.Module, ids_BL: torch.Tensor) -> torch.Tensor:
+    def lm(model: TransformerLM, ids_BL: torch.Tensor) -> torch.Tensor:
+        # The lab's model, as in `ref.transformer_lm`: learned positions and a final norm.
+        assert isinstance(model.embed.pos, LearnedPositions) and model.final_ln is not None
         x_BLC = model.embed.tok(ids_BL)
         if positions:
             x_BLC = x_BLC + model.embed.pos.weight[: ids_BL.shape[1]]

@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+
+from ..models.attention import Attention
+from ..models.layers import Block
+from ..models.positions import LearnedPositions
+from ..models.transformer import TransformerLM
 
 N_VOCAB = 256  # the lab's vocabulary: one token per code point below 256 (Latin-1)
 
@@ -45,7 +49,7 @@ def merge_heads(z_BHLD: torch.Tensor) -> torch.Tensor:
     return z_BHLD.transpose(1, 2).reshape(B, L, H * D)
 
 
-def multi_head_attention(x_BLC: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+def multi_head_attention(x_BLC: torch.Tensor, attn: Attention) -> torch.Tensor:
     """Causal multi-head self-attention with `attn`'s projections (w_q, w_k, w_v, w_o) and n_heads."""
     H = attn.n_heads
     q_BHLD = split_heads(attn.w_q(x_BLC), H)
@@ -55,17 +59,20 @@ def multi_head_attention(x_BLC: torch.Tensor, attn: nn.Module) -> torch.Tensor:
     return attn.w_o(merge_heads(z_BHLD))
 
 
-def transformer_layer(block: nn.Module, x_BLC: torch.Tensor) -> torch.Tensor:
+def transformer_layer(block: Block, x_BLC: torch.Tensor) -> torch.Tensor:
     """One pre-norm block: x + attention(norm(x)), then + MLP(norm(.))."""
     x_BLC = x_BLC + block.attn(block.ln1(x_BLC))
     return x_BLC + block.mlp(block.ln2(x_BLC))
 
 
-def transformer_lm(model: nn.Module, ids_BL: torch.Tensor) -> torch.Tensor:
+def transformer_lm(model: TransformerLM, ids_BL: torch.Tensor) -> torch.Tensor:
     """Logits (B, L, V): token + position embeddings, the blocks, the final norm, the tied LM head."""
+    # The lab's model: learned positions and pre-norm blocks, so a final norm.
+    assert isinstance(model.embed.pos, LearnedPositions) and model.final_ln is not None
     L = ids_BL.shape[1]
     x_BLC = model.embed.tok(ids_BL) + model.embed.pos.weight[:L]
     for block in model.blocks:
+        assert isinstance(block, Block)  # a TransformerLM's blocks are all Blocks
         x_BLC = transformer_layer(block, x_BLC)
     return model.final_ln(x_BLC) @ model.embed.tok.weight.T
 

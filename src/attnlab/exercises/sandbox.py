@@ -161,7 +161,8 @@ def _user_tasks(uid: int) -> int:
         except OSError:
             continue
         if (m := re.search(r"^Uid:\s+(\d+)", text, re.M)) and int(m.group(1)) == uid:
-            n += int(re.search(r"^Threads:\s+(\d+)", text, re.M).group(1)) if "Threads:" in text else 1
+            threads = re.search(r"^Threads:\s+(\d+)", text, re.M)
+            n += int(threads.group(1)) if threads else 1
     return n
 
 

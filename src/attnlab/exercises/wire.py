@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.attention import CausalSelfAttention
+    from ..models.layers import Block
+    from ..models.transformer import TransformerLM
 
 MAX_HEADER = 4 << 20
 MAX_BLOB = 512 << 20
@@ -29,14 +34,14 @@ class WireError(Exception):
     """A message that breaks the format: the other side is gone or not speaking it."""
 
 
-def send(stream: BinaryIO, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
+def send(stream: IO[bytes], header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> None:
     blob = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}) if tensors else b""
     head = json.dumps({**header, "blob": len(blob)}).encode("utf-8")
     stream.write(struct.pack(">I", len(head)) + head + blob)
     stream.flush()
 
 
-def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+def _read_exactly(stream: IO[bytes], n: int) -> bytes:
     chunks, left = [], n
     while left:
         chunk = stream.read(left)
@@ -47,7 +52,7 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def receive(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def receive(stream: IO[bytes]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The next message: its header and its tensors (checked: sizes, JSON object, safetensors)."""
     (size,) = struct.unpack(">I", _read_exactly(stream, 4))
     if size > MAX_HEADER:
@@ -67,12 +72,21 @@ def receive(stream: BinaryIO) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             tensors = load_tensors(_read_exactly(stream, blob))
         except WireError:
             raise
-        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a damaged blob
+        except Exception as e:  # safetensors raises several kinds for a damaged blob
             raise WireError(f"tensors that are not safetensors ({type(e).__name__})") from None
     return header, tensors
 
 
 MODULES = ("CausalSelfAttention", "Block", "TransformerLM")  # what the exercises take
+
+
+def _module_classes() -> dict[str, type[CausalSelfAttention | Block | TransformerLM]]:
+    """The classes of `MODULES`, by name (imported when a module is first sent or received)."""
+    from ..models.attention import CausalSelfAttention
+    from ..models.layers import Block
+    from ..models.transformer import TransformerLM
+
+    return {"CausalSelfAttention": CausalSelfAttention, "Block": Block, "TransformerLM": TransformerLM}
 
 
 def encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -84,6 +98,7 @@ def encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         name = type(value).__name__
         if name not in MODULES:
             raise TypeError(f"cannot send a {name}")
+        assert isinstance(value, _module_classes()[name])  # the checks send attnlab's own modules, not look-alikes
         for param, t in value.state_dict().items():
             tensors[f"{key}.{param}"] = t
         return {"module": name, "config": value.config.to_dict(), "prefix": key}
@@ -99,11 +114,8 @@ def decode(spec: Any, tensors: dict[str, torch.Tensor], modules: dict[str, nn.Mo
     if isinstance(spec, dict) and "tensor" in spec:
         return tensors[spec["tensor"]]
     if isinstance(spec, dict) and "module" in spec:
-        from .. import models
-        from ..models.attention import CausalSelfAttention
-        from ..models.layers import Block
+        from ..models import ModelConfig
 
-        classes = {"CausalSelfAttention": CausalSelfAttention, "Block": Block, "TransformerLM": models.TransformerLM}
         prefix = spec["prefix"] + "."
         weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         cache_key = json.dumps([spec["module"], spec["config"]], sort_keys=True) + str(
@@ -111,7 +123,7 @@ def decode(spec: Any, tensors: dict[str, torch.Tensor], modules: dict[str, nn.Mo
         )
         if modules is not None and cache_key in modules:
             return modules[cache_key]
-        module = classes[spec["module"]](models.ModelConfig(**spec["config"]))
+        module = _module_classes()[spec["module"]](ModelConfig(**spec["config"]))
         module.load_state_dict(weights)
         module.eval()
         if modules is not None:

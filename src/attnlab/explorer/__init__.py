@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -100,11 +101,13 @@ def serve(
 ) -> None:
     """Serve the explorer of a run or checkpoint folder (`checkpoint_app`) at http://HOST:PORT/ until
     Ctrl-C; `ready` is handed the line that says where, once the model is loaded."""
-    try:  # before the explorer's app, which imports FastAPI
-        import fastapi  # noqa: F401
+    needs = "attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'"
+    if importlib.util.find_spec("fastapi") is None:  # looked for before the explorer's app, which imports it
+        raise AttnlabError(needs)
+    try:
         import uvicorn
     except ImportError:
-        raise AttnlabError("attnlab serve needs FastAPI and uvicorn: pip install 'attnlab[explorer]'") from None
+        raise AttnlabError(needs) from None
     if not 0 < port < 65536:
         raise AttnlabError(f"--port {port}: must be between 1 and 65535")
     app, path = checkpoint_app(checkpoint, device)

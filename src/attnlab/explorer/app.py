@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -69,7 +69,8 @@ def create_app(model: LanguageModel, tokenizer: Tokenizer, card: dict[str, Any] 
     lock = threading.Lock()
     model.eval()
 
-    def run(fn, *args: Any) -> Any:  # noqa: ANN001 - a payloads function
+    def run(fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(model, tokenizer, *args)`, a payloads function, alone on the model; its refusals as HTTP 422."""
         with lock:
             try:
                 return fn(model, tokenizer, *args)
@@ -144,7 +145,8 @@ def create_seq2seq_app(run: Seq2SeqRun, metrics: list[dict[str, Any]] | None = N
     lock = threading.Lock()
     view = seq2seq.Seq2SeqView(run)
 
-    def answer(fn, *args: Any) -> Any:  # noqa: ANN001 - a seq2seq payloads function
+    def answer(fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(view, *args)`, a function of explorer.seq2seq, alone on the model; its refusals as HTTP 422."""
         with lock:
             try:
                 return fn(view, *args)

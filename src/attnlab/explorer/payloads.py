@@ -139,7 +139,7 @@ def attention(model: LanguageModel, tokenizer: Tokenizer, prompt: str) -> dict[s
 THUMB = 128  # the model view draws each head at most THUMB x THUMB: long prompts are max-pooled to it
 
 
-def _weights(model: LanguageModel, ids: list[int]) -> list[torch.Tensor]:
+def _weights(model: TransformerLM, ids: list[int]) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     _, weights = model.forward_with_weights(torch.tensor([ids], device=device))
     return [w[0].float().cpu() for w in weights]  # per layer: H x L x L
@@ -170,22 +170,22 @@ def as_text(overview_: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_head(model: LanguageModel, layer: int, head: int) -> Any:
-    """The model's config, once `layer` and `head` are known to exist in it."""
+def _check_head(model: LanguageModel, layer: int, head: int) -> TransformerLM:
+    """The model, once it is known to have attention, and `layer` and `head` to exist in it."""
     if not isinstance(model, TransformerLM):
         raise AttnlabError(NO_ATTENTION)
     cfg = model.config
     if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
         raise AttnlabError(f"layer {layer}, head {head}: this model has {cfg.n_layers} layers of {cfg.n_heads} heads")
-    return cfg
+    return model
 
 
 @torch.no_grad()
 def head(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int) -> bytes:
     """One head's weights, query x key, as little-endian float32 bytes (exact, for the head view)."""
-    _check_head(model, layer, head)
+    transformer = _check_head(model, layer, head)
     ids = encode(model, tokenizer, prompt)
-    return _weights(model, ids)[layer][head].numpy().astype("<f4").tobytes()
+    return _weights(transformer, ids)[layer][head].numpy().astype("<f4").tobytes()
 
 
 def _attention_cache(model: TransformerLM, ids: list[int], layers: range | list[int]) -> dict[str, torch.Tensor]:
@@ -206,20 +206,24 @@ def _one_head(model: TransformerLM, cache: dict[str, torch.Tensor], layer: int, 
     ]
 
 
-def _qkv_dict(model: TransformerLM, layer: int, head: int, q_LD, k_LD, v_LD) -> dict[str, Any]:  # noqa: ANN001
+def _qkv_dict(
+    model: TransformerLM, layer: int, head: int, q_LD: torch.Tensor, k_LD: torch.Tensor, v_LD: torch.Tensor
+) -> dict[str, Any]:
     scale = 1 / math.sqrt(model.config.head_dim)
     return {"layer": layer, "head": head, "q": q_LD.tolist(), "k": k_LD.tolist(), "v": v_LD.tolist(), "scale": scale}
 
 
 @torch.no_grad()
-def query_key(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int, query: int, key: int):
+def query_key(
+    model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int, query: int, key: int
+) -> dict[str, Any]:
     """The score of one query-key pair dimension by dimension (q_d k_d / sqrt(D) add up to it), the
     weight it becomes, and the value vector the key passes on."""
-    _check_head(model, layer, head)
+    transformer = _check_head(model, layer, head)
     ids = encode(model, tokenizer, prompt)
     if not 0 <= key <= query < len(ids):
         raise AttnlabError(f"query {query}, key {key}: need key <= query < {len(ids)} (a query sees only earlier keys)")
-    q_LD, k_LD, v_LD, w_LL = _one_head(model, _attention_cache(model, ids, [layer]), layer, head)
+    q_LD, k_LD, v_LD, w_LL = _one_head(transformer, _attention_cache(transformer, ids, [layer]), layer, head)
     products_D = q_LD[query] * k_LD[key] / math.sqrt(model.config.head_dim)
     return {
         "q": q_LD[query].tolist(),
@@ -234,10 +238,10 @@ def query_key(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: in
 @torch.no_grad()
 def qkv(model: LanguageModel, tokenizer: Tokenizer, prompt: str, layer: int, head: int) -> dict[str, Any]:
     """One head's queries, keys and values at every position (L x D each), for the query . key view."""
-    _check_head(model, layer, head)
+    transformer = _check_head(model, layer, head)
     ids = encode(model, tokenizer, prompt)
-    q_LD, k_LD, v_LD, _ = _one_head(model, _attention_cache(model, ids, [layer]), layer, head)
-    return _qkv_dict(model, layer, head, q_LD, k_LD, v_LD)
+    q_LD, k_LD, v_LD, _ = _one_head(transformer, _attention_cache(transformer, ids, [layer]), layer, head)
+    return _qkv_dict(transformer, layer, head, q_LD, k_LD, v_LD)
 
 
 @torch.no_grad()
@@ -352,7 +356,9 @@ def loss_curve(rows: list[dict[str, Any]] | None, kind: str) -> dict[str, Any]:
     return {"metric": metric, "label": label, "points": points}
 
 
-def run_card(model: LanguageModel, info: dict[str, Any] | None = None, metrics: list[dict] | None = None):
+def run_card(
+    model: LanguageModel, info: dict[str, Any] | None = None, metrics: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The config, parameters by component, and the validation curve and samples when the run has them."""
     cfg = model.config
     return {

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.colors import Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ..models.seq2seq import Seq2SeqTransformer, attention_names
 from ..tokenizers import Tokenizer
@@ -100,7 +101,7 @@ def seq2seq_attention_figures(
     return written
 
 
-def _cmap(name: str):  # noqa: ANN202 - a matplotlib Colormap
+def _cmap(name: str) -> Colormap:
     import matplotlib
 
     return matplotlib.colormaps[name].with_extremes(bad="white")
@@ -178,9 +179,7 @@ def embeddings_figure(E_VC: torch.Tensor, tokenizer: Tokenizer, out: Path, ids: 
     return _save(fig, out)
 
 
-def _legend_patch(colour: str, label: str):  # noqa: ANN202
-    from matplotlib.patches import Patch
-
+def _legend_patch(colour: str, label: str) -> Patch:
     return Patch(color=colour, label=label)
 
 

@@ -8,16 +8,29 @@ are compared with `model(ids)`: the walk is the model, written out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ..models import FeedForwardLM, LanguageModel, ModelConfig, TransformerLM
+from ..models.attention import Attention
 from ..models.hooks import generic_name, meaning, symbolic_shape
+from ..models.layers import MLP, Block, Embeddings
 from ..models.norms import RMSNorm
-from ..models.positions import Rotation
-from ..models.seq2seq import Seq2SeqBlock, Seq2SeqTransformer
+from ..models.positions import PositionScheme, Rotation
+from ..models.seq2seq import Seq2SeqTransformer
+
+Heads = list[dict[str, Any]]  # one row per attention head: its value path (see `_value_paths`)
+
+
+class Add(Protocol):
+    """Records one step of the walk (its hook name, its tensor, and a meaning other than the usual one) and
+    returns the tensor, so that a step can be recorded where it is computed."""
+
+    def __call__(self, name: str, tensor: torch.Tensor, text: str | None = None, /) -> torch.Tensor: ...
 
 
 @dataclass
@@ -42,7 +55,7 @@ class Trace:
     tokens: list[str]
     steps: list[Step]
     max_abs_diff: float  # max |walk logits - model(ids) logits|
-    heads: list[dict[str, Any]] = field(default_factory=list)
+    heads: Heads = field(default_factory=list)
     sources: list[str] | None = None  # an encoder-decoder's source tokens (`tokens`: what its decoder reads)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,10 +73,12 @@ def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     return x @ layer.weight.T + (layer.bias if layer.bias is not None else 0.0)
 
 
-def _norm(x_BLC: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+def _norm(x_BLC: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """LayerNorm (x - mean) / sqrt(var + eps) * w + b, or RMSNorm x / sqrt(mean(x^2) + eps) * w."""
     if isinstance(norm, RMSNorm):
         return x_BLC / torch.sqrt(x_BLC.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+    # The models' norms come from make_norm (or are QK-norm's RMSNorm): the other kind is a LayerNorm.
+    assert isinstance(norm, nn.LayerNorm), f"not a norm of the model's: {type(norm).__name__}"
     mean_BL1 = x_BLC.mean(-1, keepdim=True)
     var_BL1 = x_BLC.var(-1, keepdim=True, unbiased=False)
     out_BLC = (x_BLC - mean_BL1) / torch.sqrt(var_BL1 + norm.eps) * norm.weight
@@ -80,7 +95,7 @@ def _activation(pre_BLF: torch.Tensor, kind: str) -> torch.Tensor:
     return pre_BLF.clamp_min(0)
 
 
-def _mlp_steps(add, p: str, x_BLC: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:  # noqa: ANN001
+def _mlp_steps(add: Add, p: str, x_BLC: torch.Tensor, mlp: MLP) -> torch.Tensor:
     pre_BLF = add(p + "mlp.pre_BLF", _linear(x_BLC, mlp.fc_in))
     hidden_BLF = _activation(pre_BLF, mlp.kind)
     if mlp.fc_up is not None:
@@ -89,8 +104,8 @@ def _mlp_steps(add, p: str, x_BLC: torch.Tensor, mlp: torch.nn.Module) -> torch.
     return add(p + "mlp.out_BLC", _linear(hidden_BLF, mlp.fc_out))
 
 
-def _attention_steps(  # noqa: ANN001, PLR0913
-    add, p: str, x_BLC: torch.Tensor, attn, heads: list, rotate: Rotation | None,
+def _attention_steps(
+    add: Add, p: str, x_BLC: torch.Tensor, attn: Attention, heads: Heads, rotate: Rotation | None,
     memory_BSC: torch.Tensor | None = None, causal: bool = True, kind: str | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """One attention sublayer at prefix `p` (e.g. "blocks.0.attn."). Keys and values come from x_BLC
@@ -103,7 +118,8 @@ def _attention_steps(  # noqa: ANN001, PLR0913
     q_BHLD = _linear(x_BLC, attn.w_q).view(B, L, H, D).transpose(1, 2)
     k_BGKD = _linear(keys_BKC, attn.w_k).view(B, K, G, D).transpose(1, 2)
     v_BGKD = _linear(keys_BKC, attn.w_v).view(B, K, G, D).transpose(1, 2)
-    if attn.q_norm is not None:  # QK-norm: each head's q and k to a learned length (RMSNorm over D)
+    # QK-norm (a model has both norms or neither): each head's q and k to a learned length (RMSNorm over D)
+    if attn.q_norm is not None and attn.k_norm is not None:
         q_BHLD, k_BGKD = _norm(q_BHLD, attn.q_norm), _norm(k_BGKD, attn.k_norm)
     if rotate is not None:  # rotary positions: q and k turned by their position's angle
         q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
@@ -220,12 +236,18 @@ def model_meanings(model: LanguageModel | Seq2SeqTransformer) -> dict[str, str]:
     }
 
 
-def _embedding_steps(add, p: str, embed: torch.nn.Module, ids_BL: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+def _scheme(embed: Embeddings) -> PositionScheme:
+    """The position scheme of a Transformer's embeddings (only the MLP baseline's have none; "none" is a scheme)."""
+    assert embed.pos is not None, "a Transformer's embeddings have a position scheme"
+    return embed.pos
+
+
+def _embedding_steps(add: Add, p: str, embed: Embeddings, ids_BL: torch.Tensor) -> torch.Tensor:
     """Token rows (x sqrt(C) with the 2017 sin/cos table), plus position vectors when the scheme adds them."""
-    pos = embed.pos
+    pos = _scheme(embed)
     x_BLC = add(p + "tok_BLC", embed.tok.weight[ids_BL] * pos.token_scale())
-    if pos.adds_to_embeddings:
-        x_BLC = x_BLC + add(p + "pos_LC", pos.table_LC(slice(0, ids_BL.shape[1])), pos.meaning)
+    if (pos_LC := pos.table_LC(slice(0, ids_BL.shape[1]))) is not None:  # None: the scheme adds no vectors
+        x_BLC = x_BLC + add(p + "pos_LC", pos_LC, pos.meaning)
     return add(p + "sum_BLC", x_BLC)
 
 
@@ -242,15 +264,16 @@ def trace(model: LanguageModel, ids: list[int], token_strs: list[str] | None = N
         steps.append(Step(name, tensor, text or fitted.get(generic_name(name)) or meaning(name)))
         return tensor
 
-    heads: list[dict[str, Any]] = []
+    heads: Heads = []
     cfg = model.config
     if isinstance(model, FeedForwardLM):
         x_BLC = _mlp_steps(add, "", add("embed.tok_BLC", model.embed.tok.weight[ids_BL]), model.mlp)
     else:
         assert isinstance(model, TransformerLM)
         x_BLC = _embedding_steps(add, "embed.", model.embed, ids_BL)  # the position scheme decides the rest
-        rotate = model.embed.pos.rotation(slice(0, ids_BL.shape[1]))
+        rotate = _scheme(model.embed).rotation(slice(0, ids_BL.shape[1]))
         for i, block in enumerate(model.blocks):
+            assert isinstance(block, Block)  # a TransformerLM's blocks are all Blocks
             p = f"blocks.{i}."
             if cfg.norm_placement == "post":
                 x_BLC = add(
@@ -302,15 +325,17 @@ def trace_seq2seq(
         steps.append(Step(name, tensor, text or fitted.get(generic_name(name)) or meaning(name)))
         return tensor
 
-    heads: list[dict[str, Any]] = []
+    heads: Heads = []
     x_BSC = _embedding_steps(add, "src_embed.", model.src_embed or model.embed, src_BS)
     for i, block in enumerate(model.encoder):
+        assert isinstance(block, Block)  # the encoder's and the decoder's layers are all Blocks
         x_BSC = _seq2seq_block_steps(add, f"encoder.{i}.", x_BSC, block, heads)
     if model.enc_ln is not None:
         x_BSC = _norm(x_BSC, model.enc_ln)
     memory_BSC = add("memory_BSC", x_BSC)
     x_BLC = _embedding_steps(add, "embed.", model.embed, tgt_BL)
     for i, block in enumerate(model.decoder):
+        assert isinstance(block, Block)
         x_BLC = _seq2seq_block_steps(add, f"decoder.{i}.", x_BLC, block, heads, memory_BSC)
     if model.dec_ln is not None:
         x_BLC = add("dec_ln_BLC", _norm(x_BLC, model.dec_ln))
@@ -327,21 +352,22 @@ def trace_seq2seq(
     return Trace(tokens, steps, max_abs_diff, heads, source_strs or [str(i) for i in src])
 
 
-def _seq2seq_block_steps(  # noqa: ANN001
-    add, p: str, x_BLC: torch.Tensor, block: Seq2SeqBlock, heads: list, memory_BSC: torch.Tensor | None = None
+def _seq2seq_block_steps(
+    add: Add, p: str, x_BLC: torch.Tensor, block: Block, heads: Heads, memory_BSC: torch.Tensor | None = None
 ) -> torch.Tensor:
     """An encoder block (without `memory_BSC`) or a decoder block: each sublayer with its norm and
     residual, post-norm norm(x + f(x)) or pre-norm x + f(norm(x)), in the block's own order."""
     decoder = memory_BSC is not None
-    sublayers = {
+    sublayers: dict[str, Callable[[torch.Tensor, str], torch.Tensor]] = {
         "attn": lambda h_BLC, q: _attention_steps(
             add, q, h_BLC, block.attn, heads, None, causal=decoder, kind="decoder" if decoder else "encoder"
         ),
-        "cross": lambda h_BLC, q: _attention_steps(
-            add, q, h_BLC, block.cross, heads, None, memory_BSC, causal=False, kind="cross"
-        ),
         "mlp": lambda h_BLC, q: _mlp_steps(add, p, h_BLC, block.mlp),
     }
+    if (cross := block.cross) is not None:  # only a decoder block has one (and only its sublayers() lists it)
+        sublayers["cross"] = lambda h_BLC, q: _attention_steps(
+            add, q, h_BLC, cross, heads, None, memory_BSC, causal=False, kind="cross"
+        )
     for sub, norm, resid in block.sublayers():
         f, norm_module = sublayers[sub], getattr(block, norm)
         if block.post_norm:
@@ -360,7 +386,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a[finite].double() - b[finite].double()).abs().max().item() if finite.any() else 0.0
 
 
-def _value_paths(layer: int, attn: torch.nn.Module, z_BHLD: torch.Tensor, out_BLC: torch.Tensor) -> list[dict]:
+def _value_paths(layer: int, attn: Attention, z_BHLD: torch.Tensor, out_BLC: torch.Tensor) -> Heads:
     """Each head's value path: "value down" C -> D (its rows of w_v) and "value up" D -> C (its columns of w_o).
 
     The attention output is the sum over heads of z_h @ W_up_h^T, plus the shared output bias; the
@@ -370,7 +396,7 @@ def _value_paths(layer: int, attn: torch.nn.Module, z_BHLD: torch.Tensor, out_BL
     C = attn.w_o.weight.shape[0]
     per_kv = attn.n_heads // attn.n_kv_heads  # query heads sharing one value head (1 without GQA)
     total_BLC = torch.zeros_like(out_BLC) if attn.w_o.bias is None else attn.w_o.bias.expand_as(out_BLC).clone()
-    rows = []
+    rows: Heads = []
     for h in range(attn.n_heads):
         g = h // per_kv
         down_DC = attn.w_v.weight[g * D : (g + 1) * D]

@@ -26,13 +26,13 @@ import torch
 from ..data.corpus import evaluation_split
 from ..errors import AttnlabError
 from ..generate import encode_prompt
-from ..models import LanguageModel, build_model, preset_config
+from ..models import LanguageModel, TransformerLM, build_model, preset_config
 from ..runtime.devices import resolve_device
 from ..runtime.environment import notice
 from ..tokenizers import ByteTokenizer, Tokenizer
 from ..training.checkpoint import is_seq2seq, load_for_text
 from ..training.run import check_fits
-from ..training.seq2seq_run import load_seq2seq, source_and_reading
+from ..training.seq2seq_run import Seq2SeqRun, load_seq2seq, source_and_reading
 from ..training.train import evaluate
 from .lens import logit_lens, next_tokens
 from .pictures import (
@@ -86,9 +86,11 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, max_len: int) -> list[int]:
     return ids
 
 
-def need_transformer(model: LanguageModel, what: str) -> None:
-    if model.config.model != "transformer":
+def need_transformer(model: LanguageModel, what: str) -> TransformerLM:
+    """`model` itself, once it is known to be a Transformer (the MLP baseline is the other language model)."""
+    if not isinstance(model, TransformerLM):
         raise AttnlabError(f"the MLP model has no {what}: use a transformer checkpoint or --model transformer")
+    return model
 
 
 def no_target(target: str | None) -> None:
@@ -127,11 +129,11 @@ def attention_picture(
 ) -> Path:
     """A language model's attention weights for `prompt`: a panel per layer x head, or one large panel for
     `head` ('LAYER.HEAD')."""
-    need_transformer(model, "attention")
+    transformer = need_transformer(model, "attention")
     chosen = parse_head(head, model) if head else None
     ids = prompt_ids(tokenizer, prompt, model.config.max_len)
     with torch.no_grad():
-        _, weights = model.forward_with_weights(torch.tensor([ids], device=next(model.parameters()).device))
+        _, weights = transformer.forward_with_weights(torch.tensor([ids], device=next(model.parameters()).device))
     return attention_figure([w[0] for w in weights], [tokenizer.token_str(i) for i in ids], Path(out), chosen)
 
 
@@ -172,13 +174,14 @@ def next_token_view(subject: Subject, prompt: str, top: int = 10, all_positions:
 def lens_view(subject: Subject, prompt: str, top: int = 5) -> dict[str, Any]:
     """The logit lens after `prompt`: {"tokens": the prompt's, "layers": `inspect.lens.logit_lens`'s rows}."""
     model, tokenizer = subject.load()
-    need_transformer(model, "layers to read a logit lens from")
+    transformer = need_transformer(model, "layers to read a logit lens from")
     ids = prompt_ids(tokenizer, prompt, model.config.max_len)
-    return {"tokens": [tokenizer.token_str(i) for i in ids], "layers": logit_lens(model, tokenizer, ids, top)}
+    return {"tokens": [tokenizer.token_str(i) for i in ids], "layers": logit_lens(transformer, tokenizer, ids, top)}
 
 
-def _seq2seq_pair(subject: Subject, prompt: str, target: str | None) -> tuple[Any, list[int], list[int]]:
+def _seq2seq_pair(subject: Subject, prompt: str, target: str | None) -> tuple[Seq2SeqRun, list[int], list[int]]:
     """The encoder-decoder run, the ids of `prompt` as its source and of what its decoder reads."""
+    assert subject.checkpoint is not None, "an encoder-decoder is a checkpoint's (Subject.is_seq2seq)"
     run = load_seq2seq(subject.checkpoint, resolve_device(subject.device))
     src, tgt = source_and_reading(run, prompt, target)
     return run, src, tgt

@@ -197,7 +197,7 @@ class Attention(nn.Module):
             # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
             q_BHLD = split_heads(q_BLX, H, D)
             k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
-            if self.q_norm is not None:
+            if self.q_norm is not None and self.k_norm is not None:  # QK-norm: both or neither
                 q_BHLD, k_BGKD = self.q_norm(q_BHLD), self.k_norm(k_BGKD)
             if rotate is not None:  # rotary positions turn queries and keys by their position's angle
                 q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +21,7 @@ from .sampling import Sampling, stream_tokens
 
 if TYPE_CHECKING:
     from .decoding import KVCache
+    from .layers import Embeddings
 
 
 class Model(nn.Module):
@@ -30,6 +31,8 @@ class Model(nn.Module):
     generation runs with: eval mode, and the positions that follow a KV cache's."""
 
     kind = ""  # the config's `model` field for this class: "mlp", "transformer" or "seq2seq"
+    embed: Embeddings  # the (target's) token embedding, which the output layer is tied to
+    lm_head: nn.Linear | None  # the output layer's own matrix; None when tied to `embed` (`_make_lm_head`)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -102,7 +105,7 @@ class Model(nn.Module):
             self.train(was_training)
 
     def _capture(
-        self, inputs: tuple[torch.Tensor, ...], names: list[str] | None, fwd_hooks: list[tuple[str, HookFn]]
+        self, inputs: tuple[torch.Tensor, ...], names: list[str] | None, fwd_hooks: Sequence[tuple[str, HookFn]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if names is not None:
             self._check_names(names)
@@ -113,7 +116,7 @@ class Model(nn.Module):
     def _hooked(
         self,
         inputs: tuple[torch.Tensor, ...],
-        fwd_hooks: list[tuple[str, HookFn]],
+        fwd_hooks: Sequence[tuple[str, HookFn]],
         cache: dict[str, torch.Tensor] | None,
         keep: list[str] | None,
     ) -> torch.Tensor:
@@ -131,7 +134,7 @@ class LanguageModel(Model):
     supports_kv_cache = False  # `forward` takes a `kv_cache` (see decoding.py)
 
     def run_with_cache(
-        self, ids_BL: torch.Tensor, names: list[str] | None = None, fwd_hooks: list[tuple[str, HookFn]] = ()
+        self, ids_BL: torch.Tensor, names: list[str] | None = None, fwd_hooks: Sequence[tuple[str, HookFn]] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and every intermediate tensor by name (only `names` if given), after `fwd_hooks` edits."""
         return self._capture((ids_BL,), names, fwd_hooks)
@@ -139,7 +142,7 @@ class LanguageModel(Model):
     def run_with_hooks(
         self,
         ids_BL: torch.Tensor,
-        fwd_hooks: list[tuple[str, HookFn]],
+        fwd_hooks: Sequence[tuple[str, HookFn]],
         cache: dict[str, torch.Tensor] | None = None,
         keep: list[str] | None = None,
     ) -> torch.Tensor:

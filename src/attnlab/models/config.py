@@ -102,7 +102,7 @@ class ModelConfig:
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """This config with some fields changed: values as `--set key=value` strings, converted to each
         field's type, or already typed (`{"n_heads": 8, "bias": False}`)."""
-        types = {f.name: type(f.default) for f in fields(self)}
+        types: dict[str, type] = {f.name: type(f.default) for f in fields(self)}  # every field has a default
         values = self.to_dict()
         for key, raw in overrides.items():
             if key not in types:

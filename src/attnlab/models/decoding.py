@@ -61,11 +61,11 @@ class LayerCache:
         """Add this step's keys and values; return all of them so far (B, G, K, D)."""
         start = self.cache.length
         end = start + k_BGLD.shape[2]  # <= max_len: the model refuses longer sequences
-        if self.k_BGTD is None:
-            B, G, _, D = k_BGLD.shape
-            self.k_BGTD = k_BGLD.new_empty(B, G, self.cache.max_len, D)
-            self.v_BGTD = v_BGLD.new_empty(B, G, self.cache.max_len, D)
         k_BGTD, v_BGTD = self.k_BGTD, self.v_BGTD
+        if k_BGTD is None or v_BGTD is None:  # the first step (the two are made together)
+            B, G, _, D = k_BGLD.shape
+            k_BGTD = self.k_BGTD = k_BGLD.new_empty(B, G, self.cache.max_len, D)
+            v_BGTD = self.v_BGTD = v_BGLD.new_empty(B, G, self.cache.max_len, D)
         k_BGTD[:, :, start:end] = k_BGLD
         v_BGTD[:, :, start:end] = v_BGLD
         return k_BGTD[:, :, :end], v_BGTD[:, :, :end]
@@ -89,7 +89,7 @@ class LayerCache:
     def reorder(self, rows_B: torch.Tensor) -> None:
         """Row b takes row rows_B[b]'s keys and values (only the filled slots are copied)."""
         n = self.cache.length
-        if self.k_BGTD is not None:
+        if self.k_BGTD is not None and self.v_BGTD is not None:
             self.k_BGTD, self.v_BGTD = _take_rows(self.k_BGTD, rows_B, n), _take_rows(self.v_BGTD, rows_B, n)
         if self.source_kv is not None:
             k_BGSD, v_BGSD = self.source_kv
@@ -126,7 +126,12 @@ def _compiled_forward(forward: Callable[..., torch.Tensor]) -> Callable[..., tor
     # The class's forward, not each model's: one compiled function for every model of that class
     # (torch.compile's guards tell their shapes apart), and nothing stored on the model, which
     # therefore still pickles and deep-copies as before.
-    return torch.compile(forward, dynamic=True, options={"post_grad_fusion_options": {"decompose_mm_pass": {}}})
+    return torch.compile(
+        forward,
+        dynamic=True,
+        # torch's stub types `options` values as scalars; inductor's post_grad_fusion_options is a dict of passes.
+        options={"post_grad_fusion_options": {"decompose_mm_pass": {}}},  # type: ignore[dict-item]
+    )
 
 
 def compiled_decoder(model: torch.nn.Module) -> Callable[..., torch.Tensor]:

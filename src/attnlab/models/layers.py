@@ -8,6 +8,7 @@ or RMSNorm, pre- or post-norm, ReLU / GELU / SwiGLU MLPs, biases on or off. Posi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from .attention import Attention, CausalSelfAttention
 from .config import ModelConfig
 from .decoding import LayerCache
 from .hooks import NO_HOOK, Hook
-from .norms import RMSNorm, make_norm  # noqa: F401 - RMSNorm: imported from here by the README's API
+from .norms import RMSNorm as RMSNorm  # re-exported: the README's API imports it from here
+from .norms import make_norm
 from .positions import Positions, PositionScheme, Rotation
 
 
@@ -143,11 +145,19 @@ class Block(nn.Module):
         def attend(h_BLC: torch.Tensor) -> torch.Tensor:  # to the sequence itself
             return self.attn(h_BLC, hook.scope("attn."), rotate, mask_B1LK=mask_B1LK, kv=kv)
 
-        def cross(h_BLC: torch.Tensor) -> torch.Tensor:  # to the source: the encoder's output
-            return self.cross(h_BLC, hook.scope("cross."), mask_B1LK=memory_mask_B11S, source_BSC=memory_BSC, kv=kv)
-
         x_BLC = self.residual(x_BLC, attend, self.ln1, hook, "ln1_BLC", "resid_mid_BLC")
-        if self.cross is not None:
+        if self.cross is not None and self.ln_cross is not None:  # a decoder block (it makes the two together)
+            cross_attn = self.cross
+
+            def cross(h_BLC: torch.Tensor) -> torch.Tensor:  # to the source: the encoder's output
+                return cross_attn(h_BLC, hook.scope("cross."), mask_B1LK=memory_mask_B11S, source_BSC=memory_BSC, kv=kv)
+
             x_BLC = self.residual(x_BLC, cross, self.ln_cross, hook, "ln_cross_BLC", "resid_cross_BLC")
         mlp = hook.scope("mlp.")
         return self.residual(x_BLC, lambda h_BLC: self.mlp(h_BLC, mlp), self.ln2, hook, "ln2_BLC", "resid_post_BLC")
+
+
+def blocks_of(stack: nn.ModuleList) -> list[Block]:
+    """The blocks of a model's stack (`blocks`, `encoder`, `decoder`): torch types a ModuleList's items as
+    any Module, and these stacks are built of Blocks alone."""
+    return [cast(Block, block) for block in stack]

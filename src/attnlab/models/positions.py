@@ -105,6 +105,7 @@ class SinusoidalPositions(PositionScheme):
 
     adds_to_embeddings = True
     meaning = "position embeddings: the fixed sin/cos table of Vaswani et al. 2017"
+    table: torch.Tensor  # max_len x C, a buffer (not saved: it is computed)
 
     def __init__(self, max_len: int, emb_dim: int) -> None:
         super().__init__()
@@ -150,6 +151,11 @@ class RotaryEmbedding(PositionScheme):
     the pair rotates by angle position * theta^(-2i/D). Scores q.k then depend only on the offset
     between the two positions. Nothing is learned: cos and sin are tables of max_len rows.
     """
+
+    # Buffers of max_len x D (not saved: they are computed).
+    cos_LD: torch.Tensor
+    sin_LD: torch.Tensor
+    signed_sin_LD: torch.Tensor
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
         super().__init__()

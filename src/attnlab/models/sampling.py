@@ -60,6 +60,9 @@ class Sampling:
         return torch.multinomial(probs_BV.cpu(), 1, generator=generator).to(logits_BV.device)
 
 
+DEFAULT_SAMPLING = Sampling()  # temperature 1, no cut, torch's random state; frozen, so one shared default is safe
+
+
 def filter_logits_BV(logits_BV: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top k, then outside the smallest set with mass >= top_p."""
     if top_k is not None and top_k < logits_BV.shape[-1]:
@@ -92,7 +95,7 @@ def stream_tokens(
     model: LanguageModel,
     ids_BL: torch.Tensor,
     max_new_tokens: int,
-    sampling: Sampling = Sampling(),  # noqa: B008 - frozen: one shared default is safe
+    sampling: Sampling = DEFAULT_SAMPLING,
     generator: torch.Generator | None = None,
     kv_cache: bool = True,
     slide: int | None = None,

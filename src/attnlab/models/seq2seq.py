@@ -19,6 +19,7 @@ output layer. Decoding (greedy, beam search) is in `translate.py`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from .base import Model
 from .config import ModelConfig
 from .decoding import KVCache
 from .hooks import NO_HOOK, Hook, HookFn
-from .layers import Block, Embeddings, make_norm
+from .layers import Block, Embeddings, blocks_of, make_norm
 from .positions import make_positions
 
 PAD, BOS, EOS = 0, 1, 2  # the special ids of every seq2seq vocabulary: padding, begin, end
@@ -70,7 +71,9 @@ class Seq2SeqTransformer(Model):
         cfg = self.config
         self.embed = Embeddings(cfg, make_positions(cfg))  # the target's (and the source's, when shared)
         if cfg.n_src_vocab:
-            self.src_embed = Embeddings(dataclasses.replace(cfg, n_vocab=cfg.n_src_vocab), make_positions(cfg))
+            self.src_embed: Embeddings | None = Embeddings(
+                dataclasses.replace(cfg, n_vocab=cfg.n_src_vocab), make_positions(cfg)
+            )
         else:
             self.src_embed = None
         self.encoder = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.n_enc_layers or cfg.n_layers))
@@ -93,10 +96,10 @@ class Seq2SeqTransformer(Model):
 
     def hook_names(self) -> list[str]:
         names = [f"src_embed.{n}" for n in self.embed.hook_names()]  # the source's embedding has the same points
-        for i, block in enumerate(self.encoder):
+        for i, block in enumerate(blocks_of(self.encoder)):
             names += [f"encoder.{i}.{n}" for n in block.hook_names()]
         names += ["memory_BSC", *[f"embed.{n}" for n in self.embed.hook_names()]]
-        for i, block in enumerate(self.decoder):
+        for i, block in enumerate(blocks_of(self.decoder)):
             names += [f"decoder.{i}.{n}" for n in block.hook_names()]
         return [*names, *(["dec_ln_BLC"] if self.dec_ln is not None else []), "logits_BLV"]
 
@@ -159,13 +162,13 @@ class Seq2SeqTransformer(Model):
         src_BS: torch.Tensor,
         tgt_BL: torch.Tensor,
         names: list[str] | None = None,
-        fwd_hooks: list[tuple[str, HookFn]] = (),
+        fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and the named activations (all of them with `names=None`), as the LM's `run_with_cache`."""
         return self._capture((src_BS, tgt_BL), names, fwd_hooks)
 
     def run_with_hooks(
-        self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, fwd_hooks: list[tuple[str, HookFn]]
+        self, src_BS: torch.Tensor, tgt_BL: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]]
     ) -> torch.Tensor:
         """A forward in which each hook fn(tensor, name) may return a replacement, as the LM's `run_with_hooks`."""
         return self._hooked((src_BS, tgt_BL), fwd_hooks, None, None)

@@ -9,7 +9,7 @@ from .base import LanguageModel
 from .config import ModelConfig
 from .decoding import KVCache
 from .hooks import NO_HOOK, Hook
-from .layers import Block, Embeddings, make_norm
+from .layers import Block, Embeddings, blocks_of, make_norm
 from .positions import make_positions
 
 
@@ -31,7 +31,7 @@ class TransformerLM(LanguageModel):
 
     def hook_names(self) -> list[str]:
         names = [f"embed.{n}" for n in self.embed.hook_names()]
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks_of(self.blocks)):
             names += [f"blocks.{i}.{n}" for n in block.hook_names()]
         return [*names, *(["final_ln_BLC"] if self.final_ln is not None else []), "logits_BLV"]
 
@@ -39,7 +39,9 @@ class TransformerLM(LanguageModel):
         """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see decoding.py)."""
         positions = self._positions(ids_BL.shape[1], kv_cache, hook)
         x_BLC = self.embed(ids_BL, hook.scope("embed."), positions)
-        rotate = self.embed.pos.rotation(positions)  # rotary positions act inside attention; else None
+        pos = self.embed.pos
+        assert pos is not None  # a Transformer's embeddings always have a scheme (None is the MLP baseline's)
+        rotate = pos.rotation(positions)  # rotary positions act inside attention; else None
         for i, block in enumerate(self.blocks):
             kv = kv_cache.layers[i] if kv_cache is not None else None
             x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), rotate, kv)

@@ -58,7 +58,7 @@ def field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """The JSON types each field of a dataclass may hold, from its annotations (`int | None` -> int or
     null, `tuple[float, int]` -> a list), for `check_object`."""
     hints = typing.get_type_hints(cls)
-    out = {}
+    out: dict[str, tuple[type, ...]] = {}
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         origin = typing.get_origin(hint)

@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import AttnlabError
 from ..models import LanguageModel, ModelConfig, Seq2SeqTransformer, build_model
+from ..models.base import Model
 from ..runtime.checks import check_object, json_type_name, memory_limit
 from ..runtime.files import read_json, read_json_lines
 from ..tokenizers import Tokenizer, tokenizer_from_dict
@@ -33,11 +34,12 @@ FORMAT_VERSION = 1
 
 
 Optimizer = Any  # a torch.optim.Optimizer, or anything with its state_dict / load_state_dict
+ModelT = TypeVar("ModelT", bound=Model)  # the model a checkpoint holds: a language model, or the encoder-decoder
 
 
 @dataclass
-class Checkpoint:
-    model: LanguageModel
+class Checkpoint(Generic[ModelT]):
+    model: ModelT
     tokenizer: Tokenizer | None  # None when the checkpoint was saved without one
     path: Path
     state: dict[str, Any] = field(default_factory=dict)  # training state (step, elapsed, settings...)
@@ -136,7 +138,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def save_checkpoint(
     path: str | Path,
-    model: LanguageModel,
+    model: Model,
     tokenizer: Tokenizer | None = None,
     state: dict[str, Any] | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
@@ -228,7 +230,7 @@ def check_weights(path: Path, cfg: ModelConfig) -> None:
             f"{path}: {path.stat().st_size / 2**30:,.1f} GiB of weights do not fit this machine's memory"
         )
     with safe_open(path, "pt") as f:
-        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # f.keys(): a safe_open handle, not a dict
     stacks = {"transformer": {"blocks": ("n_layers", cfg.n_layers)}, "mlp": {}}.get(
         cfg.model,
         {"encoder": ("n_enc_layers", cfg.n_enc_layers or cfg.n_layers), "decoder": ("n_layers", cfg.n_layers)},
@@ -298,7 +300,7 @@ def load_checkpoint(
     with_state: bool = False,
     model: LanguageModel | None = None,
     optimizer: Optimizer | None = None,
-) -> Checkpoint:
+) -> Checkpoint[LanguageModel]:
     """Load a checkpoint (its folder, or a run folder holding `checkpoint/`).
 
     The model is built from the saved config, or, given `model`, the weights are loaded into it
@@ -332,7 +334,7 @@ def load_checkpoint(
     return checkpoint
 
 
-def load_for_text(path: str | Path, device: str = "cpu") -> Checkpoint:
+def load_for_text(path: str | Path, device: str = "cpu") -> Checkpoint[LanguageModel]:
     """A checkpoint whose tokenizer is saved with it, since text in and out needs one (`load_checkpoint`
     otherwise)."""
     ckpt = load_checkpoint(path, device=device)

@@ -9,7 +9,8 @@ embeddings, the (tied) LM head, norms and biases stay with AdamW, as in those re
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -59,8 +60,19 @@ class Float32Muon(torch.optim.Optimizer):
     def __init__(self, params: list[nn.Parameter], lr: float, weight_decay: float, momentum: float = 0.95) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update; a `closure` (torch's optimizer protocol) recomputes the loss first, as torch.optim.Muon's."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -74,6 +86,7 @@ class Float32Muon(torch.optim.Optimizer):
                 update = newton_schulz(p.grad.lerp(buf, mu))
                 p.mul_(1 - lr * wd)
                 p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape[0], p.shape[1])))
+        return loss
 
 
 class MuonWithAdamW:

@@ -27,14 +27,14 @@ import torch
 
 from ..data.corpus import Prepared, batch_bytes, check_length, prepare_data
 from ..errors import AttnlabError
-from ..models import ModelConfig, build_model, preset_config
+from ..models import LanguageModel, ModelConfig, build_model, preset_config
 from ..models.counts import param_count
 from ..runtime import distributed
 from ..runtime.checks import memory_limit
 from ..runtime.devices import resolve_device
 from ..runtime.environment import notice
 from .checkpoint import CONFIG, Checkpoint, load_checkpoint
-from .train import Callback, TrainConfig, TrainResult, TrainState, train
+from .train import Callback, EvalResult, TrainConfig, TrainResult, TrainState, train
 
 
 def activation_bytes(cfg: ModelConfig, batch_size: int) -> int:
@@ -86,7 +86,7 @@ def start(
     desc: str | None = None,
     callback: Callback | None = None,
     **train_fields: Any,
-) -> TrainResult:
+) -> TrainResult[LanguageModel, EvalResult]:
     """Train a new model in `out_dir` (anything there from an earlier run is replaced).
 
     `data` is a `--data` source (tokenized with `tokenizer`, by default bytes; token files bring their
@@ -136,7 +136,7 @@ def resume(
     callback: Callback | None = None,
     same_as: dict[str, Any] | None = None,
     **train_fields: Any,
-) -> TrainResult:
+) -> TrainResult[LanguageModel, EvalResult]:
     """Continue the run in `out_dir` from its checkpoint, exactly where it stopped.
 
     The saved settings hold unless `train_fields` change them: a new `steps` or `max_time` extends the
@@ -183,7 +183,7 @@ def resume(
         return train(model, tok, *splits, tcfg, out_dir, info, ckpt, callback, desc or model.config.model)
 
 
-def _check_same(ckpt: Checkpoint, saved: TrainState, asked: dict[str, Any], out_dir: str | Path) -> None:
+def _check_same(ckpt: Checkpoint[LanguageModel], saved: TrainState, asked: dict[str, Any], out_dir: str | Path) -> None:
     """Refuse to continue a run as something it is not: another model, preset, tokenizer, config or optimizer."""
     tok = ckpt.tokenizer
     is_now = {

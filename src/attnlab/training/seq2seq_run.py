@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import nn
 
 from ..data.tasks import TASKS, Pair, PairVocab, held_out_pairs, in_test_split, read_pairs, task_pairs, teacher_forcing
 from ..errors import AttnlabError
@@ -45,7 +44,7 @@ from ..runtime.devices import resolve_device
 from ..runtime.environment import notice
 from .checkpoint import OPTIMIZER, Checkpoint, check_checkpoint, read_weights
 from .run import check_fits, processes, refuse_changes
-from .train import Callback, TrainConfig, TrainResult, TrainState, fit
+from .train import Batch, Callback, Forward, TrainConfig, TrainResult, TrainState, fit
 
 
 class PairStream:
@@ -68,6 +67,7 @@ class PairStream:
             while in_test_split((pair := TASKS[self.task](self.rng))[0]):
                 pass
             return pair
+        assert self.pairs is not None  # no task: a file's pairs (load_data gives one or the other)
         if self.pos == len(self.order):
             self.pass_state = self.rng.getstate()
             self.order = self.pairs[:]
@@ -128,7 +128,7 @@ def check_lengths(pairs: list[Pair], vocab: PairVocab, max_len: int) -> None:
         raise AttnlabError(f"the pair {source!r} -> {target!r} is longer than max_len={max_len}; --set max_len=N")
 
 
-def _batch(pairs: list[Pair], vocab: PairVocab, max_len: int, device: str) -> tuple[torch.Tensor, ...]:
+def _batch(pairs: list[Pair], vocab: PairVocab, max_len: int, device: str) -> Batch:
     batch = teacher_forcing(pairs, vocab)
     if max(batch.encoder_input_BS.shape[1], batch.decoder_input_BL.shape[1]) > max_len:
         check_lengths(pairs, vocab, max_len)  # names the pair that does not fit
@@ -148,20 +148,14 @@ class Translation:
         self.data, self.label_smoothing = data, label_smoothing
         self.rows, self.device, self.max_len = 0, "cpu", 0
 
-    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+    def start(self, model: Seq2SeqTransformer, sequences: int, seed: int, device: str) -> None:
         self.rows, self.device, self.max_len = sequences, device, model.config.max_len
         check_lengths(self.data.test, self.data.vocab, self.max_len)
 
-    def draw(self) -> tuple[torch.Tensor, ...]:
+    def draw(self) -> Batch:
         return _batch([next(self.data.train) for _ in range(self.rows)], self.data.vocab, self.max_len, self.device)
 
-    def loss(
-        self,
-        forward: Callable[..., torch.Tensor],
-        batch: tuple[torch.Tensor, ...],
-        whole: tuple[torch.Tensor, ...],
-        world: int,
-    ) -> torch.Tensor:
+    def loss(self, forward: Forward, batch: Batch, whole: Batch, world: int) -> torch.Tensor:
         """The micro-batch's summed loss over the global batch's target tokens: pairs differ in length, so
         averaging per micro-batch would weigh a short pair's tokens more when accumulating or with processes."""
         src_BS, dec_BL, labels_BL = batch
@@ -175,11 +169,11 @@ class Translation:
         )
         return total * world / self.tokens(whole)
 
-    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+    def tokens(self, batch: Batch) -> int:
         return int((batch[2] != PAD).sum())
 
     @torch.no_grad()
-    def _measure(self, model: nn.Module, pairs: list[Pair]) -> dict[str, Any]:
+    def _measure(self, model: Seq2SeqTransformer, pairs: list[Pair]) -> dict[str, Any]:
         was_training = model.training
         model.eval()
         total = count = 0.0
@@ -196,10 +190,10 @@ class Translation:
         correct = sum(out == target for out, (_, target) in zip(outputs, pairs, strict=True))
         return {"val_loss": total / count, "exact_match": correct / len(pairs), "examples": len(pairs)}
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: Seq2SeqTransformer) -> dict[str, float]:
         return self._measure(model, self.data.test[:EVAL_PAIRS])
 
-    def final(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    def final(self, model: Seq2SeqTransformer) -> tuple[dict[str, Any], dict[str, Any]]:
         fields = self._measure(model, self.data.test)
         return fields, fields
 
@@ -241,7 +235,7 @@ def train_seq2seq(
     label_smoothing: float = 0.0,
     callback: Callback | None = None,
     **train_fields: Any,
-) -> TrainResult:
+) -> TrainResult[Seq2SeqTransformer, dict[str, Any]]:
     """Train a new encoder-decoder in `out_dir` through the one training loop (`train.fit`).
 
     `train_fields` are `TrainConfig` fields (a budget: `steps`, `max_time`; `batch_size`, `lr`,
@@ -281,7 +275,7 @@ def resume_seq2seq(
     same_as: dict[str, Any] | None = None,
     callback: Callback | None = None,
     **train_fields: Any,
-) -> TrainResult:
+) -> TrainResult[Seq2SeqTransformer, dict[str, Any]]:
     """Continue the encoder-decoder run in `out_dir` exactly where it stopped (a new `steps` or `max_time`
     extends it); the saved settings hold unless `train_fields` change them. `same_as` holds what the
     caller asked the run to be (`task`, `data`, `preset`, `label_smoothing`, `config` fields; None: not

@@ -17,18 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from ..data.corpus import Batches, batch_bytes, check_length
 from ..data.tokens import TokenStream
 from ..errors import AttnlabError
 from ..models import LanguageModel
+from ..models.base import Model
 from ..runtime import distributed
 from ..runtime.checks import check_object, field_types, memory_limit
 from ..runtime.devices import autocast_context, check_dtype
@@ -37,11 +37,17 @@ from ..runtime.files import read_json_lines, write_text_atomically
 from ..runtime.threads import ThreadGovernor
 from ..tokenizers import Tokenizer
 from . import optim
-from .checkpoint import Checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, ModelT, save_checkpoint
 from .optim import MuonWithAdamW
 
 LN2 = math.log(2)
 Callback = Callable[[int, dict[str, Any]], bool | None]  # (step, logged row) -> True to stop
+Batch = tuple[torch.Tensor, ...]  # a batch's tensors, each with its sequences as rows (dim 0)
+Forward = Callable[..., torch.Tensor]  # the model's forward (or its DDP wrapper's): a batch's inputs -> logits
+FinalT = TypeVar("FinalT")  # what an objective's final evaluation gives: `TrainResult.final`
+# `Objective`'s own: it only takes the model (contravariant) and only gives the final result (covariant).
+TaskModel = TypeVar("TaskModel", bound=Model, contravariant=True)
+TaskFinal = TypeVar("TaskFinal", covariant=True)
 
 
 @dataclass
@@ -192,46 +198,41 @@ def evaluate(
     for window_BL in pieces:
         window_BL = window_BL.to(device)
         logits_BLV = model(window_BL[:, :-1])
-        loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), window_BL[:, 1:].flatten(), reduction="sum")
-        total += loss.item()
+        window_loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), window_BL[:, 1:].flatten(), reduction="sum")
+        total += window_loss.item()
         count += window_BL[:, 1:].numel()
     model.train(was_training)
     loss = total / count
     return EvalResult(loss, loss / LN2 / stream.chars_per_token, round(count * stream.chars_per_token), count)
 
 
-class Objective(Protocol):
+class Objective(Protocol[TaskModel, TaskFinal]):
     """What a run learns from, for the one training loop: batches, the loss of one, and evaluations.
 
     `LanguageModeling` predicts each next token of a text; `seq2seq_run.Translation` a target from a
     source. The loop does the rest alike for both: schedule, accumulation, clipping, mixed precision,
-    processes, checkpoints, resume, Ctrl-C, the NaN stop and the log.
+    processes, checkpoints, resume, Ctrl-C, the NaN stop and the log. `TaskModel` is the kind of model
+    it trains, `TaskFinal` what its final evaluation gives.
     """
 
-    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+    def start(self, model: TaskModel, sequences: int, seed: int, device: str) -> None:
         """Check the data against the model and begin drawing global batches of `sequences` rows."""
 
-    def draw(self) -> tuple[torch.Tensor, ...]:
+    def draw(self) -> Batch:
         """The next global batch: tensors whose rows (dim 0) are its sequences."""
 
-    def loss(
-        self,
-        forward: Callable[..., torch.Tensor],
-        batch: tuple[torch.Tensor, ...],
-        whole: tuple[torch.Tensor, ...],
-        world: int,
-    ) -> torch.Tensor:
+    def loss(self, forward: Forward, batch: Batch, whole: Batch, world: int) -> torch.Tensor:
         """A micro-batch's share of the global batch `whole`'s mean loss (nats per predicted token), such
         that the shares summed over a process's micro-batches, averaged over the `world` processes (as
         DDP averages gradients), are the mean over the global batch."""
 
-    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+    def tokens(self, batch: Batch) -> int:
         """Tokens a batch trains on (tokens/s counts them)."""
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: TaskModel) -> dict[str, float]:
         """A periodic evaluation: the fields it adds to its log row."""
 
-    def final(self, model: nn.Module) -> tuple[dict[str, Any], Any]:
+    def final(self, model: TaskModel) -> tuple[dict[str, Any], TaskFinal]:
         """The final evaluation: its log row's fields, and the result `TrainResult.final` holds."""
 
     def describe(self, fields: dict[str, Any]) -> str:
@@ -252,34 +253,32 @@ class LanguageModeling:
         self.train, self.valid, self.eval_tokens, self.final_eval_chars = train, valid, eval_tokens, final_eval_chars
         self.batches: Batches | None = None
 
-    def start(self, model: nn.Module, sequences: int, seed: int, device: str) -> None:
+    def start(self, model: LanguageModel, sequences: int, seed: int, device: str) -> None:
         max_len = model.config.max_len
         check_length(self.train, max_len, "the training split")
         self.batches = Batches(self.train.tokens, max_len, sequences, seed + 1, device)
 
-    def draw(self) -> tuple[torch.Tensor, ...]:
-        return self.batches.next()
+    def _started(self) -> Batches:
+        assert self.batches is not None, "start() first: the loop starts an objective before it draws or saves"
+        return self.batches
 
-    def loss(
-        self,
-        forward: Callable[..., torch.Tensor],
-        batch: tuple[torch.Tensor, ...],
-        whole: tuple[torch.Tensor, ...],
-        world: int,
-    ) -> torch.Tensor:
+    def draw(self) -> Batch:
+        return self._started().next()
+
+    def loss(self, forward: Forward, batch: Batch, whole: Batch, world: int) -> torch.Tensor:
         x_BL, y_BL = batch
         logits_BLV = forward(x_BL)
         parts = len(whole[0]) // (len(x_BL) * world)  # micro-batches per process, all of one size
         return F.cross_entropy(logits_BLV.flatten(0, 1).float(), y_BL.flatten()) / parts
 
-    def tokens(self, batch: tuple[torch.Tensor, ...]) -> int:
+    def tokens(self, batch: Batch) -> int:
         return batch[0].numel()
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: LanguageModel) -> dict[str, float]:
         ev = evaluate(model, self.valid, max_tokens=self.eval_tokens)
         return {"val_loss": ev.loss, "val_bpc": ev.bpc}
 
-    def final(self, model: nn.Module) -> tuple[dict[str, Any], EvalResult]:
+    def final(self, model: LanguageModel) -> tuple[dict[str, Any], EvalResult]:
         ev = evaluate(model, self.valid, max_chars=self.final_eval_chars)
         return {"val_loss": ev.loss, "val_bpc": ev.bpc, "val_chars": ev.chars}, ev
 
@@ -288,10 +287,10 @@ class LanguageModeling:
         return text + (f" over {fields['val_chars']:,} chars" if "val_chars" in fields else "")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"rng.batches": self.batches.state_dict()}
+        return {"rng.batches": self._started().state_dict()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.batches.load_state_dict(tensors["rng.batches"])
+        self._started().load_state_dict(tensors["rng.batches"])
 
 
 class TrainingInterrupted(Exception):
@@ -319,12 +318,12 @@ class TrainingDiverged(Exception):
 
 
 @dataclass
-class TrainResult:
-    model: LanguageModel
+class TrainResult(Generic[ModelT, FinalT]):
+    model: ModelT
     steps: int
     train_time_s: float
     tokens_per_s: float
-    final: EvalResult
+    final: FinalT  # a language model's `EvalResult`; the encoder-decoder's loss and exact match
     checkpoint: Path
     log: list[dict[str, Any]] = field(default_factory=list)
     tokenizer: Tokenizer | None = None
@@ -375,7 +374,7 @@ class TrainState:
         return cls(**values, run=run)
 
 
-def make_optimizer(model: LanguageModel, tcfg: TrainConfig, device: str) -> torch.optim.Optimizer | MuonWithAdamW:
+def make_optimizer(model: Model, tcfg: TrainConfig, device: str) -> torch.optim.Optimizer | MuonWithAdamW:
     betas = (tcfg.beta1, tcfg.beta2)
     return optim.make_optimizer(model, tcfg.optimizer, tcfg.lr, tcfg.weight_decay, betas, device, tcfg.embed_lr_ratio)
 
@@ -440,26 +439,26 @@ def train(
     tcfg: TrainConfig,
     out_dir: str | Path,
     run_info: dict[str, Any] | None = None,
-    resume: Checkpoint | None = None,
+    resume: Checkpoint[LanguageModel] | None = None,
     callback: Callback | None = None,
     desc: str = "train",
-) -> TrainResult:
+) -> TrainResult[LanguageModel, EvalResult]:
     """Train a language model in place on `train_stream`, evaluated on `valid_stream` (see `fit`)."""
     task = LanguageModeling(train_stream, valid_stream, tcfg.eval_tokens, tcfg.final_eval_chars)
     return fit(model, task, tcfg, out_dir, tokenizer, run_info, resume, callback, desc)
 
 
 def fit(
-    model: nn.Module,
-    task: Objective,
+    model: ModelT,
+    task: Objective[ModelT, FinalT],
     tcfg: TrainConfig,
     out_dir: str | Path,
     tokenizer: Tokenizer | None = None,
     run_info: dict[str, Any] | None = None,
-    resume: Checkpoint | None = None,
+    resume: Checkpoint[ModelT] | None = None,
     callback: Callback | None = None,
     desc: str = "train",
-) -> TrainResult:
+) -> TrainResult[ModelT, FinalT]:
     """Train `model` in place on `task`, logging to out_dir/metrics.jsonl and checkpointing to out_dir/checkpoint.
 
     `resume`: a checkpoint of this run loaded `with_state`, to continue from (see `attnlab.training.run.resume`).
@@ -543,7 +542,7 @@ def fit(
         ddp = DistributedDataParallel(
             model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
         )
-    forward = ddp or model
+    forward: Forward = ddp or model
     forward = torch.compile(forward) if tcfg.compile else forward  # checkpoints keep saving `model` itself
     model.train()
     governor = ThreadGovernor(enabled=device == "cpu", log=notice)  # fewer threads while others take CPUs
@@ -551,7 +550,7 @@ def fit(
         total=tcfg.steps, initial=st.step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr
     )
     loss_sum, loss_count = st.loss_acc
-    d_model = getattr(getattr(model, "config", None), "emb_dim", 1)
+    d_model = model.config.emb_dim
     with _StopFlag() as flag:
         while distributed.all_agree(budget_left() and not flag.stop, device):
             governor.adjust()
@@ -576,10 +575,12 @@ def fit(
                 bar.close()
                 distributed.barrier()
                 raise diverged(st.step + 1, f"the training loss became {loss_value}")
+            # GradScaler reads only `param_groups` and calls `step()`, which MuonWithAdamW has too; torch's
+            # stub asks for a torch.optim.Optimizer.
             if tcfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
+                scaler.unscale_(optimizer)  # type: ignore[arg-type]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # type: ignore[arg-type]
             scaler.update()
             st.elapsed_s += time.perf_counter() - t0
             st.step += 1
