@@ -78,21 +78,44 @@ def _gpt2_names(n_layers: int) -> list[tuple[str, str, bool]]:
     return names
 
 
+# The config fields both directions map one to one: attnlab's name -> the family's.
+GPT2_FIELDS = {
+    "n_vocab": "vocab_size",
+    "max_len": "n_positions",
+    "emb_dim": "n_embd",
+    "n_heads": "n_head",
+    "n_layers": "n_layer",
+    "norm_eps": "layer_norm_epsilon",
+}
+LLAMA_FIELDS = {
+    "n_vocab": "vocab_size",
+    "max_len": "max_position_embeddings",
+    "emb_dim": "hidden_size",
+    "n_hidden": "intermediate_size",
+    "n_heads": "num_attention_heads",
+    "n_layers": "num_hidden_layers",
+    "norm_eps": "rms_norm_eps",
+}
+
+
+def _theirs(cfg: ModelConfig, fields: dict[str, str]) -> dict[str, Any]:
+    return {theirs: getattr(cfg, ours) for ours, theirs in fields.items()}
+
+
+def _ours(hf_cfg: Any, fields: dict[str, str]) -> dict[str, Any]:
+    return {ours: getattr(hf_cfg, theirs) for ours, theirs in fields.items()}
+
+
 def _gpt2_to_attnlab(hf: Any) -> TransformerLM:
     c = hf.config
     if c.activation_function not in GPT2_ACTIVATIONS:
         raise AttnlabError(f"GPT-2 activation {c.activation_function!r} is not supported")
     C, H = c.n_embd, c.n_head
     cfg = ModelConfig(
-        n_vocab=c.vocab_size,
-        max_len=c.n_positions,
-        emb_dim=C,
+        **_ours(c, GPT2_FIELDS),
         n_hidden=c.n_inner or 4 * C,
         head_dim=C // H,
-        n_heads=H,
-        n_layers=c.n_layer,
         mlp=GPT2_ACTIVATIONS[c.activation_function],
-        norm_eps=c.layer_norm_epsilon,
     )
     sd = hf.state_dict()
     out = {ours: sd[theirs].T if transposed else sd[theirs] for ours, theirs, transposed in _gpt2_names(c.n_layer)}
@@ -128,16 +151,10 @@ def _llama_to_attnlab(hf: Any) -> TransformerLM:
         raise AttnlabError("Llama with attention_bias != mlp_bias is not supported (one `bias` switch)")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     cfg = ModelConfig(
-        n_vocab=c.vocab_size,
-        max_len=c.max_position_embeddings,
-        emb_dim=c.hidden_size,
-        n_hidden=c.intermediate_size,
+        **_ours(c, LLAMA_FIELDS),
         head_dim=head_dim,
-        n_heads=c.num_attention_heads,
         n_kv_heads=c.num_key_value_heads or 0,
-        n_layers=c.num_hidden_layers,
         norm="rms",
-        norm_eps=c.rms_norm_eps,
         positions="rope",
         rope_theta=_rope_theta(c),
         mlp="swiglu",
@@ -205,13 +222,8 @@ def _attnlab_to_gpt2(model: TransformerLM) -> Any:
 
     cfg = model.config
     hf_cfg = GPT2Config(
-        vocab_size=cfg.n_vocab,
-        n_positions=cfg.max_len,
-        n_embd=cfg.emb_dim,
-        n_layer=cfg.n_layers,
-        n_head=cfg.n_heads,
+        **_theirs(cfg, GPT2_FIELDS),
         n_inner=cfg.n_hidden,
-        layer_norm_epsilon=cfg.norm_eps,
         activation_function="gelu_new" if cfg.mlp == "gelu" else "relu",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
@@ -234,18 +246,11 @@ def _attnlab_to_llama(model: TransformerLM) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = model.config
-    # The config field by field, as for GPT-2 above, under Llama's own names (alike in shape only).
     hf_cfg = LlamaConfig(
-        vocab_size=cfg.n_vocab,
-        hidden_size=cfg.emb_dim,
-        intermediate_size=cfg.n_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
+        **_theirs(cfg, LLAMA_FIELDS),
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_len,
-        rms_norm_eps=cfg.norm_eps,
-        # transformers 4 takes rope_theta; 5 still does (into rope_parameters) but its signature leaves it out.
+        # transformers 4 takes rope_theta; 5 still does (into rope_parameters), though its signature leaves it out.
         rope_theta=cfg.rope_theta,  # type: ignore[call-arg]
         attention_bias=cfg.bias,
         mlp_bias=cfg.bias,

@@ -90,8 +90,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 # ---- the verbs' flags ---------------------------------------------------------------------------
 
 
-def _add_subject(p: argparse.ArgumentParser, prompt: bool = True) -> None:
-    """The model to look at (a checkpoint, or an untrained preset) and, for most views, the prompt."""
+def _add_subject(p: argparse.ArgumentParser, prompt: bool = True, top: int | None = None) -> None:
+    """The model to look at (a checkpoint, or an untrained preset), for most views the prompt, and for
+    the tables of likely tokens how many rows (`--top`, default `top`) and in which format."""
     p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
     p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
     p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
@@ -100,6 +101,9 @@ def _add_subject(p: argparse.ArgumentParser, prompt: bool = True) -> None:
     p.add_argument("--device", default="cpu")
     if prompt:
         p.add_argument("--prompt", required=True)
+    if top is not None:
+        p.add_argument("--top", type=positive, default=top)
+        p.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -154,28 +158,22 @@ def add_attention(verbs: Verbs) -> None:
 
 def add_embeddings(verbs: Verbs) -> None:
     p = verbs.add_parser("embeddings", help="2-D PCA picture of the token embeddings and nearest neighbours")
-    _add_subject(p, prompt=False)
+    _add_subject(p, prompt=False, top=5)
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--neighbours", default="aeiouAT.,! ", help="characters whose nearest neighbours to list")
-    p.add_argument("--top", type=positive, default=5)
-    p.add_argument("--format", choices=("text", "json"), default="text")
     command(p, cmd_embeddings)
 
 
 def add_next(verbs: Verbs) -> None:
     p = verbs.add_parser("next", help="the most likely next tokens after a prompt")
-    _add_subject(p)
-    p.add_argument("--top", type=positive, default=10)
+    _add_subject(p, top=10)
     p.add_argument("--all-positions", action="store_true", help="also after every prefix of the prompt")
-    p.add_argument("--format", choices=("text", "json"), default="text")
     command(p, cmd_next)
 
 
 def add_lens(verbs: Verbs) -> None:
     p = verbs.add_parser("lens", help="logit lens: the next-token guess after each layer")
-    _add_subject(p)
-    p.add_argument("--top", type=positive, default=5)
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_subject(p, top=5)
     command(p, cmd_lens)
 
 
