@@ -114,6 +114,24 @@ def _call(name: str, fn: Callable[..., Any], args: Case, note: str = "") -> Any:
         raise _Stop(_result(name, fn, False, None, text)) from None
 
 
+def _outputs(
+    name: str, fn: Callable[..., Any] | None, cases: list[Case], reference: Callable[..., torch.Tensor] | None = None
+) -> list[Any] | CheckResult:
+    """fn's output for each case in turn (a tensor shaped like `reference`'s for the case, if given), or
+    the result that ends the check at the first case that stops it: not a function, not written yet, an
+    error, a wrong type or shape."""
+    if not callable(fn):
+        return _not_a_function(name, fn)
+    outputs = []
+    try:
+        for case in cases:
+            got = _call(name, fn, case)
+            outputs.append(got if reference is None else _as_tensor(name, got, reference(*case)))
+    except _Stop as stop:
+        return stop.result
+    return outputs
+
+
 def _describe_arg(a: Any) -> str:
     if isinstance(a, torch.Tensor):
         return f"a {str(a.dtype).replace('torch.', '')} tensor of shape {shape_in_letters(tuple(a.shape), LETTERS)}"
@@ -261,13 +279,10 @@ def _documents(seed: Seed) -> list[str]:
 def check_encode_doc(encode_doc: Callable[[str], torch.Tensor] | None, *, seed: Seed = None) -> CheckResult:
     """Check `encode_doc(doc) -> LongTensor (L,)`: code points, characters >= 256 dropped."""
     name = "encode_doc"
-    if not callable(encode_doc):
-        return _not_a_function(name, encode_doc)
     docs = _documents(seed)
-    try:
-        gots = [_call(name, encode_doc, (doc,)) for doc in docs]
-    except _Stop as stop:
-        return stop.result
+    gots = _outputs(name, encode_doc, [(doc,) for doc in docs])
+    if isinstance(gots, CheckResult):
+        return gots
     for doc, got in zip(docs, gots, strict=True):
         want = ref.encode_doc(doc)
         if not isinstance(got, torch.Tensor):
@@ -362,13 +377,11 @@ def _mask_verdict(name: str, n: int, mask: torch.Tensor) -> CheckResult | None:
 def check_causal_mask(make_causal_mask: Callable[[int], torch.Tensor] | None, *, seed: Seed = None) -> CheckResult:
     """Check `make_causal_mask(L) -> FloatTensor (L, L)`: 0 where key j <= query i, a large negative elsewhere."""
     name = "make_causal_mask"
-    if not callable(make_causal_mask):
-        return _not_a_function(name, make_causal_mask)
     sizes = _mask_sizes(seed)
-    try:
-        masks = {n: _as_tensor(name, _call(name, make_causal_mask, (n,)), ref.make_causal_mask(n)) for n in sizes}
-    except _Stop as stop:
-        return stop.result
+    gots = _outputs(name, make_causal_mask, [(n,) for n in sizes], ref.make_causal_mask)
+    if isinstance(gots, CheckResult):
+        return gots
+    masks = dict(zip(sizes, gots, strict=True))
     # L = 7 first (the verdict the notebook has always shown), then every other size: each one's values count.
     for n in sorted(sizes, key=lambda n: n != L):
         if (wrong := _mask_verdict(name, n, masks[n])) is not None:
