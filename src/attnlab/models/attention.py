@@ -148,19 +148,34 @@ class Attention(nn.Module):
         bias = torch.cat([self.w_q.bias, self.w_k.bias, self.w_v.bias]) if self.w_q.bias is not None else None
         return weight, bias
 
-    def project_qkv(
-        self, x_BLC: torch.Tensor, kv: decoding.LayerCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_qkv(self, x_BLC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step 1 of self-attention: queries (B, L, H D), keys and values (B, L, G D) of every position.
 
         The three projections run as one matmul on the stacked weights: the same arithmetic in one
-        larger call, which is faster forward and backward at these sizes. While generating (`kv`),
-        the weights are stacked once per cache, not once per token.
+        larger call, which is faster forward and backward at these sizes.
         """
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv_BLZ = F.linear(x_BLC, *(kv.cached("qkv", self.qkv_weights) if kv else self.qkv_weights()))
+        qkv_BLZ = F.linear(x_BLC, *self.qkv_weights())
         q_BLX, k_BLY, v_BLY = qkv_BLZ.split([H * D, G * D, G * D], dim=-1)
         return q_BLX, k_BLY, v_BLY
+
+    def cached_step(self, x_BLC: torch.Tensor, kv: decoding.LayerCache, rotate: Rotation | None = None) -> torch.Tensor:
+        """Self-attention of L new positions after a generation's cached ones (decoding.py): `forward`'s
+        numbers in fewer operations, since a decoding step is a chain of tiny ops, each costing its
+        dispatch. The weights are stacked once per cache, and queries and keys go side by side as H + G
+        heads, so that rotary positions turn them in one pass."""
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv_BLZ = F.linear(x_BLC, *kv.cached("qkv", self.qkv_weights))
+        qk_BNLD = split_heads(qkv_BLZ[..., : (H + G) * D], H + G, D)
+        if self.q_norm is not None and self.k_norm is not None:
+            q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
+            qk_BNLD = torch.cat([self.q_norm(q_BHLD), self.k_norm(k_BGLD)], dim=1)
+        if rotate is not None:
+            qk_BNLD = rotate(qk_BNLD)
+        q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
+        k_BGKD, v_BGKD = kv.append(k_BGLD, split_heads(qkv_BLZ[..., (H + G) * D :], G, D))
+        z_BHLD = fused_attention(q_BHLD, share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H))
+        return self.w_o(merge_heads(z_BHLD))
 
     def source_keys_values(
         self, source_BSC: torch.Tensor, kv: decoding.LayerCache | None = None
@@ -190,10 +205,12 @@ class Attention(nn.Module):
         ((B, 1, 1, K) hides padding); None: the causal mask. `rotate`: rotary positions. `kv`: the
         cache of a generation (decoding.py), which holds the earlier positions' keys and values.
         """
+        if kv is not None and source_BSC is None:  # generating: the same numbers in fewer operations
+            return self.cached_step(x_BLC, kv, rotate)
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         if source_BSC is None:
             # 1. Project every position to a query, a key and a value.
-            q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC, kv)
+            q_BLX, k_BLY, v_BLY = self.project_qkv(x_BLC)
             # 2. Split the channels into heads (G key/value heads; G = H without grouped-query attention).
             q_BHLD = split_heads(q_BLX, H, D)
             k_BGKD, v_BGKD = split_heads(k_BLY, G, D), split_heads(v_BLY, G, D)
@@ -201,8 +218,6 @@ class Attention(nn.Module):
                 q_BHLD, k_BGKD = self.q_norm(q_BHLD), self.k_norm(k_BGKD)
             if rotate is not None:  # rotary positions turn queries and keys by their position's angle
                 q_BHLD, k_BGKD = rotate(q_BHLD), rotate(k_BGKD)
-            if kv is not None:  # generating: the earlier positions' keys and values come from the cache
-                k_BGKD, v_BGKD = kv.append(k_BGKD, v_BGKD)
         else:  # 1-2 of cross-attention: queries from x; keys and values from the source
             q_BHLD = split_heads(self.w_q(x_BLC), H, D)
             k_BGKD, v_BGKD = self.source_keys_values(source_BSC, kv)
