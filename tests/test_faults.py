@@ -3,6 +3,7 @@ that stops being a number, leftovers of killed saves, and resuming with the opti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,47 @@ def _one_line_130(proc: subprocess.Popen) -> str:
     return err
 
 
+@contextlib.contextmanager
+def ctrl_c_once_saved(out: Path, poll: float, settle: float) -> Iterator[None]:
+    """Ctrl-C this process `settle` s after the run in `out` first saves (checked every `poll` s), with
+    Python's own Ctrl-C handler installed meanwhile (even when the tests started with SIGINT ignored)."""
+
+    def press() -> None:
+        deadline = time.time() + 120
+        while not (out / "checkpoint" / "config.json").exists() and time.time() < deadline:
+            time.sleep(poll)
+        time.sleep(settle)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press, daemon=True).start()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def kill_during_saves(args: list[str], out: Path, step_of: Callable[[], int], times: int, pause: float) -> None:
+    """Run `attnlab ARGS --resume` saving every step, killed with SIGKILL `times` times at different moments
+    of a save (a few steps past where each began, then `pause` x i later): each time a checkpoint is left
+    that is further on."""
+    for i in range(times):
+        start = step_of()
+        proc = subprocess.Popen([COMMAND, *args, "--steps", "100000", "--resume"], stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until it has saved a few steps past where it started
+            try:
+                if json.loads((out / "checkpoint" / "state.json").read_text())["step"] >= start + 3 + i:
+                    break
+            except (OSError, ValueError, KeyError):  # read in the instant of a swap
+                pass
+            time.sleep(0.005)
+        time.sleep(pause * i)  # land at different points of a save
+        proc.kill()
+        proc.wait()
+        assert step_of() > start
+
+
 @pytest.mark.parametrize("delay", [0.2, 0.5, 1.0])
 def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path: Path, delay: float) -> None:
     proc = subprocess.Popen(
@@ -64,20 +107,9 @@ def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_steps(tmp_path: Path) 
     tcfg = TrainConfig(steps=3, batch_size=2, eval_every=10**6, final_eval_chars=3_000_000)
     out = tmp_path / "r"
 
-    def press_ctrl_c_once_saved() -> None:  # the save before the final evaluation is the run's first
-        deadline = time.time() + 120
-        while not (out / "checkpoint" / "config.json").exists() and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=press_ctrl_c_once_saved, daemon=True).start()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even when started ignored
-    try:
+    with ctrl_c_once_saved(out, poll=0.01, settle=0.2):  # the save before the final evaluation is the run's first
         with pytest.raises(TrainingInterrupted, match="during the final evaluation") as caught:
             train(model, ByteTokenizer(), train_stream, valid_stream, tcfg, out)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert caught.value.step == 3
     saved = load_checkpoint(out, with_state=True)
     assert saved.state["step"] == 3
@@ -132,23 +164,12 @@ def test_repeated_kills_during_saves_always_leave_a_checkpoint_that_resumes(tmp_
     out = tmp_path / "r"
     args = ["train", "--preset", "lab", "--eval-every", "1", "--out", str(out)]
     assert run_cli([*args, "--steps", "1"], capsys)[0] == 0
-    for i in range(8):
-        start = load_checkpoint(out, with_state=True).state["step"]
-        proc = subprocess.Popen([COMMAND, *args, "--steps", "100000", "--resume"], stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:  # until it has saved a few steps past where it started
-            try:
-                if json.loads((out / "checkpoint" / "state.json").read_text())["step"] >= start + 3 + i:
-                    break
-            except (OSError, ValueError, KeyError):  # read in the instant of a swap
-                pass
-            time.sleep(0.005)
-        time.sleep(0.003 * i)  # land at different points of a save
-        proc.kill()
-        proc.wait()
-        state = load_checkpoint(out, with_state=True).state
-        assert state["step"] > start
-    code, _, err = run_cli([*args, "--steps", str(state["step"] + 2), "--resume"], capsys)
+
+    def step() -> int:
+        return load_checkpoint(out, with_state=True).state["step"]
+
+    kill_during_saves(args, out, step, times=8, pause=0.003)
+    code, _, err = run_cli([*args, "--steps", str(step() + 2), "--resume"], capsys)
     assert code == 0, err
     assert not list(out.glob(".checkpoint.tmp*")), "killed saves' temporary folders are cleaned up"
 

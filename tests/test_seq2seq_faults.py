@@ -14,7 +14,7 @@ import pytest
 from attnlab.training.checkpoint import check_checkpoint
 
 from .conftest import run_cli
-from .test_faults import COMMAND, _ctrl_c_as_in_a_terminal, _interrupt_when, _one_line_130
+from .test_faults import COMMAND, _ctrl_c_as_in_a_terminal, _interrupt_when, _one_line_130, kill_during_saves
 
 SMALL = ["--set", "emb_dim=32", "--set", "n_hidden=64", "--set", "n_layers=1", "--set", "head_dim=8"]
 
@@ -76,21 +76,7 @@ def test_kills_during_saves_always_leave_a_checkpoint_that_resumes(tmp_path: Pat
     out = tmp_path / "r"
     args = _train(out, "--eval-every", "1")
     assert run_cli([*args, "--steps", "1"], capsys)[0] == 0
-    for i in range(5):
-        start = _saved_step(out)
-        proc = subprocess.Popen([COMMAND, *args, "--steps", "100000", "--resume"], stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:  # until it has saved a few steps past where it started
-            try:
-                if json.loads((out / "checkpoint" / "state.json").read_text())["step"] >= start + 3 + i:
-                    break
-            except (OSError, ValueError, KeyError):  # read in the instant of a swap
-                pass
-            time.sleep(0.005)
-        time.sleep(0.004 * i)  # land at different points of a save
-        proc.kill()
-        proc.wait()
-        assert _saved_step(out) > start
+    kill_during_saves(args, out, lambda: _saved_step(out), times=5, pause=0.004)
     code, _, err = run_cli([*args, "--steps", str(_saved_step(out) + 2), "--resume"], capsys)
     assert code == 0, err
     assert not list(out.glob(".checkpoint.tmp*")), "killed saves' temporary folders are cleaned up"

@@ -4,10 +4,6 @@ rows, Ctrl-C, the NaN stop, and the loop's options (Muon, bf16, more processes' 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +24,8 @@ from attnlab.training.seq2seq_run import (
     translate,
 )
 from attnlab.training.train import TrainConfig, TrainingDiverged, TrainingInterrupted, fit
+
+from .test_faults import ctrl_c_once_saved
 
 SMALL = {"emb_dim": 32, "n_hidden": 64, "n_layers": 2, "head_dim": 8}
 FAST = dict(config=SMALL, batch_size=16, eval_every=10, log_every=5, device="cpu")
@@ -96,21 +94,10 @@ def test_a_checkpoint_every_eval_every_steps_that_translates(tmp_path: Path):
 def test_ctrl_c_in_the_final_evaluation_keeps_the_trained_steps(tmp_path: Path):
     out = tmp_path / "r"
 
-    def press_ctrl_c_once_saved() -> None:  # the save before the final evaluation is the run's first
-        deadline = time.time() + 120
-        while not (out / "checkpoint" / "config.json").exists() and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=press_ctrl_c_once_saved, daemon=True).start()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with ctrl_c_once_saved(out, poll=0.005, settle=0.1):  # the save before the final evaluation is the run's first
         with pytest.raises(TrainingInterrupted, match="during the final evaluation") as caught:
             # An untrained decoder runs to max_len on the 1,000 test pairs: seconds of final evaluation.
             train_seq2seq(out, task="reverse", steps=3, **{**FAST, "eval_every": 10**6})
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert caught.value.step == 3 and check_checkpoint(out)[3]["step"] == 3
 
 
