@@ -88,10 +88,8 @@ class Agent:
             answer: tuple[dict[str, Any], dict[str, torch.Tensor]] = ({"functions": sorted(self.functions)}, {})
         else:
             answer = self._call(header, tensors)
-        partial = Path(folder) / "response.part"
-        with open(partial, "wb") as f:
+        with open(Path(folder) / "response.bin", "wb") as f:
             wire.send(f, *answer)
-        partial.replace(Path(folder) / "response.bin")  # whole or absent: the runner may look at any moment
 
     def _call(self, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], dict]:
         name = header["name"]

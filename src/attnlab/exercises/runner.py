@@ -15,8 +15,10 @@ and output, and nothing else goes there (the kernel's own output is discarded):
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,6 @@ from . import wire
 from .agent import NAME
 
 AGENT_DIR = Path("/tmp/attnlab-agent")
-# The agent's runs (the checks of every exercise at once, importing the reference code on the first) take
-# seconds on a busy machine: they get this long even when a cell gets less. A hanging student function is
-# still stopped, and the whole notebook's time limit still holds.
-AGENT_SECONDS = 30.0
 INSTALL = f"import attnlab.exercises.agent\n{NAME} = attnlab.exercises.agent.install()"
 
 
@@ -52,9 +50,6 @@ class Kernel:
     def run(self, code: str) -> str | None:
         """Run `code`; None when it finished, else why not (an error, a hang, a dead kernel). Only the
         reply is read (the outputs are not needed), so no output stream can hold it up."""
-        import queue
-        import time
-
         if self.dead:
             return "the kernel died"
         kc = self.client.kc
@@ -126,9 +121,7 @@ def serve(kernel: Kernel, inp: Any, out: Any) -> None:
             wire.send(f, header, tensors)
         why = kernel.run(f"{NAME}.serve({str(AGENT_DIR)!r})")
         answer = AGENT_DIR / "response.bin"
-        # An answer written is whole (the agent renames it into place): the run's reply may have gone
-        # astray after an interrupted cell, the answer has not.
-        if not answer.is_file():
+        if why is not None or not answer.is_file():
             wire.send(out, {"error": why or "the agent wrote no answer"})
             continue
         out.write(answer.read_bytes())  # as the agent wrote it: the grader reads it as untrusted data
@@ -154,7 +147,7 @@ def main() -> int:
         resources={"metadata": {"path": os.getcwd()}},
     )
     with client.setup_kernel(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-        kernel = Kernel(client, max(cell_seconds, AGENT_SECONDS))
+        kernel = Kernel(client, cell_seconds)
         errors = execute(nb, client, kernel, cell_seconds)
         wire.send(out, {"type": "executed", "errors": errors, "alive": not kernel.dead})
         if not kernel.dead:
