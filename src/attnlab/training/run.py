@@ -148,10 +148,7 @@ def resume(
     `tokenizer`, `config` fields; None or empty: not asked): anything the run is not is refused, as is
     another optimizer, since a run continues only as what it was.
     """
-    if (Path(out_dir) / CONFIG).is_file():
-        raise AttnlabError(
-            f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
-        )
+    refuse_checkpoint_folder(out_dir)
     ckpt = load_checkpoint(out_dir, with_state=True)
     saved = TrainState.from_dict(ckpt.state, str(ckpt.path))
     _check_same(ckpt, saved, {**(same_as or {}), "optimizer": train_fields.get("optimizer")}, out_dir)
@@ -195,6 +192,14 @@ def _check_same(ckpt: Checkpoint[LanguageModel], saved: TrainState, asked: dict[
     if asked.get("tokenizer") and asked["tokenizer"].split(":")[0] == is_now["tokenizer"]:
         asked = {**asked, "tokenizer": None}  # "bpe:300" asks for the run's own kind: its size is the run's
     refuse_changes(ckpt.model.config, is_now, asked, out_dir)
+
+
+def refuse_checkpoint_folder(out_dir: str | Path) -> None:
+    """A run resumes from its run folder: its log and checkpoints go there, not into the checkpoint."""
+    if (Path(out_dir) / CONFIG).is_file():
+        raise AttnlabError(
+            f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
+        )
 
 
 def refuse_changes(cfg: ModelConfig, is_now: dict[str, Any], asked: dict[str, Any], out_dir: str | Path) -> None:

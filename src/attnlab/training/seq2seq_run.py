@@ -43,7 +43,7 @@ from ..runtime import distributed
 from ..runtime.devices import resolve_device
 from ..runtime.environment import notice
 from .checkpoint import OPTIMIZER, Checkpoint, check_checkpoint, read_weights
-from .run import check_fits, processes, refuse_changes
+from .run import check_fits, processes, refuse_changes, refuse_checkpoint_folder
 from .train import Batch, Callback, Forward, TrainConfig, TrainResult, TrainState, fit
 
 
@@ -280,10 +280,7 @@ def resume_seq2seq(
     extends it); the saved settings hold unless `train_fields` change them. `same_as` holds what the
     caller asked the run to be (`task`, `data`, `preset`, `label_smoothing`, `config` fields; None: not
     asked): anything the run is not is refused, as is another optimizer."""
-    if (Path(out_dir) / "config.json").is_file():
-        raise AttnlabError(
-            f"--out {out_dir} is a checkpoint folder; give the run folder that holds it ({Path(out_dir).parent})"
-        )
+    refuse_checkpoint_folder(out_dir)
     ckpt_path, cfg, _, state = check_checkpoint(out_dir)
     if cfg.model != "seq2seq" or state.get("kind") != "seq2seq":
         raise AttnlabError(f"{ckpt_path}: not an encoder-decoder run; resume it with attnlab train --resume")
