@@ -160,17 +160,38 @@ def test_cached_logits_equal_the_full_forward() -> None:
 
 
 def test_a_reordered_cache_continues_each_row_it_kept() -> None:
-    """The cache's rows follow the rows kept (beam search's move), for a language model too."""
+    """The cache's rows follow the rows kept (beam search's move), for a language model too, and keep
+    doing so past the room a reorder leaves (16 slots here, then grown by doubling up to max_len)."""
     from attnlab.models.decoding import KVCache
 
     torch.manual_seed(0)
-    model = build_model(preset_config("lab", n_layers=2, max_len=16, positions="rope", head_dim=4)).eval()
+    model = build_model(preset_config("lab", n_layers=2, max_len=48, positions="rope", head_dim=4)).eval()
     ids_BT = torch.randint(0, 256, (2, 5))
-    cache = KVCache(2, 16)
+    cache = KVCache(2, 48)
     model(ids_BT, kv_cache=cache)
     rows_B = torch.tensor([1, 1, 0])
     cache.reorder(rows_B)
-    ids_BT = torch.cat([ids_BT[rows_B], torch.tensor([[7], [8], [9]])], dim=1)
-    step_BV = model(ids_BT[:, -1:], kv_cache=cache)[:, -1]
-    assert (step_BV - model(ids_BT)[:, -1]).abs().max() < 1e-5
-    assert cache.layers[0].k_BGTD.shape == (3, 4, 16, 4)  # still max_len slots: the next steps write in place
+    assert cache.layers[0].k_BGTD.shape == (3, 4, 16, 4)  # the 5 filled slots and room after them
+    ids_BT = ids_BT[rows_B]
+    for step in range(40):
+        ids_BT = torch.cat([ids_BT, torch.tensor([[7 + step], [8], [9 * step % 256]])], dim=1)
+        step_BV = model(ids_BT[:, -1:], kv_cache=cache)[:, -1]
+        assert (step_BV - model(ids_BT)[:, -1]).abs().max() < 1e-5, step
+        if step == 20:
+            cache.reorder(torch.tensor([2, 0, 0]))
+            ids_BT = ids_BT[[2, 0, 0]]
+    assert cache.layers[0].k_BGTD.shape == (3, 4, 48, 4)  # grown to max_len, no further
+
+
+def test_generation_runs_in_eval_mode_and_gives_back_the_mode_it_found() -> None:
+    """A model in training mode (dropout on) generates as in eval mode and is in training mode again
+    after; a model in eval mode stays in it."""
+    torch.manual_seed(0)
+    model = build_model(preset_config("lab", n_layers=2, max_len=32, dropout=0.5))
+    ids_BL = torch.randint(0, 256, (2, 4))
+    tokens = {}
+    for training in (True, False):
+        model.train(training)
+        tokens[training] = model.generate(ids_BL, 12, greedy=True)
+        assert model.training is training and all(m.training is training for m in model.modules())
+    assert torch.equal(tokens[True], tokens[False])

@@ -177,6 +177,17 @@ class Attention(nn.Module):
         z_BHLD = fused_attention(q_BHLD, share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H))
         return self.w_o(merge_heads(z_BHLD))
 
+    def cross_step(
+        self, x_BLC: torch.Tensor, kv: decoding.LayerCache, source_BSC: torch.Tensor, mask_B11S: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-attention of L new target positions while decoding: `forward`'s numbers without its
+        hook calls, the source's keys and values made on the first step and kept (`kv.source`)."""
+        H, D = self.n_heads, self.head_dim
+        k_BGSD, v_BGSD = self.source_keys_values(source_BSC, kv)
+        q_BHLD = split_heads(self.w_q(x_BLC), H, D)
+        z_BHLD = fused_attention(q_BHLD, share_kv_heads(k_BGSD, H), share_kv_heads(v_BGSD, H), mask_B11S)
+        return self.w_o(merge_heads(z_BHLD))
+
     def source_keys_values(
         self, source_BSC: torch.Tensor, kv: decoding.LayerCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

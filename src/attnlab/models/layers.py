@@ -141,6 +141,8 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """`mask_B1LK`: the self-attention's mask (None: causal); `memory_BSC`: the encoder's output, which
         cross-attention reads, and `memory_mask_B11S` its padding; `kv`: a generation's cache."""
+        if kv is not None and not hook.enabled and not self.training:  # generating: the same numbers, fewer calls
+            return self.cached_step(x_BLC, kv, rotate, memory_BSC, memory_mask_B11S)
 
         def attend(h_BLC: torch.Tensor) -> torch.Tensor:  # to the sequence itself
             return self.attn(h_BLC, hook.scope("attn."), rotate, mask_B1LK=mask_B1LK, kv=kv)
@@ -155,6 +157,27 @@ class Block(nn.Module):
             x_BLC = self.residual(x_BLC, cross, self.ln_cross, hook, "ln_cross_BLC", "resid_cross_BLC")
         mlp = hook.scope("mlp.")
         return self.residual(x_BLC, lambda h_BLC: self.mlp(h_BLC, mlp), self.ln2, hook, "ln2_BLC", "resid_post_BLC")
+
+    def cached_step(
+        self,
+        x_BLC: torch.Tensor,
+        kv: LayerCache,
+        rotate: Rotation | None = None,
+        memory_BSC: torch.Tensor | None = None,
+        memory_mask_B11S: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` for the new positions of a generation (eval mode, no hooks): the attention's own fast
+        paths, called directly, and no dropout. A decoding step is a chain of tiny operations, each
+        costing its call more than its arithmetic, so fewer calls are faster."""
+        post = self.post_norm
+        h_BLC = self.attn.cached_step(x_BLC if post else self.ln1(x_BLC), kv, rotate)
+        x_BLC = self.ln1(x_BLC + h_BLC) if post else x_BLC + h_BLC
+        if self.cross is not None and self.ln_cross is not None:  # a decoder block, always given the memory
+            assert memory_BSC is not None
+            h_BLC = self.cross.cross_step(x_BLC if post else self.ln_cross(x_BLC), kv, memory_BSC, memory_mask_B11S)
+            x_BLC = self.ln_cross(x_BLC + h_BLC) if post else x_BLC + h_BLC
+        h_BLC = self.mlp(x_BLC if post else self.ln2(x_BLC))
+        return self.ln2(x_BLC + h_BLC) if post else x_BLC + h_BLC
 
 
 def blocks_of(stack: nn.ModuleList) -> list[Block]:
