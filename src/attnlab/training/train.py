@@ -477,30 +477,7 @@ def fit(
     task.start(model, per_rank * world, tcfg.seed, device)
     optimizer = make_optimizer(model, tcfg, device)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=tcfg.dtype == "fp16" and device.startswith("cuda"))
-    if resume is not None:
-        st = TrainState.from_dict(resume.state, str(resume.path))
-        st.train, st.world_size, st.run = tcfg, world, {**st.run, **(run_info or {})}
-        wanted = [*task.state_dict(), "rng.torch"]
-        if missing := [k for k in wanted if k not in resume.tensors]:
-            raise AttnlabError(
-                f"checkpoint {resume.path}: no {missing[0]} (its optimizer.safetensors is missing or incomplete), "
-                "so it cannot continue; start the run again"
-            )
-        resume.restore_optimizer(optimizer)
-        if main:
-            notice(f"resuming {resume.path} at step {st.step} on {device if world == 1 else f'{world} processes'}")
-        task.load_state_dict(resume.tensors)
-        torch.set_rng_state(resume.tensors["rng.torch"])
-        if device.startswith("cuda") and "rng.cuda" in resume.tensors:
-            torch.cuda.set_rng_state(resume.tensors["rng.cuda"], device)  # this run's GPU, not the current one
-        if st.grad_scaler and scaler.is_enabled():
-            scaler.load_state_dict(st.grad_scaler)
-        if main:
-            _trim_log(log_path, st.step)
-    else:
-        st = TrainState(tcfg, next_eval_s=tcfg.eval_every_s or 0.0, world_size=world, run=dict(run_info or {}))
-        if main and log_path.exists():
-            log_path.unlink()
+    st = _start_state(task, tcfg, optimizer, scaler, device, log_path, run_info, resume)
     log: list[dict[str, Any]] = []
 
     def write_row(row: dict[str, Any]) -> None:
@@ -549,7 +526,6 @@ def fit(
     bar = tqdm(
         total=tcfg.steps, initial=st.step, desc=desc, unit="step", disable=None if main else True, file=sys.stderr
     )
-    loss_sum, loss_count = st.loss_acc
     d_model = model.config.emb_dim
     with _StopFlag() as flag:
         while distributed.all_agree(budget_left() and not flag.stop, device):
@@ -559,51 +535,21 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_ratio", 1.0)  # the embeddings' group may have its own ratio
             batch_G = task.draw()  # the global batch; this process takes rows [rank * per_rank, ...)
-            mine = rank * per_rank
             optimizer.zero_grad(set_to_none=True)
-            loss_value = 0.0
-            for a in range(tcfg.grad_accum):
-                rows = slice(mine + a * tcfg.batch_size, mine + (a + 1) * tcfg.batch_size)
-                last = a == tcfg.grad_accum - 1
-                with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-                    with autocast_context(device, tcfg.dtype):
-                        loss = task.loss(forward, tuple(t[rows] for t in batch_G), batch_G, world)
-                    scaler.scale(loss).backward()
-                loss_value += loss.item()  # also waits for the device, so the timing below is honest
-            loss_value = distributed.mean_across(loss_value, device)  # the mean over the global batch
+            loss_value = _backward(task, forward, batch_G, rank * per_rank, tcfg, ddp, scaler, device)
             if not math.isfinite(loss_value):  # stop before the step: the saved weights stay the last good ones
                 bar.close()
                 distributed.barrier()
                 raise diverged(st.step + 1, f"the training loss became {loss_value}")
-            # GradScaler reads only `param_groups` and calls `step()`, which MuonWithAdamW has too; torch's
-            # stub asks for a torch.optim.Optimizer.
-            if tcfg.grad_clip > 0:
-                scaler.unscale_(optimizer)  # type: ignore[arg-type]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)  # type: ignore[arg-type]
-            scaler.update()
+            _optimizer_step(model, optimizer, scaler, tcfg.grad_clip)
             st.elapsed_s += time.perf_counter() - t0
             st.step += 1
             st.tokens_seen += task.tokens(batch_G)
-            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            st.loss_acc = (st.loss_acc[0] + loss_value, st.loss_acc[1] + 1)
             tok_s = st.tokens_seen / max(st.elapsed_s, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-            row: dict[str, Any] = {}
-            is_eval = st.step % tcfg.eval_every == 0
-            if tcfg.eval_every_s and st.elapsed_s >= st.next_eval_s:
-                is_eval, st.next_eval_s = True, st.elapsed_s + tcfg.eval_every_s
-            if st.step % tcfg.log_every == 0 or is_eval:
-                row = {
-                    "kind": "train",
-                    "step": st.step,
-                    "train_loss": loss_sum / loss_count,
-                    "lr": lr,
-                    "elapsed_s": round(st.elapsed_s, 3),
-                    "tokens_per_s": round(tok_s, 1),
-                }
-                st.last_train_loss, loss_sum, loss_count = row["train_loss"], 0.0, 0
-            st.loss_acc = (loss_sum, loss_count)
+            row, is_eval = _train_row(st, lr, tok_s)
             if is_eval and budget_left() and main:
                 fields_ = task.evaluate(model)
                 row.update(kind="eval", **fields_)
@@ -632,7 +578,7 @@ def fit(
     final_row = {
         "kind": "final",
         "step": st.step,
-        "train_loss": loss_sum / loss_count if loss_count else st.last_train_loss,
+        "train_loss": st.loss_acc[0] / st.loss_acc[1] if st.loss_acc[1] else st.last_train_loss,
         **fields_,
         "elapsed_s": round(st.elapsed_s, 3),
         "tokens_per_s": round(tok_s, 1),
@@ -645,3 +591,102 @@ def fit(
             f"{desc}: {st.step} steps in {st.elapsed_s:.1f} s ({tok_s:,.0f} tokens/s); final {task.describe(fields_)}"
         )
     return TrainResult(model, st.step, st.elapsed_s, tok_s, final, path, log, tokenizer)
+
+
+def _start_state(
+    task: Objective[ModelT, FinalT],
+    tcfg: TrainConfig,
+    optimizer: torch.optim.Optimizer | MuonWithAdamW,
+    scaler: torch.amp.GradScaler,
+    device: str,
+    log_path: Path,
+    run_info: dict[str, Any] | None,
+    resume: Checkpoint[ModelT] | None,
+) -> TrainState:
+    """A new run's state (and no log yet), or the state `resume` saved, with the optimizer, the task's
+    data position, the random generators and the log put back as they were at its step."""
+    world, main = distributed.world_size(), distributed.is_main()
+    if resume is None:
+        if main and log_path.exists():
+            log_path.unlink()
+        return TrainState(tcfg, next_eval_s=tcfg.eval_every_s or 0.0, world_size=world, run=dict(run_info or {}))
+    st = TrainState.from_dict(resume.state, str(resume.path))
+    st.train, st.world_size, st.run = tcfg, world, {**st.run, **(run_info or {})}
+    wanted = [*task.state_dict(), "rng.torch"]
+    if missing := [k for k in wanted if k not in resume.tensors]:
+        raise AttnlabError(
+            f"checkpoint {resume.path}: no {missing[0]} (its optimizer.safetensors is missing or incomplete), "
+            "so it cannot continue; start the run again"
+        )
+    resume.restore_optimizer(optimizer)
+    if main:
+        notice(f"resuming {resume.path} at step {st.step} on {device if world == 1 else f'{world} processes'}")
+    task.load_state_dict(resume.tensors)
+    torch.set_rng_state(resume.tensors["rng.torch"])
+    if device.startswith("cuda") and "rng.cuda" in resume.tensors:
+        torch.cuda.set_rng_state(resume.tensors["rng.cuda"], device)  # this run's GPU, not the current one
+    if st.grad_scaler and scaler.is_enabled():
+        scaler.load_state_dict(st.grad_scaler)
+    if main:
+        _trim_log(log_path, st.step)
+    return st
+
+
+def _backward(
+    task: Objective[ModelT, FinalT],
+    forward: Forward,
+    batch_G: Batch,
+    mine: int,
+    tcfg: TrainConfig,
+    ddp: torch.nn.parallel.DistributedDataParallel | None,
+    scaler: torch.amp.GradScaler,
+    device: str,
+) -> float:
+    """Gradients of this process's rows of the global batch (from row `mine`), in `grad_accum`
+    micro-batches; returns the loss averaged over the global batch."""
+    world = distributed.world_size()
+    loss_value = 0.0
+    for a in range(tcfg.grad_accum):
+        rows = slice(mine + a * tcfg.batch_size, mine + (a + 1) * tcfg.batch_size)
+        last = a == tcfg.grad_accum - 1
+        with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            with autocast_context(device, tcfg.dtype):
+                loss = task.loss(forward, tuple(t[rows] for t in batch_G), batch_G, world)
+            scaler.scale(loss).backward()
+        loss_value += loss.item()  # also waits for the device, so the step's timing is honest
+    return distributed.mean_across(loss_value, device)
+
+
+def _optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | MuonWithAdamW, scaler: torch.amp.GradScaler, clip: float
+) -> None:
+    """Clip the gradients' norm to `clip` (0: no clipping), step, and let fp16's scaler adjust."""
+    # GradScaler reads only `param_groups` and calls `step()`, which MuonWithAdamW has too; torch's
+    # stub asks for a torch.optim.Optimizer.
+    if clip > 0:
+        scaler.unscale_(optimizer)  # type: ignore[arg-type]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)  # type: ignore[arg-type]
+    scaler.update()
+
+
+def _train_row(st: TrainState, lr: float, tok_s: float) -> tuple[dict[str, Any], bool]:
+    """The step just taken's row of metrics.jsonl (empty between logged steps), and whether the run
+    evaluates and saves at it (every `eval_every` steps, or `eval_every_s` seconds)."""
+    tcfg = st.train
+    is_eval = st.step % tcfg.eval_every == 0
+    if tcfg.eval_every_s and st.elapsed_s >= st.next_eval_s:
+        is_eval, st.next_eval_s = True, st.elapsed_s + tcfg.eval_every_s
+    if st.step % tcfg.log_every and not is_eval:
+        return {}, is_eval
+    loss_sum, loss_count = st.loss_acc
+    row: dict[str, Any] = {
+        "kind": "train",
+        "step": st.step,
+        "train_loss": loss_sum / loss_count,
+        "lr": lr,
+        "elapsed_s": round(st.elapsed_s, 3),
+        "tokens_per_s": round(tok_s, 1),
+    }
+    st.last_train_loss, st.loss_acc = row["train_loss"], (0.0, 0)
+    return row, is_eval
