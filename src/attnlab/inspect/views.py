@@ -26,7 +26,7 @@ import torch
 from ..data.corpus import evaluation_split
 from ..errors import AttnlabError
 from ..generate import encode_prompt
-from ..models import LanguageModel, TransformerLM, build_model, preset_config
+from ..models import LanguageModel, build_model, preset_config
 from ..runtime.devices import resolve_device
 from ..runtime.environment import notice
 from ..tokenizers import ByteTokenizer, Tokenizer
@@ -34,6 +34,7 @@ from ..training.checkpoint import is_seq2seq, load_for_text
 from ..training.run import check_fits
 from ..training.seq2seq_run import Seq2SeqRun, load_seq2seq, source_and_reading
 from ..training.train import evaluate
+from .circuits import need_transformer
 from .lens import logit_lens, next_tokens
 from .pictures import (
     attention_figure,
@@ -84,13 +85,6 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, max_len: int) -> list[int]:
     for line in notices:
         notice(line)
     return ids
-
-
-def need_transformer(model: LanguageModel, what: str) -> TransformerLM:
-    """`model` itself, once it is known to be a Transformer (the MLP baseline is the other language model)."""
-    if not isinstance(model, TransformerLM):
-        raise AttnlabError(f"the MLP model has no {what}: use a transformer checkpoint or --model transformer")
-    return model
 
 
 def no_target(target: str | None) -> None:
