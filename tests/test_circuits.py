@@ -23,7 +23,11 @@ from attnlab.models import build_model, preset_config
 
 from .test_variants import VARIANTS
 
-ALL = {"default": {}, **VARIANTS, "post-norm-rms-rope": dict(norm_placement="post", norm="rms", positions="rope", head_dim=8)}
+ALL = {
+    "default": {},
+    **VARIANTS,
+    "post-norm-rms-rope": dict(norm_placement="post", norm="rms", positions="rope", head_dim=8),
+}
 
 
 def _model(n_layers: int = 3, **fields):
