@@ -4,6 +4,10 @@ two prompts differ restores the clean run; positions before it change nothing)."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import matplotlib.image
 import pytest
 import torch
 
@@ -21,6 +25,7 @@ from attnlab.inspect.patching import (
 )
 from attnlab.models import build_model, preset_config
 
+from .conftest import run_cli
 from .test_variants import VARIANTS
 
 ALL = {
@@ -30,9 +35,9 @@ ALL = {
 }
 
 
-def _model(n_layers: int = 3, **fields):
+def _model(n_layers: int = 3, max_len: int = 16, **fields):
     torch.manual_seed(0)
-    model = build_model(preset_config("lab", n_layers=n_layers, max_len=16, **fields)).eval()
+    model = build_model(preset_config("lab", n_layers=n_layers, max_len=max_len, **fields)).eval()
     with torch.no_grad():  # norms away from their initial 1 and 0, so that a forgotten gain or bias shows,
         for name, p in model.named_parameters():  # and weights large enough that a token changes the logits
             if "ln" in name or "norm" in name:
@@ -80,7 +85,7 @@ def test_a_heads_attribution_is_its_output_through_the_final_norm_at_the_runs_sc
     ln = model.final_ln
     normed_C = (out_C - out_C.mean()) / torch.sqrt(stream_C.var(unbiased=False) + ln.eps) * ln.weight
     W_U = model.embed.tok.weight
-    expected = float(normed_C @ (W_U[5] - W_U[9]))
+    expected = float((normed_C @ (W_U[5] - W_U[9])).detach())
     att = dict(direct_logit_attribution(model, ids_1L, answer=5, wrong=9).parts)
     assert att["blocks.1.attn.head.2"] == pytest.approx(expected, abs=1e-5)
 
@@ -108,7 +113,7 @@ def test_patching_every_hook_point_gives_the_clean_logits_and_patching_none_the_
     assert torch.allclose(model.run_with_hooks(corrupt_1L, everything_but_logits), clean_logits, atol=1e-5)
     last = "blocks.2.resid_post_BLC"
     patched = patch_cells(model, clean_1L, corrupt_1L, [Cell(last, (p,)) for p in range(9)], lambda x: x[:, -1, 7])
-    assert patched[-1] == pytest.approx(float(clean_logits[0, -1, 7]), abs=1e-5)  # the last position's stream
+    assert patched[-1] == pytest.approx(float(clean_logits[0, -1, 7].detach()), abs=1e-5)  # the last position's stream
     same = patch_cells(model, corrupt_1L, corrupt_1L, [Cell(last, (8,))], lambda x: x[:, -1, 7])
     assert same[0] == pytest.approx(float(model(corrupt_1L)[0, -1, 7].detach()), abs=1e-5)
 
@@ -160,3 +165,130 @@ def test_circuits_refuse_what_does_not_apply_in_one_line() -> None:
         sweep_cells(model, "layers", 9)
     assert resid_name(model, 0) == "embed.sum_BLC" and resid_name(model, 2) == "blocks.1.resid_post_BLC"
     assert resid_name(_model(norm_placement="post"), 1) == "blocks.0.ln2_BLC"
+
+
+def test_the_detectors_mark_the_keys_each_kind_of_head_attends_to() -> None:
+    from attnlab.inspect.heads import targets_BLK
+
+    ids_BL = torch.tensor([[5, 7, 5, 7, 7]])
+    marked = {d: targets_BLK(ids_BL, d)[0].nonzero().tolist() for d in ("previous", "duplicate", "induction")}
+    assert marked["previous"] == [[1, 0], [2, 1], [3, 2], [4, 3]]
+    assert marked["duplicate"] == [[2, 0], [3, 1], [4, 1], [4, 3]]
+    assert marked["induction"] == [[2, 1], [3, 2], [4, 2]]  # the key after an earlier copy of the query's token
+
+
+def test_the_detector_scores_are_the_mean_weight_on_the_marked_keys() -> None:
+    from attnlab.inspect.heads import detector_scores, repeated_random_tokens, targets_BLK
+
+    model = _model(n_kv_heads=2)
+    ids_BL = repeated_random_tokens(256, 6, batch=3, seed=4)
+    assert torch.equal(ids_BL[:, :6], ids_BL[:, 6:]) and ids_BL.shape == (3, 12)
+    scores = detector_scores(model, ids_BL)
+    _, cache = model.run_with_cache(ids_BL)
+    for detector in ("previous", "duplicate", "induction"):
+        marked = targets_BLK(ids_BL, detector)
+        for layer, h in [(0, 0), (2, 3)]:
+            w = cache[f"blocks.{layer}.attn.weights_BHLK"][:, h]
+            per_query = [float(w[b, i][marked[b, i]].sum()) for b in range(3) for i in range(12) if marked[b, i].any()]
+            assert float(scores[detector][layer, h]) == pytest.approx(sum(per_query) / len(per_query), abs=1e-6)
+
+
+def test_zero_ablating_a_head_is_zeroing_its_columns_of_the_output_projection() -> None:
+    from attnlab.inspect.ablations import ablation_table
+
+    model = _model()
+    torch.manual_seed(2)
+    text_BL = torch.randint(0, 256, (4, 12))
+    table = ablation_table(model, text_BL, "zero", prompt_1L=text_BL[:1, :9], metric=logit_diff(7, 101))
+    D = model.config.head_dim
+    with torch.no_grad():
+        model.blocks[1].attn.w_o.weight[:, 2 * D : 3 * D] = 0
+        logits = model(text_BL)
+        loss = float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), text_BL[:, 1:].flatten()))
+        metric = float(logit_diff(7, 101)(model(text_BL[:1, :9]))[0])
+    assert table.loss["blocks.1.attn.head.2"] == pytest.approx(loss, abs=1e-5)
+    assert table.metric["blocks.1.attn.head.2"] == pytest.approx(metric, abs=1e-4)
+    assert len(table.loss) == 3 * (4 + 1) and table.rows()[0]["loss_change"] == max(
+        r["loss_change"] for r in table.rows()
+    )
+
+
+@pytest.mark.parametrize("kind", ["mean", "resample"])
+def test_mean_and_resample_ablation_put_the_texts_own_values_in(kind: str) -> None:
+    from attnlab.inspect.ablations import ablation_table
+
+    model = _model()
+    torch.manual_seed(2)
+    text_BL = torch.randint(0, 256, (4, 12))
+    table = ablation_table(model, text_BL, kind)
+    _, cache = model.run_with_cache(text_BL)
+    out_BLC = cache["blocks.0.mlp.out_BLC"]
+    other_BLC = out_BLC.mean((0, 1)).expand_as(out_BLC) if kind == "mean" else out_BLC.roll(1, dims=0)
+    with torch.no_grad():
+        logits = model.run_with_hooks(text_BL, [("blocks.0.mlp.out_BLC", lambda t, n: other_BLC)])
+    loss = float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), text_BL[:, 1:].flatten()))
+    assert table.loss["blocks.0.mlp"] == pytest.approx(loss, abs=1e-5)
+    assert table.loss["blocks.0.mlp"] != pytest.approx(table.base_loss, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from attnlab.tokenizers import ByteTokenizer
+    from attnlab.training.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("circuits") / "checkpoint"
+    save_checkpoint(path, _model(max_len=64), ByteTokenizer())
+    return path
+
+
+def test_attnlab_patch_prints_the_contracts_json_and_its_numbers_are_the_models(ckpt: Path, tmp_path: Path, capsys):
+    clean, corrupt = "Lily met Ben. Lil", "Anna met Ben. Lil"
+    args = ["patch", str(ckpt), "--clean", clean, "--corrupt", corrupt, "--answer", "y", "--wrong", "a"]
+    code, out, _ = run_cli([*args, "--over", "resid", "--format", "json", "--out", str(tmp_path / "p.png")], capsys)
+    view = json.loads(out)
+    assert code == 0 and set(view) == {"metric", "over", "axes", "values", "clean", "corrupt"}
+    assert view["metric"] == "logit_diff" and view["over"] == "resid" and view["axes"] == ["layer", "position"]
+    model = _model(max_len=64)
+    ids = {t: torch.tensor([list(t.encode())]) for t in (clean, corrupt)}
+    with torch.no_grad():
+        diff = {t: float(model(i)[0, -1, ord("y")] - model(i)[0, -1, ord("a")]) for t, i in ids.items()}
+    assert view["clean"] == pytest.approx(diff[clean], abs=1e-4) and view["corrupt"] == pytest.approx(
+        diff[corrupt], abs=1e-4
+    )
+    sweep = patch_sweep(model, ids[clean], ids[corrupt], logit_diff(ord("y"), ord("a")), "resid")
+    assert torch.allclose(torch.tensor(view["values"]), sweep.values, atol=1e-5)
+    assert len(view["values"]) == 3 and len(view["values"][0]) == len(clean)
+    after = torch.tensor(view["values"][0][4:])  # the embeddings after the name are the same in both runs
+    assert torch.allclose(after, torch.tensor(view["corrupt"]), atol=1e-4)
+    assert matplotlib.image.imread(tmp_path / "p.png").shape[1] > 400
+    code, out, _ = run_cli([*args, "--over", "head-positions", "--attribution", "--format", "json"], capsys)
+    view = json.loads(out)
+    assert view["axes"] == ["layer", "head", "position"] and torch.tensor(view["values"]).shape == (3, 4, len(clean))
+    assert set(view["attribution"]) == {"values", "correlation", "max_abs_error", "mean_abs_error"}
+
+
+def test_attnlab_attribute_prints_parts_that_sum_to_the_logit_difference(ckpt: Path, tmp_path: Path, capsys):
+    args = ["attribute", str(ckpt), "--prompt", "Once upon a ti", "--answer", "m", "--wrong", "n", "--format", "json"]
+    code, out, _ = run_cli([*args, "--out", str(tmp_path / "a.png")], capsys)
+    view = json.loads(out)
+    assert code == 0 and set(view) == {"logit_diff", "parts"}
+    names = [p["name"] for p in view["parts"]]
+    assert {"embed", "blocks.0.attn.head.0", "blocks.2.attn.head.3", "blocks.1.mlp", "final_ln.bias"} <= set(names)
+    assert sum(p["value"] for p in view["parts"]) == pytest.approx(view["logit_diff"], abs=1e-4)
+    with torch.no_grad():
+        logits = _model(max_len=64)(torch.tensor([list(b"Once upon a ti")]))[0, -1]
+    assert view["logit_diff"] == pytest.approx(float(logits[ord("m")] - logits[ord("n")]), abs=1e-4)
+    assert (tmp_path / "a.png").stat().st_size > 5000
+
+
+def test_attnlab_heads_scores_every_head_on_random_tokens_and_the_runs_text(ckpt: Path, tmp_path: Path, capsys):
+    code, out, _ = run_cli(
+        ["heads", str(ckpt), "--format", "json", "--batch", "3", "--out", str(tmp_path / "h.png")], capsys
+    )
+    view = json.loads(out)
+    assert code == 0 and len(view["heads"]) == 3 * 4
+    assert set(view["heads"][0]) == {"layer", "head"} | {
+        f"{d}_{w}" for d in ("previous", "duplicate", "induction") for w in ("random", "text")
+    }
+    assert all(0 <= row["induction_random"] <= 1 for row in view["heads"])
+    assert (tmp_path / "h.png").stat().st_size > 5000

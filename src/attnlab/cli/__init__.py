@@ -2,8 +2,8 @@
 
 - `options`: the parser, value types and the flags several verbs share (`add_flags`, `command`);
 - `training`: lab, train, compare, eval;  `inspecting`: generate, trace, attention, embeddings, next,
-  lens, params;  `seq2seq`: seq2seq show / train / eval / translate;  `serving`: serve;
-  `exercises`: notebook, check;  `tools`: bench, prepare, export, info;
+  lens, params;  `circuits`: patch, attribute, heads;  `seq2seq`: seq2seq show / train / eval /
+  translate;  `serving`: serve;  `exercises`: notebook, check;  `tools`: bench, prepare, export, info;
 - here: `build_parser` (the verbs, in the order --help lists them), the output paths checked before any
   work (`OUTPUTS`), and `main`, which turns every failure into one line and an exit status.
 """
@@ -16,7 +16,7 @@ import signal
 import sys
 
 from ..errors import AttnlabError
-from . import exercises, inspecting, seq2seq, serving, tools, training
+from . import circuits, exercises, inspecting, seq2seq, serving, tools, training
 from .options import EXIT_BAD_INPUT, Parser, one_line
 
 DESCRIPTION = "`attnlab <verb>`: a thin command line over the library. Bad input: one line on stderr, exit 2."
@@ -34,6 +34,9 @@ VERBS = (  # each adds its verb to the parser; --help lists them in this order
     inspecting.add_next,
     inspecting.add_lens,
     inspecting.add_params,
+    circuits.add_patch,
+    circuits.add_attribute,
+    circuits.add_heads,
     training.add_compare,
     tools.add_bench,
     tools.add_prepare,
@@ -52,6 +55,9 @@ OUTPUTS = {
     "compare": [("out", "dir")],
     "attention": [("out", "picture"), ("html", "file")],
     "embeddings": [("out", "picture")],
+    "patch": [("out", "picture")],
+    "attribute": [("out", "picture")],
+    "heads": [("out", "picture")],
     "bench": [("out", "file")],
     "prepare": [("out", "file")],
     "export": [("hf", "dir")],

@@ -6,18 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
 
-from .options import Verbs, command, finite, positive, seed
-
-if TYPE_CHECKING:
-    from ..inspect.views import Subject
-
-
-def _subject(args: argparse.Namespace) -> Subject:
-    from ..inspect.views import Subject
-
-    return Subject(args.checkpoint, args.random, args.preset, args.model, args.seed, args.device)
+from .options import Verbs, add_subject, command, finite, positive, seed, subject
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -40,7 +30,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from ..inspect.trace import format_trace
     from ..inspect.views import trace_prompt
 
-    tr = trace_prompt(_subject(args), args.prompt, args.target)
+    tr = trace_prompt(subject(args), args.prompt, args.target)
     print(json.dumps(tr.to_dict()) if args.format == "json" else format_trace(tr, args.format))
     return 0
 
@@ -48,7 +38,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from ..explorer import attention_files
 
-    for path in attention_files(_subject(args), args.prompt, args.out, args.html, args.head, args.target):
+    for path in attention_files(subject(args), args.prompt, args.out, args.html, args.head, args.target):
         print(path)
     return 0
 
@@ -56,7 +46,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
 def cmd_embeddings(args: argparse.Namespace) -> int:
     from ..inspect.views import embedding_view, format_embedding_view
 
-    view = embedding_view(_subject(args), args.out, args.neighbours, args.top)
+    view = embedding_view(subject(args), args.out, args.neighbours, args.top)
     print(json.dumps(view) if args.format == "json" else format_embedding_view(view))
     return 0
 
@@ -65,7 +55,7 @@ def cmd_next(args: argparse.Namespace) -> int:
     from ..inspect.lens import format_next_tokens
     from ..inspect.views import next_token_view
 
-    view = next_token_view(_subject(args), args.prompt, args.top, args.all_positions)
+    view = next_token_view(subject(args), args.prompt, args.top, args.all_positions)
     print(json.dumps(view) if args.format == "json" else format_next_tokens(view, args.prompt))
     return 0
 
@@ -74,7 +64,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     from ..inspect.lens import format_lens
     from ..inspect.views import lens_view
 
-    view = lens_view(_subject(args), args.prompt, args.top)
+    view = lens_view(subject(args), args.prompt, args.top)
     print(json.dumps(view) if args.format == "json" else format_lens(view["layers"], args.prompt))
     return 0
 
@@ -88,22 +78,6 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 # ---- the verbs' flags ---------------------------------------------------------------------------
-
-
-def _add_subject(p: argparse.ArgumentParser, prompt: bool = True, top: int | None = None) -> None:
-    """The model to look at (a checkpoint, or an untrained preset), for most views the prompt, and for
-    the tables of likely tokens how many rows (`--top`, default `top`) and in which format."""
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
-    p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
-    p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
-    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with --random")
-    p.add_argument("--seed", type=seed, default=0, help="with --random: the initialisation seed")
-    p.add_argument("--device", default="cpu")
-    if prompt:
-        p.add_argument("--prompt", required=True)
-    if top is not None:
-        p.add_argument("--top", type=positive, default=top)
-        p.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -140,7 +114,7 @@ def add_generate(verbs: Verbs) -> None:
 
 def add_trace(verbs: Verbs) -> None:
     p = verbs.add_parser("trace", help="walk a prompt through the model step by step, with every shape")
-    _add_subject(p)
+    add_subject(p)
     _add_target(p)
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     command(p, cmd_trace)
@@ -148,7 +122,7 @@ def add_trace(verbs: Verbs) -> None:
 
 def add_attention(verbs: Verbs) -> None:
     p = verbs.add_parser("attention", help="attention weights as heatmaps (PNG), or the explorer as one HTML file")
-    _add_subject(p)
+    add_subject(p)
     _add_target(p)
     p.add_argument("--out", default=None, help="the PNG file to write")
     p.add_argument("--html", default=None, metavar="OUT.html", help="the explorer's views as one self-contained file")
@@ -158,7 +132,7 @@ def add_attention(verbs: Verbs) -> None:
 
 def add_embeddings(verbs: Verbs) -> None:
     p = verbs.add_parser("embeddings", help="2-D PCA picture of the token embeddings and nearest neighbours")
-    _add_subject(p, prompt=False, top=5)
+    add_subject(p, prompt=False, top=5)
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.add_argument("--neighbours", default="aeiouAT.,! ", help="characters whose nearest neighbours to list")
     command(p, cmd_embeddings)
@@ -166,14 +140,14 @@ def add_embeddings(verbs: Verbs) -> None:
 
 def add_next(verbs: Verbs) -> None:
     p = verbs.add_parser("next", help="the most likely next tokens after a prompt")
-    _add_subject(p, top=10)
+    add_subject(p, top=10)
     p.add_argument("--all-positions", action="store_true", help="also after every prefix of the prompt")
     command(p, cmd_next)
 
 
 def add_lens(verbs: Verbs) -> None:
     p = verbs.add_parser("lens", help="logit lens: the next-token guess after each layer")
-    _add_subject(p, top=5)
+    add_subject(p, top=5)
     command(p, cmd_lens)
 
 

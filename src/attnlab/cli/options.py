@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import AttnlabError
 from ..training.optim import OPTIMIZERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from ..inspect.views import Subject
 
 EXIT_BAD_INPUT = 2
 Verbs = Any  # what `add_subparsers` returns: its `add_parser(name, help=...)` makes the parser of a verb
@@ -171,3 +174,29 @@ def command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     """The verb of `parser` runs `run(args)` (its exit status), and takes the flags every verb takes."""
     add_flags(parser, "threads")
     parser.set_defaults(func=run)
+
+
+# ---- the model a looking verb looks at -----------------------------------------------------------
+
+
+def add_subject(p: argparse.ArgumentParser, prompt: bool = True, top: int | None = None) -> None:
+    """The model to look at (a checkpoint, or an untrained preset), for most views the prompt, and for
+    the tables of likely tokens how many rows (`--top`, default `top`) and in which format."""
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint folder or a run folder")
+    p.add_argument("--random", action="store_true", help="an untrained model of --preset instead of a checkpoint")
+    p.add_argument("--preset", default=None, help="with --random: the model sizes (default: lab)")
+    p.add_argument("--model", choices=("mlp", "transformer"), default="transformer", help="with --random")
+    p.add_argument("--seed", type=seed, default=0, help="with --random: the initialisation seed")
+    p.add_argument("--device", default="cpu")
+    if prompt:
+        p.add_argument("--prompt", required=True)
+    if top is not None:
+        p.add_argument("--top", type=positive, default=top)
+        p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def subject(args: argparse.Namespace) -> Subject:
+    """The model a looking verb looks at, from `add_subject`'s flags."""
+    from ..inspect.views import Subject
+
+    return Subject(args.checkpoint, args.random, args.preset, args.model, args.seed, args.device)

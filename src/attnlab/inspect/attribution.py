@@ -47,13 +47,7 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         key = "logit_diff" if self.wrong is not None else "logit"
-        return {
-            key: self.total,
-            "answer": self.answer,
-            "wrong": self.wrong,
-            "position": self.position,
-            "parts": [{"name": n, "value": v} for n, v in self.parts],
-        }
+        return {key: self.total, "parts": [{"name": n, "value": v} for n, v in self.parts]}
 
 
 def _frozen(norm: nn.Module, x_C: torch.Tensor) -> tuple[Any, torch.Tensor | None]:

@@ -222,7 +222,7 @@ def gradients(
         value = metric(model.run_with_hooks(ids_1L, hooks)).sum()
         found = torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)
     grads = {n: g if g is not None else torch.zeros_like(acts[n]) for n, g in zip(names, found, strict=True)}
-    return float(value), {n: a.detach() for n, a in acts.items()}, grads
+    return float(value.detach()), {n: a.detach() for n, a in acts.items()}, grads
 
 
 def agreement(real: PatchSweep, estimate: PatchSweep) -> dict[str, float]:

@@ -14,7 +14,12 @@ from ..models.seq2seq import Seq2SeqTransformer, attention_names
 from ..tokenizers import Tokenizer
 
 
-def _save(fig: Figure, out: Path) -> Path:
+def shown_tokens(labels: list[str]) -> list[str]:
+    """Tokens as a picture's labels: spaces as ␣, and an invisible one by its escape (\\n)."""
+    return [(t if t.strip() else repr(t)[1:-1] or "␣").replace(" ", "␣") for t in labels]
+
+
+def save_figure(fig: Figure, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -50,23 +55,20 @@ def attention_figure(
     cmap = _cmap("cividis")
     future_QK = np.triu(np.ones((Q, K), dtype=bool), k=1 + K - Q) if causal else np.zeros((Q, K), dtype=bool)
 
-    def shown(labels: list[str]) -> list[str]:
-        return [(t if t.strip() else repr(t)[1:-1] or "␣").replace(" ", "␣") for t in labels]
-
     image = None
     for ax, (layer, h) in zip(axes.flat, panels, strict=True):
         w_QK = weights_LHQK[layer][h].float().cpu().numpy()
         image = ax.imshow(np.ma.masked_array(w_QK, mask=future_QK), cmap=cmap, norm=norm, interpolation="nearest")
         ax.set_title(f"layer {layer}, head {h}", fontsize=9)
         font = 8 if max(Q, K) <= 24 else 6
-        ax.set_xticks(range(K), shown(keys), rotation=90, fontsize=font)
-        ax.set_yticks(range(Q), shown(tokens), fontsize=font)
+        ax.set_xticks(range(K), shown_tokens(keys), rotation=90, fontsize=font)
+        ax.set_yticks(range(Q), shown_tokens(tokens), fontsize=font)
         ax.set_xlabel("key (attended to)", fontsize=8)
         ax.set_ylabel("query (attending)", fontsize=8)
     assert image is not None
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
     fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 SEQ2SEQ_ATTENTIONS = (  # kind, causal, what its picture shows
@@ -176,7 +178,7 @@ def embeddings_figure(E_VC: torch.Tensor, tokenizer: Tokenizer, out: Path, ids: 
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _legend_patch(colour: str, label: str) -> Patch:
