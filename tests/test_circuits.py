@@ -292,3 +292,39 @@ def test_attnlab_heads_scores_every_head_on_random_tokens_and_the_runs_text(ckpt
     }
     assert all(0 <= row["induction_random"] <= 1 for row in view["heads"])
     assert (tmp_path / "h.png").stat().st_size > 5000
+
+
+def test_the_residual_sweep_and_the_head_attributions_equal_transformerlenss(tmp_path: Path, monkeypatch) -> None:
+    """The same GPT-2-architecture weights (a small random config, exported with to_hf) in TransformerLens:
+    its layer x position residual patching and its per-head direct logit attribution (LayerNorm folded,
+    value biases left with their heads, as attnlab counts them) equal attnlab's."""
+    pytest.importorskip("transformer_lens", reason="TransformerLens is not installed (pip install transformer-lens)")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import transformer_lens.patching as tl_patching
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from attnlab.interop import to_hf
+
+    model = _model(n_layers=2, max_len=32, mlp="gelu", head_dim=8)
+    hf = to_hf(model).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    bridge = TransformerBridge.boot_transformers(str(tmp_path / "hf"), hf_model=hf, device="cpu")
+    bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False)
+    clean_1L, corrupt_1L = _prompts(L=10, differ_at=3)
+    answer, wrong = 7, 101
+
+    def tl_metric(logits_BLV: torch.Tensor) -> torch.Tensor:
+        return logits_BLV[0, -1, answer] - logits_BLV[0, -1, wrong]
+
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(clean_1L)
+        theirs_NL = tl_patching.get_act_patch_resid_pre(bridge, corrupt_1L, clean_cache, tl_metric)
+        stack, labels = clean_cache.stack_head_results(layer=-1, pos_slice=-1, apply_ln=True, return_labels=True)
+        theirs_heads = stack[:, 0] @ (bridge.W_U[:, answer] - bridge.W_U[:, wrong])
+    ours = patch_sweep(model, clean_1L, corrupt_1L, logit_diff(answer, wrong), over="resid")
+    assert torch.allclose(ours.values, theirs_NL.float(), atol=1e-4)
+    parts = dict(direct_logit_attribution(model, clean_1L, answer, wrong).parts)
+    assert labels == [f"L{layer}H{h}" for layer in range(2) for h in range(4)]
+    ours_heads = torch.tensor([parts[f"blocks.{layer}.attn.head.{h}"] for layer in range(2) for h in range(4)])
+    assert torch.allclose(ours_heads, theirs_heads.float(), atol=1e-4)
+    assert ours_heads.abs().max() > 0.05  # heads that write something, so the comparison means something
