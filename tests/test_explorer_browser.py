@@ -148,6 +148,73 @@ def test_clicking_a_model_view_cell_opens_its_head(server, browser):
     assert errors == []
 
 
+def test_the_attribution_bars_are_the_models_parts_and_a_head_bar_opens_its_head(server, browser):
+    from attnlab.inspect.attribution import direct_logit_attribution
+
+    url, ckpt = server
+    page, errors = _open(browser, url)
+    page.wait_for_selector("#attr-view .bar-row")
+    shown = page.eval_on_selector_all("#attr-view .bar-row", "els => els.map(e => [e.dataset.name, +e.dataset.value])")
+    ids_1L = torch.tensor([ckpt.tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        top = ckpt.model(ids_1L)[0, -1].topk(2).indices.tolist()
+    att = direct_logit_attribution(ckpt.model, ids_1L, top[0], top[1])
+    assert [n for n, _ in shown] == [n for n, _ in att.parts]
+    assert all(abs(v - w) < 1e-5 for (_, v), (_, w) in zip(shown, att.parts, strict=True))
+    summary = page.inner_text("#attr-sum")
+    assert f"= {att.total:.3f}; the parts sum to {sum(v for _, v in att.parts):.3f}" in summary
+    page.click("#attr-view .bar-row[data-name='blocks.1.attn.head.2']")
+    page.wait_for_function(
+        "document.querySelector('#layer').value === '1' && document.querySelector('#head').value === '2'"
+    )
+    page.fill("#attr-answer", "xy")  # two tokens: refused, said on the page
+    page.click("#attr-go")
+    page.wait_for_selector("#attr-view .error")
+    assert "is 2 tokens" in page.inner_text("#attr-view")
+    assert errors == []
+
+
+def test_the_patching_grid_shows_the_sweep_and_a_head_cell_opens_its_head(server, browser):
+    from attnlab.inspect.circuits import logit_diff
+    from attnlab.inspect.patching import patch_sweep
+
+    url, ckpt = server
+    page, errors = _open(browser, url)
+    corrupt = PROMPT.replace("Lily had", "Anna had")
+    page.fill("#patch-corrupt", corrupt)
+    page.fill("#patch-answer", " ")
+    page.fill("#patch-wrong", "a")
+    page.click("#patch-go")
+    page.wait_for_selector("table.patch td")
+    encode = ckpt.tokenizer.encode
+    clean_1L, corrupt_1L = torch.tensor([encode(PROMPT)]), torch.tensor([encode(corrupt)])
+    sweep = patch_sweep(ckpt.model, clean_1L, corrupt_1L, logit_diff(encode(" ")[0], encode("a")[0]), "resid")
+    cells = page.eval_on_selector_all("table.patch td", "els => els.map(e => +e.dataset.value)")
+    assert torch.allclose(torch.tensor(cells), sweep.values.flatten(), atol=1e-5)
+    assert f"clean run {sweep.clean:.3f}, corrupted run {sweep.corrupt:.3f}" in page.inner_text("#patch-summary")
+    page.select_option("#patch-over", "heads")
+    page.click("#patch-go")
+    page.wait_for_function("document.querySelectorAll('table.patch td.head-cell').length > 0")
+    n_heads = ckpt.model.config.n_heads
+    assert page.locator("table.patch td").count() == ckpt.model.config.n_layers * n_heads
+    page.click(f"table.patch td[data-layer='1'][data-col='{n_heads - 1}']")
+    page.wait_for_function(
+        f"document.querySelector('#layer').value === '1' && document.querySelector('#head').value === '{n_heads - 1}'"
+    )
+    if os.environ.get("ATTNLAB_SCREENSHOTS"):
+        out = Path(os.environ["ATTNLAB_SCREENSHOTS"])
+        page.select_option("#patch-over", "resid")
+        page.click("#patch-go")
+        page.wait_for_selector("table.patch td:not(.head-cell)")
+        page.locator("#patch-section").screenshot(path=str(out / "explorer_patching.png"))
+        page.locator("#attr-section").screenshot(path=str(out / "explorer_attribution.png"))
+    page.fill("#patch-corrupt", "Tom")  # another length: refused, said on the page
+    page.click("#patch-go")
+    page.wait_for_selector("#patch-view .error")
+    assert "same number of tokens" in page.inner_text("#patch-view")
+    assert errors == []
+
+
 def test_generated_tokens_stream_in_and_equal_attnlab_generate_greedy(server, browser, trained, capsys):
     url, _ = server
     page, errors = _open(browser, url, "Once upon a time")

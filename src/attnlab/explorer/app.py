@@ -45,6 +45,19 @@ class PairIn(HeadIn):
     key: int = Field(ge=0)
 
 
+class AttributeIn(PromptIn):
+    answer: str | None = Field(None, max_length=64, description="the next token to explain (default: the most likely)")
+    wrong: str | None = Field(None, max_length=64, description="the token it wins over (default: the runner-up)")
+
+
+class PatchIn(BaseModel):
+    clean: str = Field(min_length=1, max_length=payloads.MAX_PROMPT_CHARS, description="the clean prompt")
+    corrupt: str = Field(min_length=1, max_length=payloads.MAX_PROMPT_CHARS, description="the corrupted prompt")
+    answer: str = Field(min_length=1, max_length=64, description="the right next token")
+    wrong: str | None = Field(None, max_length=64, description="a wrong next token")
+    over: Literal["resid", "heads", "head-positions"] = "resid"
+
+
 class KindIn(PromptIn):
     kind: Literal["encoder", "decoder", "cross"] = Field("cross", description="which attention of an encoder-decoder")
 
@@ -113,6 +126,14 @@ def create_app(model: LanguageModel, tokenizer: Tokenizer, card: dict[str, Any] 
     @app.post("/api/trace", summary="the steps of `attnlab trace`, with a small grid of each tensor's values")
     def trace(body: PromptIn) -> dict[str, Any]:
         return run(payloads.trace_steps, body.prompt)
+
+    @app.post("/api/attribute", summary="direct logit attribution of the next token: a part per head, MLP and bias")
+    def attribute(body: AttributeIn) -> dict[str, Any]:
+        return run(payloads.attribution, body.prompt, body.answer, body.wrong)
+
+    @app.post("/api/patch", summary="activation patching of a clean prompt into a corrupted one, as `attnlab patch`")
+    def patch(body: PatchIn) -> dict[str, Any]:
+        return run(payloads.patching, body.clean, body.corrupt, body.answer, body.wrong, body.over)
 
     @app.post("/api/generate", summary="generated tokens as server-sent events, one `token` event each, then `done`")
     def generate(body: GenerateIn) -> StreamingResponse:

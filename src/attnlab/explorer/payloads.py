@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,11 @@ import torch
 
 from ..errors import AttnlabError
 from ..generate import encode_prompt
+from ..inspect.attribution import direct_logit_attribution
+from ..inspect.circuits import logit_diff, need_transformer, one_token
 from ..inspect.lens import next_tokens
 from ..inspect.params import group_totals, param_breakdown
+from ..inspect.patching import OVERS, patch_sweep, same_length
 from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
@@ -367,4 +371,75 @@ def run_card(
         "total_params": model.num_params(),
         "info": info or {},
         "curve": loss_curve(metrics, "eval"),
+    }
+
+
+# ---- circuits: direct logit attribution and activation patching ----------------------------------
+
+
+def _token_id(tokenizer: Tokenizer, text: str | None, what: str) -> int | None:
+    return one_token(tokenizer, text, what) if text else None
+
+
+@torch.no_grad()
+def attribution(
+    model: LanguageModel, tokenizer: Tokenizer, prompt: str, answer: str | None = None, wrong: str | None = None
+) -> dict[str, Any]:
+    """The direct logit attribution of logit(answer) - logit(wrong) after the prompt: a part per head, per
+    MLP, the embeddings and the biases. Without `answer`, the model's most likely next token; without
+    `wrong`, the most likely other one (why this token rather than the runner-up)."""
+    transformer = need_transformer(model, "heads to attribute")
+    ids = encode(model, tokenizer, prompt)
+    ids_1L = torch.tensor([ids], device=next(model.parameters()).device)
+    top = model(ids_1L)[0, -1].float().topk(2).indices.tolist()
+    a = _token_id(tokenizer, answer, "the answer")
+    a = top[0] if a is None else a
+    w = _token_id(tokenizer, wrong, "the wrong token")
+    w = (top[1] if top[0] == a else top[0]) if w is None else w
+    att = direct_logit_attribution(transformer, ids_1L, a, w)
+    label = token_labels(tokenizer)
+    parts = []
+    for name, value in att.parts:
+        head = re.fullmatch(r"blocks\.(\d+)\.attn\.head\.(\d+)", name)
+        parts.append({"name": name, "value": value, "head": [int(head[1]), int(head[2])] if head else None})
+    return {
+        "answer": label(a),
+        "answer_id": a,
+        "wrong": label(w),
+        "wrong_id": w,
+        "logit_diff": att.total,
+        "parts": parts,
+    }
+
+
+def patching(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    clean: str,
+    corrupt: str,
+    answer: str,
+    wrong: str | None = None,
+    over: str = "resid",
+) -> dict[str, Any]:
+    """`attnlab patch`'s sweep for two prompts of the same number of tokens, with both prompts' chips."""
+    transformer = need_transformer(model, "heads to patch")
+    if over not in OVERS:
+        raise AttnlabError(f"over {over!r}: choose one of {', '.join(OVERS)}")
+    device = next(model.parameters()).device
+    clean_ids, corrupt_ids = encode(model, tokenizer, clean), encode(model, tokenizer, corrupt)
+    clean_1L, corrupt_1L = (torch.tensor([i], device=device) for i in (clean_ids, corrupt_ids))
+    same_length(clean_1L, corrupt_1L)
+    a = one_token(tokenizer, answer, "the answer")
+    w = _token_id(tokenizer, wrong, "the wrong token")
+    sweep = patch_sweep(
+        transformer,
+        clean_1L,
+        corrupt_1L,
+        logit_diff(a, w),
+        over,
+        metric_name="logit_diff" if w is not None else "logit",
+    )
+    return sweep.to_dict() | {
+        "clean_chips": token_chips(tokenizer, clean_ids),
+        "corrupt_chips": token_chips(tokenizer, corrupt_ids),
     }

@@ -62,10 +62,14 @@ def detector_scores(model: TransformerLM, ids_BL: torch.Tensor) -> dict[str, tor
     return scores
 
 
-def repeated_random_tokens(n_vocab: int, half: int, batch: int, seed: int = 0) -> torch.Tensor:
-    """ids_BL: `batch` random sequences of `half` tokens, each followed by itself again (L = 2 x half)."""
+def repeated_random_tokens(
+    n_vocab: int, half: int, batch: int, seed: int = 0, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ids_BL: `batch` random sequences of `half` tokens, each followed by itself again (L = 2 x half),
+    drawn from `ids` (default: the whole vocabulary; a model only knows the tokens its text has)."""
     g = torch.Generator().manual_seed(seed)
-    first_BL = torch.randint(0, n_vocab, (batch, half), generator=g)
+    pool = torch.arange(n_vocab) if ids is None else ids.unique().cpu()
+    first_BL = pool[torch.randint(0, len(pool), (batch, half), generator=g)]
     return torch.cat([first_BL, first_BL], dim=1)
 
 
@@ -109,13 +113,14 @@ def head_table(
     model: TransformerLM, text_BL: torch.Tensor | None = None, half: int | None = None, batch: int = 8, seed: int = 0
 ) -> HeadTable:
     """The detectors on `batch` repeated random sequences (`half` tokens twice; default as long as the
-    context allows, at most 64) and, if given, on text_BL (pieces of real text)."""
+    context allows, at most 64) and, if given, on text_BL (pieces of real text), whose tokens are then
+    the ones the random sequences are drawn from."""
     L = model.config.max_len
     half = min(64, L // 2) if half is None else half
     if not 2 <= 2 * half <= L:
         raise AttnlabError(f"--half {half}: twice it must fit the context (max_len={L}) and be at least 2")
     device = next(model.parameters()).device
-    random_BL = repeated_random_tokens(model.config.n_vocab, half, batch, seed).to(device)
+    random_BL = repeated_random_tokens(model.config.n_vocab, half, batch, seed, text_BL).to(device)
     table = HeadTable({"random": detector_scores(model, random_BL)})
     if text_BL is not None:
         table.scores["text"] = detector_scores(model, text_BL.to(device))
