@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,15 @@ from .patching import PatchSweep
 from .pictures import save_figure, shown_tokens
 
 
-def _cells(ax: Axes, values: np.ndarray, fmt: str = "{:.2f}", limit: int = 400) -> None:
-    """Each cell's number written on it, while there are few enough cells to read them."""
+def _cells(ax: Axes, values: np.ndarray, dark: Callable[[float], bool], limit: int = 400) -> None:
+    """Each cell's number written on it (white where `dark` says its colour is), while there are few
+    enough cells to read them."""
     if values.size > limit:
         return
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=6, color="black")
+            colour = "white" if dark(float(v)) else "black"
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color=colour)
 
 
 def _sweep_panel(
@@ -31,7 +34,7 @@ def _sweep_panel(
         N, H, L = change.shape
         change = change.reshape(N * H, L)
     image = ax.imshow(change, cmap="RdBu", vmin=-reach, vmax=reach, aspect="auto", interpolation="nearest")
-    _cells(ax, change)
+    _cells(ax, change, lambda v: abs(v) > 0.6 * reach)
     N = sweep.values.shape[0]
     if sweep.over in ("resid", "head-positions"):
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
@@ -111,7 +114,7 @@ def heads_figure(table: HeadTable, out: Path) -> Path:
             s_NH = table.scores[where][detector].float().cpu().numpy()
             ax = axes[r, c]
             image = ax.imshow(s_NH, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-            _cells(ax, s_NH)
+            _cells(ax, s_NH, lambda v: v < 0.55)  # viridis is dark at the low end
             N, H = s_NH.shape
             ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=7)
             ax.set_yticks(range(N), [f"layer {i}" for i in range(N)], fontsize=7)
