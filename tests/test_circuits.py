@@ -328,3 +328,19 @@ def test_the_residual_sweep_and_the_head_attributions_equal_transformerlenss(tmp
     ours_heads = torch.tensor([parts[f"blocks.{layer}.attn.head.{h}"] for layer in range(2) for h in range(4)])
     assert torch.allclose(ours_heads, theirs_heads.float(), atol=1e-4)
     assert ours_heads.abs().max() > 0.05  # heads that write something, so the comparison means something
+
+
+def test_a_sweep_takes_fewer_rows_per_forward_when_memory_is_short_and_refuses_when_none_fit(monkeypatch) -> None:
+    from attnlab.inspect import circuits
+
+    model = _model()
+    clean_1L, corrupt_1L = _prompts()
+    cells = sweep_cells(model, "resid", 9)
+    metric = logit_diff(7, 101)
+    whole = patch_cells(model, clean_1L, corrupt_1L, cells, metric, batch=64)
+    monkeypatch.setattr(circuits, "memory_limit", lambda: 2 * 3 * circuits.forward_bytes(model, 9))
+    assert circuits.rows_that_fit(model, 9, 64, "--batch") == 3
+    assert torch.allclose(patch_cells(model, clean_1L, corrupt_1L, cells, metric, batch=64), whole, atol=1e-5)
+    monkeypatch.setattr(circuits, "memory_limit", lambda: circuits.forward_bytes(model, 9))
+    with pytest.raises(AttnlabError, match="GiB, more than this machine can spare"):
+        patch_cells(model, clean_1L, corrupt_1L, cells, metric)

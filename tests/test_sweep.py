@@ -243,6 +243,12 @@ ROWS += [
     ("attribute seq2seq", ["attribute", "{s2s}", "--prompt", "a", "--answer", "a"], "encoder-decoder"),
     ("heads seq2seq", ["heads", "{s2s}"], "encoder-decoder"),
     ("heads --half too long", [*BASE["heads"], "--half", "10000"], "must fit the context"),
+    ("heads --batch 10**9", [*BASE["heads"], "--batch", str(10**9)], "GiB"),
+    (
+        "patch --random gpt3-175b",
+        ["patch", "--random", "--preset", "gpt3-175b", "--clean", "a", "--corrupt", "b", "--answer", "a"],
+        "GiB",
+    ),
     ("heads --data missing", [*BASE["heads"], "--data", "{tmp}/none.txt"], "no such file"),
     ("patch --out a folder", [*BASE["patch"], "--out", "{tmp}"], "is a folder"),
     ("seq2seq show nothing", ["seq2seq", "show"], "give a non-empty SOURCE and TARGET"),

@@ -26,7 +26,7 @@ from ..training.checkpoint import check_checkpoint
 from .attribution import direct_logit_attribution
 from .circuit_pictures import attribution_figure, heads_figure, patching_figure
 from .circuits import logit_diff, need_transformer, one_token
-from .heads import HeadTable, head_table, text_pieces
+from .heads import HeadTable, check_batch, head_table, text_pieces
 from .patching import OVERS, agreement, attribution_patch, patch_sweep, same_length
 from .views import Subject, prompt_ids
 
@@ -143,8 +143,10 @@ def heads_view(
     """The head detectors' scores (previous-token, duplicate-token, induction) of every head on repeated
     random tokens and on pieces of `data`'s validation text (default: the run's own)."""
     model, tokenizer = _load(subject, "the head detectors")
+    length = min(model.config.max_len, 128)
+    check_batch(model, length, batch)
     stream = evaluation_split(data or run_source(subject), "valid", tokenizer)
-    text_BL = text_pieces(stream.tokens, min(model.config.max_len, 128), batch)
+    text_BL = text_pieces(stream.tokens, length, batch)
     table: HeadTable = head_table(model, text_BL, half, batch)
     if out is not None:
         heads_figure(table, out)

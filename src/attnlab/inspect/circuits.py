@@ -22,6 +22,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..models import LanguageModel, TransformerLM
+from ..runtime.checks import memory_limit
 from ..tokenizers import Tokenizer
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits_BLV -> one number per row, metric_B
@@ -70,3 +71,23 @@ def one_token(tokenizer: Tokenizer, text: str, flag: str) -> int:
             "(one character for a character-level model)"
         )
     return ids[0]
+
+
+def forward_bytes(model: TransformerLM, L: int) -> int:
+    """About the memory one row of L tokens takes in a hooked forward: each layer's attention scores,
+    masked scores and weights (H x L x L, written out), and a few (L x C) and (L x F) tensors."""
+    cfg = model.config
+    per_layer = 3 * cfg.n_heads * L * L + 8 * L * (cfg.emb_dim + cfg.n_hidden)
+    return 4 * (cfg.n_layers * per_layer + 2 * L * cfg.n_vocab)
+
+
+def rows_that_fit(model: TransformerLM, L: int, rows: int, flag: str) -> int:
+    """`rows` sequences of L tokens in one forward, or fewer if that many would not fit in half the
+    memory there is (the results do not depend on it); refused in one line if not even one fits."""
+    one = forward_bytes(model, L)
+    budget = memory_limit() // 2
+    if one > budget:
+        raise AttnlabError(
+            f"{flag}: one forward of {L} tokens needs {one / 2**30:,.1f} GiB, more than this machine can spare"
+        )
+    return max(1, min(rows, budget // one))

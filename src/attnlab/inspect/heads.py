@@ -23,6 +23,8 @@ import torch
 
 from ..errors import AttnlabError
 from ..models import TransformerLM
+from ..runtime.checks import memory_limit
+from .circuits import forward_bytes
 
 DETECTORS = ("previous", "duplicate", "induction")
 
@@ -119,12 +121,23 @@ def head_table(
     half = min(64, L // 2) if half is None else half
     if not 2 <= 2 * half <= L:
         raise AttnlabError(f"--half {half}: twice it must fit the context (max_len={L}) and be at least 2")
+    check_batch(model, max(2 * half, text_BL.shape[1] if text_BL is not None else 0), batch)
     device = next(model.parameters()).device
     random_BL = repeated_random_tokens(model.config.n_vocab, half, batch, seed, text_BL).to(device)
     table = HeadTable({"random": detector_scores(model, random_BL)})
     if text_BL is not None:
         table.scores["text"] = detector_scores(model, text_BL.to(device))
     return table
+
+
+def check_batch(model: TransformerLM, L: int, batch: int) -> None:
+    """Refuse, before anything is allocated, `batch` sequences of L tokens that would not fit in memory."""
+    need = forward_bytes(model, L) * batch
+    if need > memory_limit() // 2:
+        raise AttnlabError(
+            f"--batch {batch}: {batch} sequences at once need {need / 2**30:,.1f} GiB, more than this machine "
+            "can spare; ask for fewer"
+        )
 
 
 def text_pieces(tokens: Any, length: int, count: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..models import TransformerLM
-from .circuits import Metric, resid_name
+from .circuits import Metric, resid_name, rows_that_fit
 
 OVERS = ("resid", "heads", "head-positions")
 AXES = {"resid": ("layer", "position"), "heads": ("layer", "head"), "head-positions": ("layer", "head", "position")}
@@ -116,6 +116,7 @@ def patch_cells(
     same_length(clean_1L, corrupt_1L)
     if batch < 1:
         raise AttnlabError(f"--batch {batch}: must be >= 1")
+    batch = rows_that_fit(model, clean_1L.shape[1], batch, "--batch")  # the same values, fewer per forward
     _, clean = model.run_with_cache(clean_1L, names=sorted({cell.name for cell in cells}))
     values = []
     for start in range(0, len(cells), batch):
