@@ -153,7 +153,10 @@ def test_attribution_patching_approximates_the_residual_sweep_and_says_how_well(
     assert torch.allclose(estimate.values[:, :4], real.values[:, :4], atol=1e-5)  # both unchanged before position 4
     fit = agreement(real, estimate)
     assert fit["max_abs_error"] == pytest.approx(float((real.values - estimate.values).abs().max()), abs=1e-6)
-    assert -1 <= fit["correlation"] <= 1
+    pairs = torch.stack([real.values.flatten(), estimate.values.flatten()]).double()
+    assert fit["correlation"] == pytest.approx(float(torch.corrcoef(pairs)[0, 1]), abs=1e-6)
+    flat = attribution_patch(model, clean_1L, clean_1L, metric, over="heads")  # nothing differs: no correlation
+    assert agreement(flat, flat)["correlation"] is None
 
 
 def test_circuits_refuse_what_does_not_apply_in_one_line() -> None:
@@ -220,7 +223,7 @@ def test_mean_and_resample_ablation_put_the_texts_own_values_in(kind: str) -> No
     model = _model()
     torch.manual_seed(2)
     text_BL = torch.randint(0, 256, (4, 12))
-    table = ablation_table(model, text_BL, kind)
+    table = ablation_table(model, text_BL, kind, prompt_1L=text_BL[:1, :9], metric=logit_diff(7, 101))
     _, cache = model.run_with_cache(text_BL)
     out_BLC = cache["blocks.0.mlp.out_BLC"]
     other_BLC = out_BLC.mean((0, 1)).expand_as(out_BLC) if kind == "mean" else out_BLC.roll(1, dims=0)
@@ -229,6 +232,11 @@ def test_mean_and_resample_ablation_put_the_texts_own_values_in(kind: str) -> No
     loss = float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), text_BL[:, 1:].flatten()))
     assert table.loss["blocks.0.mlp"] == pytest.approx(loss, abs=1e-5)
     assert table.loss["blocks.0.mlp"] != pytest.approx(table.base_loss, abs=1e-3)
+    # The prompt takes the same values at its positions (resample: the text's first piece's).
+    prompt_BLC = out_BLC.mean((0, 1)).expand(1, 9, -1) if kind == "mean" else out_BLC[:1, :9]
+    with torch.no_grad():
+        logits = model.run_with_hooks(text_BL[:1, :9], [("blocks.0.mlp.out_BLC", lambda t, n: prompt_BLC)])
+    assert table.metric["blocks.0.mlp"] == pytest.approx(float(logit_diff(7, 101)(logits)[0]), abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +295,20 @@ def test_attnlab_heads_scores_every_head_on_random_tokens_and_the_runs_text(ckpt
     )
     view = json.loads(out)
     assert code == 0 and len(view["heads"]) == 3 * 4
+    from attnlab.data.corpus import evaluation_split
+    from attnlab.inspect.heads import detector_scores, repeated_random_tokens, text_pieces
+    from attnlab.tokenizers import ByteTokenizer
+
+    text_BL = text_pieces(evaluation_split("builtin", "valid", ByteTokenizer()).tokens, 64, 3)
+    model = _model(max_len=64)
+    scores = {
+        "text": detector_scores(model, text_BL),
+        "random": detector_scores(model, repeated_random_tokens(256, 32, 3, 0, text_BL)),
+    }
+    for row in view["heads"]:
+        for where, by_detector in scores.items():
+            for detector, s_NH in by_detector.items():
+                assert row[f"{detector}_{where}"] == pytest.approx(float(s_NH[row["layer"], row["head"]]), abs=1e-4)
     assert set(view["heads"][0]) == {"layer", "head"} | {
         f"{d}_{w}" for d in ("previous", "duplicate", "induction") for w in ("random", "text")
     }
@@ -339,7 +361,7 @@ def test_a_sweep_takes_fewer_rows_per_forward_when_memory_is_short_and_refuses_w
     metric = logit_diff(7, 101)
     whole = patch_cells(model, clean_1L, corrupt_1L, cells, metric, batch=64)
     monkeypatch.setattr(circuits, "memory_limit", lambda: 2 * 3 * circuits.forward_bytes(model, 9))
-    assert circuits.rows_that_fit(model, 9, 64, "--batch") == 3
+    assert circuits.rows_that_fit(model, 9, 64) == 3
     assert torch.allclose(patch_cells(model, clean_1L, corrupt_1L, cells, metric, batch=64), whole, atol=1e-5)
     monkeypatch.setattr(circuits, "memory_limit", lambda: circuits.forward_bytes(model, 9))
     with pytest.raises(AttnlabError, match="GiB, more than this machine can spare"):

@@ -168,6 +168,10 @@ def test_generate_streams_the_greedy_tokens(client, model):
         ("/api/generate", {"prompt": "x", "temperature": 0}, "greater than 0"),
         ("/api/head", {"prompt": "x", "layer": 7, "head": 0}, "this model has 2 layers"),
         ("/api/next", {"prompt": "x", "k": 0}, "greater than or equal to 1"),
+        ("/api/attribute", {"prompt": "x", "answer": "ab"}, "is 2 tokens"),
+        ("/api/attribute", {"prompt": "x", "answer": "a", "wrong": "a"}, "the answer itself"),
+        ("/api/patch", {"clean": "ab", "corrupt": "abc", "answer": "a"}, "same number of tokens"),
+        ("/api/patch", {"clean": "ab", "corrupt": "ac", "answer": "a", "over": "layers"}, "Input should be"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_message(client, path, body, words):
@@ -188,6 +192,8 @@ def test_the_api_is_described_by_openapi(client):
         "/api/next",
         "/api/trace",
         "/api/generate",
+        "/api/attribute",
+        "/api/patch",
     } <= set(spec["paths"])
     page = client.get("/")
     assert page.status_code == 200 and 'id="attnlab-data"' in page.text
@@ -410,3 +416,24 @@ def test_the_encoder_decoder_page_trace_card_and_refusals(seq2seq_client):
         r = client.post("/api/head", json=body)
         assert r.status_code == status and message in json.dumps(r.json()["detail"]), r.json()
     assert client.post("/api/generate", json={"prompt": "abc"}).status_code == 404  # no sampling: it translates
+
+
+def test_attribution_explains_the_models_choice_over_its_runner_up_or_over_the_token_given(client, model):
+    from attnlab.inspect.attribution import direct_logit_attribution
+
+    prompt = "abc"  # the model's choice is an ASCII character here ("\\"), which can be typed as one token
+    ids_1L = torch.tensor([ByteTokenizer().encode(prompt)])
+    with torch.no_grad():
+        first, second = model(ids_1L)[0, -1].topk(2).indices.tolist()
+    assert first < 128
+    for body, (answer, wrong) in [
+        ({}, (first, second)),
+        ({"wrong": chr(first)}, (second, first)),  # the wrong token given is the model's choice: explain the runner-up
+        ({"answer": "q"}, (ord("q"), first)),
+    ]:
+        view = client.post("/api/attribute", json={"prompt": prompt, **body}).json()
+        assert (view["answer_id"], view["wrong_id"]) == (answer, wrong)
+        att = direct_logit_attribution(model, ids_1L, answer, wrong)
+        assert view["logit_diff"] == pytest.approx(att.total, abs=1e-5)
+        assert [p["value"] for p in view["parts"]] == pytest.approx([v for _, v in att.parts], abs=1e-5)
+        assert [p["head"] for p in view["parts"] if p["head"]] == [[i, h] for i in range(2) for h in range(4)]

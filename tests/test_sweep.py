@@ -233,6 +233,9 @@ ROWS += [
     # Circuits: prompts patching cannot pair, answers that are not one token, models without heads.
     ("patch lengths", ["patch", "{ckpt}", "--clean", "Lily", "--corrupt", "Tom", "--answer", "a"], "same number"),
     ("patch --answer two", [*BASE["patch"], "--answer", "ab"], "is 2 tokens"),
+    ("patch --wrong the answer", [*BASE["patch"], "--wrong", "a"], "the answer itself"),
+    ("patch --answer lone surrogate", [*BASE["patch"], "--answer", "\udc80"], "not valid UTF-8"),
+    ("attribute --wrong lone surrogate", [*BASE["attribute"], "--wrong", "\udc80"], "not valid UTF-8"),
     ("patch --wrong none", [*BASE["patch"], "--wrong", ""], "is 0 tokens"),
     ("attribute --answer two", [*BASE["attribute"], "--answer", "ab"], "is 2 tokens"),
     ("attribute --wrong two", [*BASE["attribute"], "--wrong", "xy"], "is 2 tokens"),

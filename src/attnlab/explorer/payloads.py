@@ -23,7 +23,7 @@ from ..inspect.attribution import direct_logit_attribution
 from ..inspect.circuits import logit_diff, need_transformer, one_token
 from ..inspect.lens import next_tokens
 from ..inspect.params import group_totals, param_breakdown
-from ..inspect.patching import OVERS, patch_sweep, same_length
+from ..inspect.patching import patch_sweep, same_length
 from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
@@ -392,10 +392,11 @@ def attribution(
     ids = encode(model, tokenizer, prompt)
     ids_1L = torch.tensor([ids], device=next(model.parameters()).device)
     top = model(ids_1L)[0, -1].float().topk(2).indices.tolist()
-    a = _token_id(tokenizer, answer, "the answer")
-    a = top[0] if a is None else a
-    w = _token_id(tokenizer, wrong, "the wrong token")
-    w = (top[1] if top[0] == a else top[0]) if w is None else w
+    a, w = _token_id(tokenizer, answer, "the answer"), _token_id(tokenizer, wrong, "the wrong token")
+    if a is None:  # the model's choice, or its runner-up when the wrong token given is its choice
+        a = top[1] if w == top[0] else top[0]
+    if w is None:
+        w = top[1] if a == top[0] else top[0]
     att = direct_logit_attribution(transformer, ids_1L, a, w)
     label = token_labels(tokenizer)
     parts = []
@@ -423,8 +424,6 @@ def patching(
 ) -> dict[str, Any]:
     """`attnlab patch`'s sweep for two prompts of the same number of tokens, with both prompts' chips."""
     transformer = need_transformer(model, "heads to patch")
-    if over not in OVERS:
-        raise AttnlabError(f"over {over!r}: choose one of {', '.join(OVERS)}")
     device = next(model.parameters()).device
     clean_ids, corrupt_ids = encode(model, tokenizer, clean), encode(model, tokenizer, corrupt)
     clean_1L, corrupt_1L = (torch.tensor([i], device=device) for i in (clean_ids, corrupt_ids))

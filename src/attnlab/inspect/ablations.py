@@ -83,16 +83,15 @@ def _replacement(kind: str, acts_BLX: torch.Tensor) -> Callable[[torch.Tensor], 
     if kind == "mean":
         mean_X = acts_BLX.mean((0, 1))
         return lambda t_BLX: mean_X.expand_as(t_BLX).to(t_BLX.dtype)
-    if kind == "resample":
+    assert kind == "resample"  # ablation_table checked it
 
-        def other(t_BLX: torch.Tensor) -> torch.Tensor:
-            B, L = t_BLX.shape[:2]
-            if acts_BLX.shape[0] == B:
-                return acts_BLX.roll(1, dims=0)[:, :L].to(t_BLX.dtype)
-            return acts_BLX[:1, :L].expand(B, *acts_BLX.shape[1:]).to(t_BLX.dtype)  # a prompt: the text's first
+    def other(t_BLX: torch.Tensor) -> torch.Tensor:
+        B, L = t_BLX.shape[:2]
+        if acts_BLX.shape[0] == B:  # the text itself: each piece gets the one before it
+            return acts_BLX.roll(1, dims=0)[:, :L].to(t_BLX.dtype)
+        return acts_BLX[:1, :L].expand(B, *t_BLX.shape[1:]).to(t_BLX.dtype)  # a prompt: the text's first piece
 
-        return other
-    raise AttnlabError(f"--ablation {kind!r}: choose one of {', '.join(ABLATIONS)}")
+    return other
 
 
 def _components(model: TransformerLM) -> list[tuple[str, str, int | None]]:
@@ -123,6 +122,8 @@ def ablation_table(
         raise AttnlabError(f"--ablation {kind!r}: choose one of {', '.join(ABLATIONS)}")
     if kind == "resample" and text_BL.shape[0] < 2:
         raise AttnlabError("resample ablation needs at least two pieces of text, one to take the values of another")
+    if (prompt_1L is None) != (metric is None):
+        raise AttnlabError("give a prompt and a metric together (the metric is measured on the prompt), or neither")
     if prompt_1L is not None and prompt_1L.shape[1] > text_BL.shape[1]:
         raise AttnlabError("the prompt is longer than the pieces of text its ablated values come from")
     components = _components(model)

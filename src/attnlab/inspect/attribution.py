@@ -31,7 +31,7 @@ from torch import nn
 from ..models import TransformerLM
 from ..models.layers import blocks_of
 from ..models.norms import RMSNorm
-from .circuits import head_name
+from .circuits import check_pair, head_name
 
 
 @dataclass
@@ -125,6 +125,7 @@ def direct_logit_attribution(
 ) -> Attribution:
     """Each part's direct contribution to logit(answer) - logit(wrong) (or logit(answer) alone) at
     `position`: its vector, through the norms at the run's scale, onto W_U[answer] - W_U[wrong]."""
+    check_pair(answer, wrong)
     parts, logits_V = residual_parts(model, ids_1L, position)
     W_U = unembedding(model).double()
     direction_C = W_U[answer] - (W_U[wrong] if wrong is not None else 0.0)

@@ -60,7 +60,7 @@ def patching_figure(
     corrupt_tokens: list[str],
     out: Path,
     estimate: PatchSweep | None = None,
-    agreement: dict[str, float] | None = None,
+    agreement: dict[str, float | None] | None = None,
 ) -> Path:
     """The sweep as a heatmap of each patch's change of the metric from the corrupted run (blue: towards
     the clean run's when clean > corrupted); with `estimate`, attribution patching's below it."""
@@ -78,8 +78,9 @@ def patching_figure(
     _sweep_panel(fig, axes[0], sweep, tokens, f"activation patching over {sweep.over}", unit, reach)
     if estimate is not None:
         fit = agreement or {}
-        title = f"attribution patching (correlation {fit.get('correlation', float('nan')):.2f} with the above, "
-        title += f"largest error {fit.get('max_abs_error', float('nan')):.2f})"
+        r, largest = fit.get("correlation"), fit.get("max_abs_error")
+        title = "attribution patching (correlation " + (f"{r:.2f}" if r is not None else "n/a") + " with the above, "
+        title += "largest error " + (f"{largest:.2f}" if largest is not None else "n/a") + ")"
         _sweep_panel(fig, axes[1], estimate, tokens, title, unit, reach)
     fig.suptitle(f"{unit}: clean run {sweep.clean:.3f}, corrupted run {sweep.corrupt:.3f}", fontsize=10)
     return save_figure(fig, out)
@@ -119,7 +120,7 @@ def heads_figure(table: HeadTable, out: Path) -> Path:
             ax.set_xticks(range(H), [str(h) for h in range(H)], fontsize=7)
             ax.set_yticks(range(N), [f"layer {i}" for i in range(N)], fontsize=7)
             ax.set_xlabel("head", fontsize=8)
-            on = "repeated random tokens" if where == "random" else "the run's text"
+            on = "repeated random tokens" if where == "random" else "text"
             ax.set_title(f"{detector} ({on})", fontsize=9)
     assert image is not None
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention on the marked keys")

@@ -26,8 +26,8 @@ from ..training.checkpoint import check_checkpoint
 from .attribution import direct_logit_attribution
 from .circuit_pictures import attribution_figure, heads_figure, patching_figure
 from .circuits import logit_diff, need_transformer, one_token
-from .heads import HeadTable, check_batch, head_table, text_pieces
-from .patching import OVERS, agreement, attribution_patch, patch_sweep, same_length
+from .heads import HeadTable, head_table, text_pieces
+from .patching import agreement, attribution_patch, patch_sweep, same_length
 from .views import Subject, prompt_ids
 
 
@@ -60,8 +60,6 @@ def patch_view(
     """The activation patching sweep `over` the residual stream, the heads or the heads at each position,
     measured as logit(answer) - logit(wrong) at the last position (logit(answer) without `wrong`); with
     `attribution`, attribution patching's estimate and how well it agrees; with `out`, the picture."""
-    if over not in OVERS:
-        raise AttnlabError(f"--over {over!r}: choose one of {', '.join(OVERS)}")
     model, tokenizer = _load(subject, "patching")
     clean_1L, corrupt_1L = _ids(model, tokenizer, clean), _ids(model, tokenizer, corrupt)
     same_length(clean_1L, corrupt_1L)
@@ -96,8 +94,9 @@ def format_patch(view: dict[str, Any]) -> str:
         lines.append(f"{label:>9} " + " ".join(f"{v:7.3f}" for v in row))
     if "attribution" in view:
         a = view["attribution"]
+        r = f"{a['correlation']:.3f}" if a["correlation"] is not None else "n/a (the values do not vary)"
         lines.append(
-            f"attribution patching: correlation {a['correlation']:.3f}, largest error {a['max_abs_error']:.3f}, "
+            f"attribution patching: correlation {r}, largest error {a['max_abs_error']:.3f}, "
             f"mean error {a['mean_abs_error']:.3f}"
         )
     return "\n".join(lines)
@@ -144,7 +143,6 @@ def heads_view(
     random tokens and on pieces of `data`'s validation text (default: the run's own)."""
     model, tokenizer = _load(subject, "the head detectors")
     length = min(model.config.max_len, 128)
-    check_batch(model, length, batch)
     stream = evaluation_split(data or run_source(subject), "valid", tokenizer)
     text_BL = text_pieces(stream.tokens, length, batch)
     table: HeadTable = head_table(model, text_BL, half, batch)
@@ -157,7 +155,9 @@ def format_heads(view: dict[str, Any]) -> str:
     keys = [k for k in view["heads"][0] if k not in ("layer", "head")]
     lines = ["head  " + " ".join(f"{k:>20}" for k in keys)]
     for row in view["heads"]:
-        lines.append(f"{row['layer']}.{row['head']:<3} " + " ".join(f"{row[k]:20.3f}" for k in keys))
+        cells = (f"{row[k]:20.3f}" if row[k] is not None else f"{'-':>20}" for k in keys)
+        lines.append(f"{row['layer']}.{row['head']:<3} " + " ".join(cells))
     for name, best in view["best"].items():
-        lines.append(f"highest {name}: head {best['layer']}.{best['head']} ({best['score']:.3f})")
+        score = f"{best['score']:.3f}" if best["score"] is not None else "no query had a marked key"
+        lines.append(f"highest {name}: head {best['layer']}.{best['head']} ({score})")
     return "\n".join(lines)

@@ -48,12 +48,20 @@ def head_name(layer: int, head: int) -> str:
     return f"blocks.{layer}.attn.head.{head}"
 
 
+def check_pair(answer: int, wrong: int | None) -> None:
+    """Refuse a wrong token that is the answer: their difference is 0 whatever the model does."""
+    if wrong == answer:
+        raise AttnlabError("the wrong token is the answer itself: their logit difference is 0 whatever the model does")
+
+
 def logit_diff(answer: int, wrong: int | None = None, position: int = -1) -> Metric:
     """logit(answer) - logit(wrong) at `position` of each row (only logit(answer) when wrong is None).
 
     The difference, not the logit: a component that raises every logit alike changes no prediction,
     and the difference does not see it.
     """
+
+    check_pair(answer, wrong)
 
     def metric(logits_BLV: torch.Tensor) -> torch.Tensor:
         at_BV = logits_BLV[:, position].float()
@@ -64,6 +72,12 @@ def logit_diff(answer: int, wrong: int | None = None, position: int = -1) -> Met
 
 def one_token(tokenizer: Tokenizer, text: str, flag: str) -> int:
     """The id of `text` if it is exactly one token, else a one-line refusal naming `flag`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes the shell could not decode as UTF-8
+        raise AttnlabError(
+            f"{flag} is not valid UTF-8 text; pass it as UTF-8 (check the terminal's encoding)"
+        ) from None
     ids = tokenizer.encode(text)
     if len(ids) != 1:
         raise AttnlabError(
@@ -81,13 +95,23 @@ def forward_bytes(model: TransformerLM, L: int) -> int:
     return 4 * (cfg.n_layers * per_layer + 2 * L * cfg.n_vocab)
 
 
-def rows_that_fit(model: TransformerLM, L: int, rows: int, flag: str) -> int:
-    """`rows` sequences of L tokens in one forward, or fewer if that many would not fit in half the
-    memory there is (the results do not depend on it); refused in one line if not even one fits."""
+def memory_budget(model: TransformerLM) -> int:
+    """Bytes a forward's activations may take: half the free memory of the model's GPU, or half the
+    machine's (or its cgroup's) memory on the CPU."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return memory_limit() // 2
+
+
+def rows_that_fit(model: TransformerLM, L: int, rows: int) -> int:
+    """How many of `rows` sequences of L tokens one forward can take in memory (at least one; the
+    results do not depend on it), refused in one line if not even one fits."""
     one = forward_bytes(model, L)
-    budget = memory_limit() // 2
+    budget = memory_budget(model)
     if one > budget:
         raise AttnlabError(
-            f"{flag}: one forward of {L} tokens needs {one / 2**30:,.1f} GiB, more than this machine can spare"
+            f"one forward of {L} tokens needs {one / 2**30:,.1f} GiB, more than this machine can spare; "
+            "use a shorter prompt or a smaller model"
         )
     return max(1, min(rows, budget // one))

@@ -16,6 +16,7 @@ copy, and only a head that matches patterns can know what comes next) and on rea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..models import TransformerLM
-from ..runtime.checks import memory_limit
-from .circuits import forward_bytes
+from .circuits import forward_bytes, rows_that_fit
 
 DETECTORS = ("previous", "duplicate", "induction")
 
@@ -91,7 +91,8 @@ class HeadTable:
                 row: dict[str, Any] = {"layer": layer, "head": h}
                 for where, by_detector in self.scores.items():
                     for detector, s_NH in by_detector.items():
-                        row[f"{detector}_{where}"] = round(float(s_NH[layer, h]), 4)
+                        score = float(s_NH[layer, h])  # NaN: no query had a marked key (JSON: null)
+                        row[f"{detector}_{where}"] = round(score, 4) if math.isfinite(score) else None
                 out.append(row)
         return out
 
@@ -104,9 +105,10 @@ class HeadTable:
 
     def to_dict(self) -> dict[str, Any]:
         best = {
-            f"{d}_{w}": dict(zip(("layer", "head", "score"), self.best(d, w), strict=True))
+            f"{d}_{w}": {"layer": layer, "head": h, "score": score if math.isfinite(score) else None}
             for w in self.scores
             for d in DETECTORS
+            for layer, h, score in [self.best(d, w)]
         }
         return {"heads": self.rows(), "best": best}
 
@@ -132,8 +134,8 @@ def head_table(
 
 def check_batch(model: TransformerLM, L: int, batch: int) -> None:
     """Refuse, before anything is allocated, `batch` sequences of L tokens that would not fit in memory."""
-    need = forward_bytes(model, L) * batch
-    if need > memory_limit() // 2:
+    if rows_that_fit(model, L, batch) < batch:
+        need = forward_bytes(model, L) * batch
         raise AttnlabError(
             f"--batch {batch}: {batch} sequences at once need {need / 2**30:,.1f} GiB, more than this machine "
             "can spare; ask for fewer"
@@ -143,7 +145,7 @@ def check_batch(model: TransformerLM, L: int, batch: int) -> None:
 def text_pieces(tokens: Any, length: int, count: int) -> torch.Tensor:
     """`count` pieces of `length` tokens from a token array, spread evenly over it (ids_BL)."""
     n = len(tokens)
-    if n < length + 1:
+    if n < length:
         raise AttnlabError(f"the text has {n} tokens, fewer than one piece of {length}: give a longer text")
-    starts = torch.linspace(0, n - length, steps=count).long().unique()
+    starts = torch.linspace(0, n - length, steps=min(count, n - length + 1)).long().unique()
     return torch.stack([torch.as_tensor(tokens[int(s) : int(s) + length]).long() for s in starts])

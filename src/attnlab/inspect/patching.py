@@ -116,7 +116,7 @@ def patch_cells(
     same_length(clean_1L, corrupt_1L)
     if batch < 1:
         raise AttnlabError(f"--batch {batch}: must be >= 1")
-    batch = rows_that_fit(model, clean_1L.shape[1], batch, "--batch")  # the same values, fewer per forward
+    batch = rows_that_fit(model, clean_1L.shape[1], batch)  # the same values, fewer per forward
     _, clean = model.run_with_cache(clean_1L, names=sorted({cell.name for cell in cells}))
     values = []
     for start in range(0, len(cells), batch):
@@ -174,8 +174,8 @@ def attribution_cells(
 ) -> tuple[torch.Tensor, float]:
     """`patch_cells` estimated to first order, and the corrupted run's metric: for each cell, the metric
     of the corrupted run plus (clean activation - corrupted activation) . the metric's gradient in the
-    corrupted run, summed over what the cell patches. One forward and one backward for every cell;
-    exact where the metric is linear in the activation."""
+    corrupted run, summed over what the cell patches. One forward and one backward serve all the cells
+    (and a forward of the clean run); exact where the metric is linear in the activation."""
     same_length(clean_1L, corrupt_1L)
     names = sorted({cell.name for cell in cells})
     with torch.no_grad():
@@ -226,10 +226,15 @@ def gradients(
     return float(value.detach()), {n: a.detach() for n, a in acts.items()}, grads
 
 
-def agreement(real: PatchSweep, estimate: PatchSweep) -> dict[str, float]:
+def agreement(real: PatchSweep, estimate: PatchSweep) -> dict[str, float | None]:
     """How well attribution patching matched real patching: the correlation of their values, and the
     largest and mean absolute difference (in the metric's unit)."""
     a, b = real.values.flatten().double(), estimate.values.flatten().double()
     diff = (a - b).abs()
     r = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.numel() > 1 else math.nan
-    return {"correlation": r, "max_abs_error": float(diff.max()), "mean_abs_error": float(diff.mean())}
+    # None where there is no correlation to speak of (one cell, or values that do not vary): JSON has no NaN.
+    return {
+        "correlation": r if math.isfinite(r) else None,
+        "max_abs_error": float(diff.max()),
+        "mean_abs_error": float(diff.mean()),
+    }
