@@ -107,6 +107,9 @@ WRITERS = {
     "attention png": (["attention", "--random", "--prompt", "hi"], "--out", "file"),
     "attention html": (["attention", "--random", "--prompt", "hi"], "--html", "file"),
     "embeddings": (["embeddings", "--random"], "--out", "file"),
+    "patch": (["patch", "--random", "--clean", "ab", "--corrupt", "cd", "--answer", "a"], "--out", "file"),
+    "attribute": (["attribute", "--random", "--prompt", "ab", "--answer", "a"], "--out", "file"),
+    "heads": (["heads", "--random", "--batch", "2", "--half", "4"], "--out", "file"),
     "bench": (["bench", "--budget", "0.1"], "--out", "file"),
     "prepare": (["prepare", "builtin"], "--out", "file"),
     "export": (["export", "{ckpt}"], "--hf", "dir"),
@@ -125,6 +128,7 @@ OUTPUT_CASES = [
 ] + [
     ("picture suffix", ["attention", "--random", "--prompt", "hi", "--out", "{tmp}/p.bmp"], "pictures are written as"),
     ("embeddings suffix", ["embeddings", "--random", "--out", "{tmp}/p.gif"], "pictures are written as"),
+    ("heads suffix", ["heads", "--random", "--out", "{tmp}/p.gif"], "pictures are written as"),
     ("name too long", ["train", "--steps", "1", "--out", "{tmp}/" + "a" * 300], "longer than file systems take"),
     ("picture name too long", ["embeddings", "--random", "--out", "{tmp}/" + "é" * 200], "name of 400"),
 ]
@@ -144,7 +148,13 @@ def test_a_bad_output_path_is_refused_before_any_work(tmp_path, ckpt, capsys, na
 
 # A place where nothing can be created though the permission bits say yes (to root, /proc is "writable"):
 # found by creating a file there before any work, for every verb that writes.
-SUFFIXES = {"attention png": ".png", "attention html": ".html", "embeddings": ".png", "bench": ".json"}
+SUFFIXES = {
+    "attention png": ".png",
+    "attention html": ".html",
+    "embeddings": ".png",
+    "bench": ".json",
+    **dict.fromkeys(("patch", "attribute", "heads"), ".png"),
+}
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
