@@ -20,10 +20,10 @@ import torch
 from ..errors import AttnlabError
 from ..generate import encode_prompt
 from ..inspect.attribution import direct_logit_attribution
-from ..inspect.circuits import logit_diff, need_transformer, one_token
+from ..inspect.circuits import logit_diff, need_transformer, one_token, optional_token
 from ..inspect.lens import next_tokens
 from ..inspect.params import group_totals, param_breakdown
-from ..inspect.patching import patch_sweep, same_length
+from ..inspect.patching import patch_sweep
 from ..inspect.trace import Trace, trace
 from ..models import LanguageModel, TransformerLM
 from ..tokenizers import Tokenizer
@@ -377,10 +377,6 @@ def run_card(
 # ---- circuits: direct logit attribution and activation patching ----------------------------------
 
 
-def _token_id(tokenizer: Tokenizer, text: str | None, what: str) -> int | None:
-    return one_token(tokenizer, text, what) if text else None
-
-
 @torch.no_grad()
 def attribution(
     model: LanguageModel, tokenizer: Tokenizer, prompt: str, answer: str | None = None, wrong: str | None = None
@@ -392,7 +388,11 @@ def attribution(
     ids = encode(model, tokenizer, prompt)
     ids_1L = torch.tensor([ids], device=next(model.parameters()).device)
     top = model(ids_1L)[0, -1].float().topk(2).indices.tolist()
-    a, w = _token_id(tokenizer, answer, "the answer"), _token_id(tokenizer, wrong, "the wrong token")
+    # An empty field on the page is a token left out.
+    a, w = (
+        optional_token(tokenizer, answer or None, "the answer"),
+        optional_token(tokenizer, wrong or None, "the wrong token"),
+    )
     if a is None:  # the model's choice, or its runner-up when the wrong token given is its choice
         a = top[1] if w == top[0] else top[0]
     if w is None:
@@ -427,9 +427,8 @@ def patching(
     device = next(model.parameters()).device
     clean_ids, corrupt_ids = encode(model, tokenizer, clean), encode(model, tokenizer, corrupt)
     clean_1L, corrupt_1L = (torch.tensor([i], device=device) for i in (clean_ids, corrupt_ids))
-    same_length(clean_1L, corrupt_1L)
     a = one_token(tokenizer, answer, "the answer")
-    w = _token_id(tokenizer, wrong, "the wrong token")
+    w = optional_token(tokenizer, wrong or None, "the wrong token")
     sweep = patch_sweep(
         transformer,
         clean_1L,

@@ -25,9 +25,9 @@ from ..tokenizers import Tokenizer
 from ..training.checkpoint import check_checkpoint
 from .attribution import direct_logit_attribution
 from .circuit_pictures import attribution_figure, heads_figure, patching_figure
-from .circuits import logit_diff, need_transformer, one_token
+from .circuits import logit_diff, need_transformer, one_token, optional_token
 from .heads import HeadTable, head_table, text_pieces
-from .patching import agreement, attribution_patch, patch_sweep, same_length
+from .patching import agreement, attribution_patch, patch_sweep
 from .views import Subject, prompt_ids
 
 
@@ -62,9 +62,8 @@ def patch_view(
     `attribution`, attribution patching's estimate and how well it agrees; with `out`, the picture."""
     model, tokenizer = _load(subject, "patching")
     clean_1L, corrupt_1L = _ids(model, tokenizer, clean), _ids(model, tokenizer, corrupt)
-    same_length(clean_1L, corrupt_1L)
     a = one_token(tokenizer, answer, "--answer")
-    w = one_token(tokenizer, wrong, "--wrong") if wrong is not None else None
+    w = optional_token(tokenizer, wrong, "--wrong")
     metric, name = logit_diff(a, w), "logit_diff" if w is not None else "logit"
     sweep = patch_sweep(model, clean_1L, corrupt_1L, metric, over, batch, name)
     view = sweep.to_dict()
@@ -110,7 +109,7 @@ def attribution_view(
     model, tokenizer = _load(subject, "attribution")
     ids_1L = _ids(model, tokenizer, prompt)
     a = one_token(tokenizer, answer, "--answer")
-    w = one_token(tokenizer, wrong, "--wrong") if wrong is not None else None
+    w = optional_token(tokenizer, wrong, "--wrong")
     att = direct_logit_attribution(model, ids_1L, a, w)
     if out is not None:
         versus = f" over {wrong!r}" if wrong is not None else ""

@@ -70,6 +70,11 @@ def logit_diff(answer: int, wrong: int | None = None, position: int = -1) -> Met
     return metric
 
 
+def optional_token(tokenizer: Tokenizer, text: str | None, flag: str) -> int | None:
+    """`one_token` of a token that may be left out (None)."""
+    return one_token(tokenizer, text, flag) if text is not None else None
+
+
 def one_token(tokenizer: Tokenizer, text: str, flag: str) -> int:
     """The id of `text` if it is exactly one token, else a one-line refusal naming `flag`."""
     try:

@@ -161,7 +161,6 @@ def patch_sweep(
 ) -> PatchSweep:
     """Patch every cell of a sweep `over` the residual stream (layer x position), the heads (layer x
     head, each head's z at every position) or the heads at each position (layer x head x position)."""
-    same_length(clean_1L, corrupt_1L)
     L = clean_1L.shape[1]
     values = patch_cells(model, clean_1L, corrupt_1L, sweep_cells(model, over, L), metric, batch)
     values = values.reshape(_shape(model, over, L)).cpu()
@@ -195,7 +194,6 @@ def attribution_patch(
     metric_name: str = "logit_diff",
 ) -> PatchSweep:
     """`patch_sweep` estimated by attribution patching (`attribution_cells`), the same cells and axes."""
-    same_length(clean_1L, corrupt_1L)
     cells = sweep_cells(model, over, clean_1L.shape[1])
     values, corrupt = attribution_cells(model, clean_1L, corrupt_1L, cells, metric)
     clean = run_metric(model, clean_1L, metric)
