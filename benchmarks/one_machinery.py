@@ -26,7 +26,6 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from machine import machine_state
 
 import attnlab
 from attnlab.data.tasks import PAD, PairVocab, held_out_pairs, task_pairs, teacher_forcing
@@ -104,13 +104,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_at_start": [round(x, 2) for x in load],
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_state(load),
         "old_commit": args.old,
         "rounds": args.rounds,
         **results,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine_state
 
 from attnlab.inspect.circuits import logit_diff
 from attnlab.inspect.patching import patch_cells, sweep_cells
@@ -58,13 +58,7 @@ def main() -> None:
                 print(f"round {r} {job} {way}: {times[job][way][-1]:.2f} s", flush=True)
             same[job] = float((values["batched"] - values["one_per_cell"]).abs().max())
     results = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_at_start": [round(x, 2) for x in load],
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_state(load),
         "preset": "small",
         "batch": args.batch,
         "rounds": args.rounds,
