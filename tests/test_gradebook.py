@@ -11,7 +11,7 @@ from pathlib import Path
 
 from markupsafe import escape
 
-from attnlab.exercises import CHECKS, MISTAKES
+from attnlab.exercises import CHECKS, CIRCUIT_CHECKS, MISTAKES
 from attnlab.exercises.gradebook import (
     SameFunction,
     csv_text,
@@ -59,10 +59,12 @@ def notebook(
     default: str = "passed",
     errors: tuple[str, ...] = (),
     sources: dict[str, str] | None = None,
+    exercises_of: list[str] = EXERCISES,
     **grades: str,
 ) -> NotebookReport:
-    """A report as `attnlab check` makes it: every exercise graded `default` unless named in `grades`."""
-    graded = {e: grades.get(e, default) for e in EXERCISES}
+    """A report as `attnlab check` makes it: every exercise (of the lab, or `exercises_of`) graded `default`
+    unless named in `grades`."""
+    graded = {e: grades.get(e, default) for e in exercises_of}
     exercises = [
         {
             "name": e,
@@ -358,3 +360,23 @@ def test_the_class_report_is_one_escaped_self_contained_page(tmp_path: Path):
 def test_the_class_report_of_a_class_without_mistakes_has_no_chart(tmp_path: Path):
     html = write_class_report([notebook("a.ipynb"), notebook("b.ipynb")], tmp_path / "class.html").read_text()
     assert "<img" not in html and "No named mistake was made." in html and "No two notebooks share a function." in html
+
+
+def test_a_class_of_circuits_notebooks_has_their_columns_and_a_mixed_class_both():
+    circuits = list(CIRCUIT_CHECKS)
+    ann = notebook("class/ann/circuits.ipynb", exercises_of=circuits, patch_residual="patched_backwards")
+    bob = notebook("class/bob/circuits.ipynb", exercises_of=circuits, logit_attribution="no_norm_scale")
+    rows = list(csv.reader(io.StringIO(csv_text([ann, bob]))))
+    assert rows[0] == ["notebook", "score", *circuits, "errors"]
+    assert rows[1] == ["class/ann/circuits.ipynb", "3", "passed", "patched_backwards", "passed", "passed", ""]
+    facts = summary([ann, bob])
+    assert facts["max_score"] == 4 and list(facts["exercises"]) == circuits
+    assert [(m["id"], m["exercises"]) for m in facts["mistakes"]] == [
+        ("no_norm_scale", ["logit_attribution"]),
+        ("patched_backwards", ["patch_residual"]),
+    ]
+    lab = notebook("class/cat/lab.ipynb")
+    rows = list(csv.reader(io.StringIO(csv_text([lab, ann]))))
+    assert rows[0] == ["notebook", "score", *EXERCISES, *circuits, "errors"]
+    assert rows[1][2 + len(EXERCISES) :] == ["not checked"] * len(circuits) + [""]
+    assert rows[2][2 : 2 + len(EXERCISES)] == ["not checked"] * len(EXERCISES)

@@ -1,4 +1,5 @@
-"""The lab notebook: built from one source, shipped, runnable top to bottom, and graded by `attnlab check`."""
+"""The lab and circuits notebooks: each built from one source, shipped, runnable top to bottom, and graded
+by `attnlab check` on its own exercises."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnlab.exercises import CHECKS
-from attnlab.notebooks import SOLUTIONS, STUDENT
+from attnlab.exercises import CHECKS, CIRCUIT_CHECKS
+from attnlab.notebooks import NOTEBOOKS, SOLUTIONS, STUDENT, notebook_paths
 from attnlab.notebooks.build import build, split_solutions
 
 from .conftest import run_cli, run_subprocess
@@ -25,15 +26,23 @@ def test_the_built_notebooks_are_current_and_hold_no_outputs():
         assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
 
 
-def test_the_student_notebook_leaves_every_exercise_to_write():
+@pytest.mark.parametrize(("name", "exercises"), [("lab", EXERCISES), ("circuits", list(CIRCUIT_CHECKS))])
+def test_the_student_notebook_leaves_every_exercise_to_write(name, exercises):
     student, solved = (
         "\n".join(c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
-        for p in (STUDENT, SOLUTIONS)
+        for p in notebook_paths(name)
     )
-    assert len(re.findall(r"raise NotImplementedError\(", student)) == len(EXERCISES)
+    assert len(re.findall(r"raise NotImplementedError\(", student)) == len(exercises)
     assert "NotImplementedError" not in solved and "SOLUTION" not in solved + student
-    for name in EXERCISES:
-        assert f"def {name}(" in student
+    for exercise in exercises:
+        assert f"def {exercise}(" in student
+
+
+def test_each_notebook_names_itself_for_the_grader():
+    assert list(NOTEBOOKS) == ["lab", "circuits"]
+    for name in NOTEBOOKS:
+        for path in notebook_paths(name):
+            assert nbformat.read(path, as_version=4).metadata["attnlab"] == {"notebook": name}
 
 
 def test_solution_markers_become_one_line_at_the_same_indentation():
@@ -53,6 +62,10 @@ def test_attnlab_notebook_copies_either_version_and_never_overwrites(tmp_path, c
     assert code == 2 and "exists" in err and err.count("\n") == 1
     code, _, err = run_cli(["notebook", "--out", str(tmp_path / "lab.ipynb")], capsys)
     assert code == 2 and "is a file" in err
+    assert run_cli(["notebook", "circuits", "--out", str(tmp_path)], capsys)[0] == 0
+    assert (tmp_path / "circuits.ipynb").read_bytes() == notebook_paths("circuits")[0].read_bytes()
+    code, _, err = run_cli(["notebook", "circuitz", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "invalid choice" in err and err.count("\n") == 1
 
 
 def _notebook(tmp_path: Path, *cells: str) -> Path:
@@ -130,3 +143,40 @@ def test_check_names_the_mistakes_in_a_broken_notebook(tmp_path):
     mistakes = {e["name"]: e["mistake"] for e in report["exercises"] if not e["passed"]}
     assert mistakes == {"attention": "no_scaling", "split_heads": "split_without_transpose"}
     assert report["errors"] == []
+
+
+@pytest.mark.slow
+def test_the_circuits_solutions_run_top_to_bottom_and_pass_every_check(tmp_path):
+    report = _check(notebook_paths("circuits")[1], tmp_path)
+    assert report["errors"] == []
+    assert [(e["name"], e["passed"]) for e in report["exercises"]] == [(n, True) for n in CIRCUIT_CHECKS]
+
+
+@pytest.mark.slow
+def test_check_names_the_mistakes_in_a_broken_circuits_notebook(tmp_path):
+    nb = nbformat.read(notebook_paths("circuits")[1], as_version=4)
+    for cell in nb.cells:  # patched the wrong way, and the attribution without the final norm's scale
+        cell.source = cell.source.replace(
+            "model.run_with_cache(clean_BL, names=[name])", "model.run_with_cache(corrupt_BL, names=[name])"
+        )
+        cell.source = cell.source.replace(
+            "model.run_with_hooks(corrupt_BL, [(name, patch)])", "model.run_with_hooks(clean_BL, [(name, patch)])"
+        )
+        cell.source = cell.source.replace("(centred_PC / scale * ln_weight_C)", "(centred_PC * ln_weight_C)")
+    broken = tmp_path / "broken.ipynb"
+    nbformat.write(nb, broken)
+    report = _check(broken, tmp_path)
+    mistakes = {e["name"]: e["mistake"] for e in report["exercises"] if not e["passed"]}
+    assert mistakes == {"patch_residual": "patched_backwards", "logit_attribution": "no_norm_scale"}
+
+
+def test_check_grades_the_exercises_of_the_notebook_named(tmp_path):
+    path = _notebook(tmp_path, "def logit_difference(logits_BLV, answer, wrong):\n    return logits_BLV[:, -1, answer]")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["attnlab"] = {"notebook": "circuits"}  # as `attnlab notebook circuits` writes it
+    nbformat.write(nb, path)
+    report = json.loads(run_subprocess(["check", str(path), "--format", "json"], timeout=300).stdout)
+    assert [e["name"] for e in report["exercises"]] == list(CIRCUIT_CHECKS)
+    assert report["exercises"][0]["mistake"] == "logit_not_difference"
+    proc = run_subprocess(["check", str(path), "--format", "csv", "--notebook", "lab"], timeout=300)
+    assert proc.stdout.splitlines()[0] == ",".join(["notebook", "score", *EXERCISES, "errors"])

@@ -294,6 +294,9 @@ ROWS += [
     ("check missing", ["check", "{tmp}/missing.ipynb"], "no such file or folder"),
     ("check no notebooks", ["check", "{tmp}"], "no notebooks"),
     ("check not a notebook", ["check", "{files}/stories.txt"], "is not a Jupyter notebook"),
+    ("check --notebook unknown", [*BASE["check"], "--notebook", "circuitz"], "invalid choice"),
+    ("check a notebook naming another", ["check", "{files}/other.ipynb"], "its metadata names the notebook 'quiz'"),
+    ("notebook unknown", ["notebook", "quiz", "--out", "{tmp}/nb"], "invalid choice"),
     ("seq2seq translate an LM run", ["seq2seq", "translate", "{run}", "--text", "abc"], "not an encoder-decoder run"),
     # seq2seq train --resume: a run continues only as what it was, from a checkpoint that is there.
     *[
@@ -496,6 +499,8 @@ def _write_data_files(files: Path) -> None:
     (files / "broken.json").write_text('{"format": 1, "dtype": "uin')
     (files / "stories.txt").write_text(join_stories(builtin_stories(n_chars=50_000)))
     (files / "empty.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    other = {"cells": [], "metadata": {"attnlab": {"notebook": "quiz"}}, "nbformat": 4, "nbformat_minor": 5}
+    (files / "other.ipynb").write_text(json.dumps(other))
     for tok in ("bytes", "char"):
         prepare_token_files(str(files / "stories.txt"), files / f"{tok}.bin", tok)
 

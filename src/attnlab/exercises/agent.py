@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import reference, wire
-from .checks import CHECKS
+from .catalogue import EVERY_CHECK
 
 NAME = "_attnlab_agent"  # the agent's name in the kernel's namespace
 MAX_DRAWS = 100_000
@@ -32,7 +32,9 @@ MAX_DRAWS = 100_000
 
 def _reference_code(name: str) -> set[CodeType]:
     """The code objects whose call means "this uses the package's own solution of `name`": the reference
-    function, and for the module exercises the module's own forward."""
+    function, for the module exercises the module's own forward, and for the circuits exercises the
+    library function that does the same."""
+    from ..inspect import ablations, attribution, circuits, patching
     from ..models.attention import CausalSelfAttention
     from ..models.layers import Block
     from ..models.transformer import TransformerLM
@@ -45,6 +47,15 @@ def _reference_code(name: str) -> set[CodeType]:
     }
     if name in forward:
         codes.add(forward[name].forward.__code__)
+    library: dict[str, list[Callable[..., Any]]] = {
+        "logit_difference": [circuits.logit_diff],
+        "patch_residual": [patching.patch_cells, patching.patch_sweep],
+        "logit_attribution": [attribution.direct_logit_attribution, attribution.residual_parts],
+        "mean_ablate": [ablations.ablation_table],
+    }
+    # The decorated ones (torch.no_grad) are watched through their own code, not the decorator's, which
+    # every decorated function shares.
+    codes.update(getattr(fn, "__wrapped__", fn).__code__ for fn in library.get(name, []))
     return codes
 
 
@@ -72,11 +83,11 @@ class Agent:
         self.namespace = namespace
         self.functions: dict[str, Callable[..., Any]] = {}
         self.modules: dict[str, torch.nn.Module] = {}
-        self.codes = {name: _reference_code(name) for name in CHECKS}
+        self.codes = {name: _reference_code(name) for name in EVERY_CHECK}
 
     def after_cell(self, source: str) -> None:
         """Keep the exercise functions this cell defined (the last definition wins)."""
-        for name in defined_names(source) & set(CHECKS):
+        for name in defined_names(source) & set(EVERY_CHECK):
             if callable(fn := self.namespace.get(name)):
                 self.functions[name] = fn
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..errors import AttnlabError
 from . import sandbox, wire
-from .checks import CHECKS
+from .catalogue import EVERY_CHECK, NOTEBOOK_CHECKS, check_kind, notebook_kind
 from .grades import NOT_CHECKED, NOT_WRITTEN, PASSED, REFERENCE, WRONG, NotebookReport
 from .result import CheckResult
 
@@ -64,8 +64,9 @@ def read_notebook(path: Path) -> tuple[bytes, Any]:
     return data, nb
 
 
-def exercise_sources(nb: Any) -> dict[str, str]:
-    """Each exercise's last top-level `def` in the notebook's code, as written (parsed, never run)."""
+def exercise_sources(nb: Any, names: Iterable[str]) -> dict[str, str]:
+    """Each exercise of `names`: its last top-level `def` in the notebook's code, as written (parsed, never run)."""
+    names = list(names)
     found: dict[str, str] = {}
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -75,9 +76,9 @@ def exercise_sources(nb: Any) -> dict[str, str]:
         except SyntaxError:
             continue
         for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and node.name in CHECKS:
+            if isinstance(node, ast.FunctionDef) and node.name in names:
                 found[node.name] = ast.get_source_segment(cell.source, node) or ""
-    return {name: found.get(name, "") for name in CHECKS}
+    return {name: found.get(name, "") for name in names}
 
 
 # ---- the grader's side of a sandbox -----------------------------------------------------------
@@ -168,7 +169,7 @@ class Sandbox:
         names = header.get("functions")
         if not isinstance(names, list):
             raise ProtocolError(str(header.get("error") or "the sandbox did not list the notebook's functions"))
-        return {n for n in names if isinstance(n, str) and n in CHECKS}
+        return {n for n in names if isinstance(n, str) and n in EVERY_CHECK}
 
     def call(self, name: str, args: tuple[Any, ...], **extra: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tensors: dict[str, torch.Tensor] = {}
@@ -321,11 +322,17 @@ def grade_notebook(
     seed: int | None = None,
     slot: int = 0,
     threads: int = 1,
+    notebook: str | None = None,
 ) -> NotebookReport:
     """Run the notebook at `path` confined, then check each exercise function it defined from here, on
-    inputs drawn from `seed` (a fresh one when None)."""
+    inputs drawn from `seed` (a fresh one when None): the exercises of `notebook` ("lab", "circuits"),
+    or of the notebook its metadata names."""
     path = Path(path)
     data, nb = read_notebook(path)
+    try:
+        checks = NOTEBOOK_CHECKS[check_kind(notebook) if notebook is not None else notebook_kind(nb)]
+    except AttnlabError as e:
+        raise NotANotebook(f"{path}: {e}") from None
     seed = secrets.randbits(48) if seed is None else seed
     grades: dict[str, str] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -340,7 +347,7 @@ def grade_notebook(
         except ProtocolError as e:
             errors.append(_explain(str(e), limits))
             defined, why = set(), str(e)
-        for name, check in CHECKS.items():
+        for name, check in checks.items():
             if name not in defined:
                 grades[name], entries[name] = _not_checked(name, why.replace("it", name, 1) if "never" in why else why)
                 continue
@@ -355,7 +362,7 @@ def grade_notebook(
             grades[name], entries[name] = _grade_of(result, fn)
     finally:
         box.close()
-    return NotebookReport(str(path), [entries[n] for n in CHECKS], errors, grades, exercise_sources(nb))
+    return NotebookReport(str(path), [entries[n] for n in checks], errors, grades, exercise_sources(nb, checks))
 
 
 # ---- a class ----------------------------------------------------------------------------------
@@ -398,12 +405,14 @@ def shard(paths: list[Path], i: int, n: int) -> list[Path]:
 
 @dataclass
 class ClassRun:
-    """How a class is graded: the limits, the sandbox, the jobs and the seed of this run."""
+    """How a class is graded: the limits, the sandbox, the jobs and the seed of this run, and the notebook
+    every path is graded as (None: the one each notebook's metadata names)."""
 
     limits: sandbox.Limits
     confine: bool
     jobs: int
     seed: int
+    notebook: str | None = None
 
     def grade(
         self, paths: list[Path], progress: Callable[[NotebookReport], None] | None = None
@@ -419,11 +428,11 @@ class ClassRun:
             with lock:
                 slot = slots.pop()
             try:
-                report = grade_notebook(path, self.limits, self.confine, self.seed, slot, threads)
+                report = grade_notebook(path, self.limits, self.confine, self.seed, slot, threads, self.notebook)
             except NotANotebook as e:
-                report = _unreadable(path, str(e))
+                report = _unreadable(path, str(e), self.notebook)
             except Exception as e:  # one notebook's failure must not stop the class
-                report = _unreadable(path, f"{path}: could not be graded ({type(e).__name__}: {e})")
+                report = _unreadable(path, f"{path}: could not be graded ({type(e).__name__}: {e})", self.notebook)
             finally:
                 with lock:
                     slots.append(slot)
@@ -435,9 +444,12 @@ class ClassRun:
             return list(pool.map(one, paths))
 
 
-def _unreadable(path: Path, why: str) -> NotebookReport:
-    entries = [_not_checked(name, "the notebook could not be read")[1] for name in CHECKS]
-    return NotebookReport(str(path), entries, [why], {n: NOT_CHECKED for n in CHECKS}, {n: "" for n in CHECKS})
+def _unreadable(path: Path, why: str, notebook: str | None) -> NotebookReport:
+    """The report of a notebook that could not be graded: every exercise of the class's notebook (the
+    lab's when the class did not name one) not checked."""
+    names = list(NOTEBOOK_CHECKS[notebook or "lab"])
+    entries = [_not_checked(name, "the notebook could not be read")[1] for name in names]
+    return NotebookReport(str(path), entries, [why], {n: NOT_CHECKED for n in names}, {n: "" for n in names})
 
 
 def default_jobs() -> int:
@@ -458,22 +470,30 @@ def grade_class(
     memory: str | None = None,
     confine: bool = True,
     progress: bool = False,
+    notebook: str | None = None,
 ) -> list[NotebookReport]:
     """`attnlab check`: grade the notebooks of `paths` (files, or folders of them), `jobs` at a time
     (default: the free cores), only the `share` 'I/N' of them if given, each cell allowed `timeout`
     seconds and each notebook `memory` ('4G'; default: a share of this machine's), in the sandbox unless
-    `confine` is False (the limits still apply). `progress` draws a bar on stderr."""
+    `confine` is False (the limits still apply), each on the exercises of `notebook` ("lab",
+    "circuits"; default: the notebook its metadata names). `progress` draws a bar on stderr."""
     # Before anything runs: the notebooks are executed by a Jupyter kernel.
     if importlib.util.find_spec("ipykernel") is None or importlib.util.find_spec("nbclient") is None:
         raise AttnlabError("attnlab check needs nbclient and ipykernel: pip install 'attnlab[notebook]'")
     if not 0 < timeout <= 86_400:
         raise AttnlabError(f"--timeout {timeout:g}: give the seconds a cell may run, from 1 to 86400")
+    if notebook is not None:
+        check_kind(notebook)
     part = parse_shard(share) if share is not None else None
     jobs = jobs or default_jobs()
     limit = sandbox.parse_size(memory) if memory is not None else sandbox.default_memory(jobs)
     notebooks = notebook_paths(paths)
     if len(paths) == 1 and len(notebooks) == 1 and Path(paths[0]).is_file():
-        read_notebook(notebooks[0])  # one file that is not a notebook: say so, as a bad input
+        _, nb = read_notebook(notebooks[0])  # one file that is not a notebook: say so, as a bad input
+        try:
+            notebook_kind(nb) if notebook is None else None
+        except AttnlabError as e:
+            raise AttnlabError(f"{notebooks[0]}: {e}") from None
     if part is not None:
         notebooks = shard(notebooks, *part)
     if confine and (why := sandbox.problem()) is not None:
@@ -482,7 +502,7 @@ def grade_class(
             "--no-sandbox"
         )
     limits = sandbox.Limits(limit, cell_seconds=timeout, notebook_seconds=3 * timeout + 60)
-    grading = ClassRun(limits, confine, jobs, seed=secrets.randbits(48))
+    grading = ClassRun(limits, confine, jobs, seed=secrets.randbits(48), notebook=notebook)
     with tqdm(
         total=len(notebooks), desc="check", unit="notebook", file=sys.stderr, disable=None if progress else True
     ) as bar:

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..report import _environment
+from .catalogue import ordered
 from .checks import CHECKS
 from .grades import GRADE_WORDS, NOT_CHECKED, NOT_WRITTEN, PASSED, REFERENCE, WRONG, NotebookReport
 from .mistakes import MISTAKES
@@ -41,9 +42,11 @@ from .mistakes import MISTAKES
 ERRORS_CHARS = 300  # the CSV's errors cell: enough to see what failed; the JSON has every error in full
 
 
-def _exercises() -> list[str]:
-    """The lab's exercises in order: the CSV's columns, the summary's keys, the page's rows."""
-    return list(CHECKS)
+def _exercises(reports: Sequence[NotebookReport]) -> list[str]:
+    """The exercises of the notebooks graded, in order: the CSV's columns, the summary's keys, the page's
+    rows. A class of lab notebooks gets exactly the lab's (`CHECKS`); without reports, the lab's too."""
+    names = {e["name"] for r in reports for e in r.exercises}
+    return ordered(names) if names else list(CHECKS)
 
 
 def _grade(report: NotebookReport, exercise: str) -> str:
@@ -59,11 +62,12 @@ def _errors_cell(errors: Sequence[str], limit: int = ERRORS_CHARS) -> str:
 
 def csv_text(reports: Sequence[NotebookReport]) -> str:
     """The grade book as CSV, one row per notebook in the order given (the Contract):
-    `notebook,score,<each exercise of CHECKS, in order>,errors`, each exercise's cell its grade word.
+    `notebook,score,<each exercise graded, in order: CHECKS's for the lab>,errors`, each exercise's cell its
+    grade word (`not checked` for one the row's notebook does not have).
     Rows end in "\\n" and the text ends with one, so it can be written to stdout as it is."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    exercises = _exercises()
+    exercises = _exercises(reports)
     writer.writerow(["notebook", "score", *exercises, "errors"])
     for r in reports:
         writer.writerow([r.path, r.score, *(_grade(r, e) for e in exercises), _errors_cell(r.errors)])
@@ -201,9 +205,10 @@ def normalised_function(source: str, name: str) -> tuple[str, int] | None:
 def same_functions(reports: Sequence[NotebookReport]) -> list[SameFunction]:
     """Integrity hints: for each exercise, the groups of two or more notebooks whose functions are the same
     after `normalised_function`. Largest functions first (the stronger hints), then in the lab's order."""
-    order = {e: i for i, e in enumerate(_exercises())}
+    exercises = _exercises(reports)
+    order = {e: i for i, e in enumerate(exercises)}
     hints = []
-    for exercise in _exercises():
+    for exercise in exercises:
         groups: dict[str, list[str]] = defaultdict(list)
         sizes: dict[str, int] = {}
         for r in reports:
@@ -236,7 +241,7 @@ def summary(reports: Sequence[NotebookReport]) -> dict[str, Any]:
     0 included, and each mistake that occurred); mistakes: each named mistake, most frequent first, with
     its count (over notebooks and exercises), the exercises it occurred in, what it means and its fix;
     same_functions: the integrity hints (`same_functions`)."""
-    exercises = _exercises()
+    exercises = _exercises(reports)
     per_exercise = {e: Counter(_grade(r, e) for r in reports) for e in exercises}
     mistakes: Counter[str] = Counter()
     where: dict[str, list[str]] = defaultdict(list)
@@ -328,7 +333,7 @@ def write_class_report(reports: Sequence[NotebookReport], path: str | Path) -> P
     student-written text escaped. Notebooks appear in the order given."""
     path = Path(path)
     facts = summary(reports)
-    exercises = _exercises()
+    exercises = _exercises(reports)
     n = len(reports)
     rows = []
     for e in exercises:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..inspect.circuits import resid_name
 from ..models.attention import Attention
 from ..models.layers import Block
 from ..models.positions import LearnedPositions
@@ -100,6 +101,68 @@ MISTAKES: dict[str, Mistake] = {
     "greedy_argmin": Mistake(
         "greedy decoding picks the least likely token",
         "greedy is argmax of the logits",
+    ),
+    # The circuits notebook.
+    "logit_not_difference": Mistake(
+        "it returns the answer's logit, not logit(answer) - logit(wrong): a part that raises every logit alike "
+        "would look important",
+        "subtract the wrong token's logit at the same position",
+    ),
+    "difference_reversed": Mistake(
+        "the difference is logit(wrong) - logit(answer): its sign is flipped",
+        "take logit(answer) - logit(wrong)",
+    ),
+    "not_last_position": Mistake(
+        "the difference is read at the first position, not the last (the prediction of the next token)",
+        "index the positions with -1",
+    ),
+    "probability_difference": Mistake(
+        "it compares probabilities after a softmax, not logits: the difference no longer adds up over parts",
+        "subtract the raw logits (the softmax shifts every logit by the same amount, which cancels anyway)",
+    ),
+    "patched_backwards": Mistake(
+        "the patch goes the wrong way: the clean run gets the corrupted value, not the corrupted run the clean one",
+        "cache the clean run, then run the corrupted prompt with a hook that writes the clean value in",
+    ),
+    "patched_every_position": Mistake(
+        "every position of the stream is replaced, not only `position`: that is the clean run from there on",
+        "copy only resid[:, position] from the clean cache",
+    ),
+    "patched_after_block": Mistake(
+        "it patches the stream leaving block `layer` (entering block layer + 1), not the stream entering it",
+        "the stream entering block l is resid_name(model, l): the embeddings' sum for l = 0",
+    ),
+    "no_norm_scale": Mistake(
+        "the parts are not divided by the final norm's scale (the whole stream's standard deviation in this run)",
+        "divide every centred part by sqrt(var(final stream) + eps), the same number for all parts",
+    ),
+    "no_norm_centring": Mistake(
+        "the parts are not centred: LayerNorm subtracts each vector's mean before it scales",
+        "subtract each part's mean over its channels before scaling",
+    ),
+    "norm_per_part": Mistake(
+        "each part is scaled by its own standard deviation, not by the final stream's: the parts no longer add up",
+        "use one scale for every part: the final stream's sqrt(var + eps)",
+    ),
+    "no_norm_weight": Mistake(
+        "the final norm's weight (gain) is left out",
+        "multiply the scaled parts by ln_weight channel by channel, then project on the direction",
+    ),
+    "zero_not_mean": Mistake(
+        "the head is set to zero, not to its mean: zero is a value the head never outputs",
+        "replace it with its mean over the reference text's sequences and positions",
+    ),
+    "mean_of_own_batch": Mistake(
+        "the mean is taken over the ablated batch itself, not over the reference text",
+        "average z_ref over its sequences and positions",
+    ),
+    "mean_per_position": Mistake(
+        "the mean is taken per position (over sequences only), so the head still carries where it is",
+        "average over the sequences and the positions both: mean over dims (0, 1) of the head's (B, L, D)",
+    ),
+    "every_head_ablated": Mistake(
+        "every head is replaced by its mean, not only `head`",
+        "change only z[:, head]",
     ),
     "wrong_shape": Mistake(
         "the result has the wrong shape",
@@ -257,3 +320,103 @@ def top_k_probs(logits_V: torch.Tensor, temperature: float, top_k: int | None) -
     if top_k is not None:
         logits_V = logits_V.masked_fill(logits_V < logits_V.topk(top_k).values[-1], float("-inf"))
     return logits_V.softmax(dim=-1)
+
+
+# --- the circuits notebook ------------------------------------------------------------------------
+
+
+def _last(logits_BLV: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    return logits_BLV[:, -1, answer]
+
+
+def _reversed(logits_BLV: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    return logits_BLV[:, -1, wrong] - logits_BLV[:, -1, answer]
+
+
+def _first(logits_BLV: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    return logits_BLV[:, 0, answer] - logits_BLV[:, 0, wrong]
+
+
+def _probabilities(logits_BLV: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    probs_BV = logits_BLV[:, -1].softmax(-1)
+    return probs_BV[:, answer] - probs_BV[:, wrong]
+
+
+LOGIT_DIFF_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
+    ("logit_not_difference", _last),
+    ("difference_reversed", _reversed),
+    ("not_last_position", _first),
+    ("probability_difference", _probabilities),
+]
+
+
+def _patch(into: str = "corrupt", every_position: bool = False, shift: int = 0) -> Callable[..., torch.Tensor]:
+    def patch_residual(
+        model: TransformerLM, clean_BL: torch.Tensor, corrupt_BL: torch.Tensor, layer: int, position: int
+    ) -> torch.Tensor:
+        source_BL, target_BL = (clean_BL, corrupt_BL) if into == "corrupt" else (corrupt_BL, clean_BL)
+        name = resid_name(model, layer + shift)
+        _, cache = model.run_with_cache(source_BL, names=[name])
+
+        def patch(resid_BLC: torch.Tensor, _: str) -> torch.Tensor:
+            resid_BLC = resid_BLC.clone()
+            where = slice(None) if every_position else position
+            resid_BLC[:, where] = cache[name][:, where]
+            return resid_BLC
+
+        return model.run_with_hooks(target_BL, [(name, patch)])
+
+    return patch_residual
+
+
+PATCH_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
+    ("patched_backwards", _patch(into="clean")),
+    ("patched_every_position", _patch(every_position=True)),
+    ("patched_after_block", _patch(shift=1)),
+]
+
+
+def _attribution(
+    scale: str = "final", centre: bool = True, weight: bool = True
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    def logit_attribution(
+        parts_PC: torch.Tensor, ln_weight_C: torch.Tensor, direction_C: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        centred_PC = parts_PC - parts_PC.mean(-1, keepdim=True) if centre else parts_PC
+        if scale == "final":
+            centred_PC = centred_PC / (parts_PC.sum(0).var(unbiased=False) + eps).sqrt()
+        elif scale == "per_part":
+            centred_PC = centred_PC / (parts_PC.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+        return (centred_PC * ln_weight_C if weight else centred_PC) @ direction_C
+
+    return logit_attribution
+
+
+ATTRIBUTION_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
+    ("no_norm_scale", _attribution(scale="none")),
+    ("no_norm_scale", _attribution(scale="none", weight=False)),
+    ("no_norm_centring", _attribution(centre=False)),
+    ("norm_per_part", _attribution(scale="per_part")),
+    ("no_norm_weight", _attribution(weight=False)),
+]
+
+
+def _ablate(value: str = "mean", over: str = "reference", heads: str = "one") -> Callable[..., torch.Tensor]:
+    def mean_ablate(z_BHLD: torch.Tensor, head: int, z_ref_BHLD: torch.Tensor) -> torch.Tensor:
+        source_BHLD = z_ref_BHLD if over != "own" else z_BHLD
+        dims = (0,) if over == "position" else (0, 2)
+        mean_HXD = source_BHLD.mean(dims, keepdim=True)  # X: the positions, or 1
+        z_BHLD = z_BHLD.clone()
+        chosen = slice(None) if heads == "every" else slice(head, head + 1)
+        z_BHLD[:, chosen] = 0.0 if value == "zero" else mean_HXD[:, chosen]
+        return z_BHLD
+
+    return mean_ablate
+
+
+ABLATION_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
+    ("zero_not_mean", _ablate(value="zero")),
+    ("mean_of_own_batch", _ablate(over="own")),
+    ("mean_per_position", _ablate(over="position")),
+    ("every_head_ablated", _ablate(heads="every")),
+]

@@ -1,4 +1,5 @@
-"""The lab's exercises, solved: the functions each check compares a student's version with.
+"""The exercises of the lab and of the circuits notebook, solved: the functions each check compares a
+student's version with.
 
 They are written the way the lab draws them, one step per line; the package's own layers
 (`attnlab.models`) compute the same numbers with fast paths beside them.
@@ -10,6 +11,7 @@ import math
 
 import torch
 
+from ..inspect.circuits import resid_name
 from ..models.attention import Attention
 from ..models.layers import Block
 from ..models.positions import LearnedPositions
@@ -87,3 +89,47 @@ def sample_next(logits_V: torch.Tensor, temperature: float = 1.0, top_k: int | N
         kth_best = logits_V.topk(top_k).values[-1]
         logits_V = logits_V.masked_fill(logits_V < kth_best, float("-inf"))
     return int(torch.multinomial(logits_V.softmax(dim=-1), 1))
+
+
+# --- the circuits notebook (circuits.md) ----------------------------------------------------------
+
+
+def logit_difference(logits_BLV: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    """logit(answer) - logit(wrong) at the last position of each row: (B,)."""
+    return logits_BLV[:, -1, answer] - logits_BLV[:, -1, wrong]
+
+
+def patch_residual(
+    model: TransformerLM, clean_BL: torch.Tensor, corrupt_BL: torch.Tensor, layer: int, position: int
+) -> torch.Tensor:
+    """The corrupted run's logits (B, L, V) when the residual stream entering block `layer` at `position`
+    holds the clean run's value there."""
+    name = resid_name(model, layer)
+    _, clean_cache = model.run_with_cache(clean_BL, names=[name])
+
+    def patch(resid_BLC: torch.Tensor, _: str) -> torch.Tensor:
+        resid_BLC = resid_BLC.clone()
+        resid_BLC[:, position] = clean_cache[name][:, position]
+        return resid_BLC
+
+    return model.run_with_hooks(corrupt_BL, [(name, patch)])
+
+
+def logit_attribution(
+    parts_PC: torch.Tensor, ln_weight_C: torch.Tensor, direction_C: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Each part's direct contribution (P,) to the logit difference along `direction_C`, through the final
+    LayerNorm: the parts sum to the final residual stream, whose own scale divides every part."""
+    final_C = parts_PC.sum(0)
+    scale = (final_C.var(unbiased=False) + eps).sqrt()
+    centred_PC = parts_PC - parts_PC.mean(-1, keepdim=True)
+    return (centred_PC / scale * ln_weight_C) @ direction_C
+
+
+def mean_ablate(z_BHLD: torch.Tensor, head: int, z_ref_BHLD: torch.Tensor) -> torch.Tensor:
+    """A copy of z with head `head` replaced, at every position, by its mean over the reference text's
+    sequences and positions."""
+    mean_D = z_ref_BHLD[:, head].mean((0, 1))
+    z_BHLD = z_BHLD.clone()
+    z_BHLD[:, head] = mean_D
+    return z_BHLD

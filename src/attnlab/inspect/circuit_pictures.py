@@ -51,7 +51,8 @@ def _sweep_panel(
             ax.set_yticks(range(N * H), [f"{i}.{h}" for i in range(N) for h in range(H)], fontsize=6)
             ax.set_ylabel("layer.head", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.9, label=f"{unit}: patched - corrupted")
+    # Two short lines: one long label is taller than a low panel and runs into the next one's.
+    fig.colorbar(image, ax=ax, shrink=0.9).set_label(f"{unit}:\npatched - corrupted", fontsize=7)
 
 
 def patching_figure(

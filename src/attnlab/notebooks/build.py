@@ -1,11 +1,13 @@
-"""Build the student and solution notebooks from `lab.md`; `--check` verifies the built ones are current.
+"""Build each notebook's student and solution versions from its source (`lab.md`, `circuits.md`);
+`--check` verifies the built ones are current.
 
 In a code cell, the lines between `# BEGIN SOLUTION` and `# END SOLUTION` are the solution: the
 solutions notebook keeps them (without the markers), the student notebook gets one line instead,
 `raise NotImplementedError("...")` at the same indentation, so its check says "not implemented yet"
-and the notebook goes on with the reference. Outputs are never stored.
+and the notebook goes on with the reference. Outputs are never stored. Each notebook names itself in
+its metadata (`"attnlab": {"notebook": "circuits"}`), so `attnlab check` grades it on its exercises.
 
-    python -m attnlab.notebooks.build           # write lab.ipynb and lab_solutions.ipynb
+    python -m attnlab.notebooks.build           # write lab.ipynb, lab_solutions.ipynb, circuits.ipynb, ...
     python -m attnlab.notebooks.build --check   # exit 1 if either is stale or holds outputs (CI)
 """
 
@@ -16,8 +18,9 @@ import re
 import sys
 from pathlib import Path
 
+from . import NOTEBOOKS, notebook_paths
+
 HERE = Path(__file__).parent
-SOURCE = HERE / "lab.md"
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION(?:: (.*))?$")
 END = re.compile(r"^\s*# END SOLUTION$")
 
@@ -44,27 +47,35 @@ def split_solutions(code: str, student: bool) -> str:
 
 
 def build() -> dict[Path, str]:
-    """The two notebooks as JSON text, keyed by the path they belong at."""
+    """Every notebook, student and solved, as JSON text, keyed by the path it belongs at."""
+    texts = {}
+    for name in NOTEBOOKS:
+        student, solved = notebook_paths(name)
+        for path, for_student in ((student, True), (solved, False)):
+            texts[path] = _notebook(name, for_student)
+    return texts
+
+
+def _notebook(name: str, student: bool) -> str:
+    """Notebook `name` built from its source, for the student (exercises to write) or solved."""
     import jupytext
     import nbformat
 
-    texts = {}
-    for path, student in ((HERE / "lab.ipynb", True), (HERE / "lab_solutions.ipynb", False)):
-        nb = jupytext.reads(SOURCE.read_text(encoding="utf-8"), fmt="md")
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                cell.source = split_solutions(cell.source, student)
-                cell.outputs, cell.execution_count = [], None
-            cell.metadata = {}
-            cell.pop("id", None)
-        nb.metadata = {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        }
-        nb.nbformat, nb.nbformat_minor = 4, 4
-        nbformat.validate(nb)
-        texts[path] = nbformat.writes(nb) + "\n"
-    return texts
+    nb = jupytext.reads((HERE / f"{name}.md").read_text(encoding="utf-8"), fmt="md")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = split_solutions(cell.source, student)
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata = {}
+        cell.pop("id", None)
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "attnlab": {"notebook": name},
+    }
+    nb.nbformat, nb.nbformat_minor = 4, 4
+    nbformat.validate(nb)
+    return str(nbformat.writes(nb)) + "\n"
 
 
 def main() -> int:
