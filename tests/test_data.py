@@ -185,3 +185,41 @@ def test_real_tinystories_folder_loads_by_story() -> None:
     assert len(split_stories(corpus.train.text)) == 3738
     prepared = prepare_data(str(folder), "bytes")
     assert prepared.valid.n_chars == 2559970
+
+
+# --- stories told twice (the circuits notebook's data) ---------------------------------------------
+
+
+def test_told_twice_follows_every_piece_with_itself_and_keeps_the_stories_apart():
+    from attnlab.data.corpus import split_stories
+    from attnlab.data.repeats import told_twice
+
+    first = "Lily had a red ball. She liked to play with it in the park every day, and Tom came too."
+    second = "Ben saw a big dog. The dog was happy."
+    text = f"{first}\n{ENDOFTEXT}\n{second}\n{ENDOFTEXT}\n"
+    twice = told_twice(text, seed=3, words=(2, 5))
+    stories = split_stories(twice)
+    assert len(stories) == 2
+    for original, story in zip((first, second), stories, strict=True):
+        words, rebuilt = story.split(" "), []
+        while words:  # each piece of n words is followed by the same n words
+            n = next(n for n in range(1, 6) if words[:n] == words[n : 2 * n])  # the last piece may be shorter
+            rebuilt += words[:n]
+            words = words[2 * n :]
+        assert " ".join(rebuilt) == original
+    assert told_twice(text, seed=3, words=(2, 5)) == twice != told_twice(text, seed=4, words=(2, 5))
+    with pytest.raises(AttnlabError, match="words="):
+        told_twice(text, words=(5, 2))
+
+
+def test_write_told_twice_writes_both_splits_for_prepare_data(tmp_path):
+    from attnlab.data.corpus import load_corpus, prepare_data
+    from attnlab.data.repeats import told_twice, write_told_twice
+
+    folder = write_told_twice("builtin", tmp_path / "twice")
+    corpus = load_corpus("builtin")
+    assert (folder / "train.txt").read_text(encoding="utf-8") == told_twice(corpus.train.text, 0)
+    assert (folder / "valid.txt").read_text(encoding="utf-8") == told_twice(corpus.valid.text, 1)
+    data = prepare_data(str(folder), tokenizer="codepoint")
+    assert len(data.train.tokens) > 1.9 * len(prepare_data("builtin", tokenizer="codepoint").train.tokens)
+    assert sorted(p.name for p in folder.iterdir()) == ["train.txt", "valid.txt"]  # no temporary file left

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnlab.exercises import CHECKS
+from attnlab.exercises import CHECKS, CIRCUIT_CHECKS
 from attnlab.exercises import sandbox as sandbox_module
 from attnlab.exercises.grade import ClassRun, notebook_paths
 from attnlab.exercises.gradebook import csv_text
@@ -111,11 +111,22 @@ def sample_next(logits_V, temperature=1.0, top_k=None):
         logits_V = logits_V.masked_fill(logits_V < logits_V.topk(top_k).values[-1], float("-inf"))
     return int(torch.multinomial(logits_V.softmax(-1), 1))
 """
+# A circuits notebook: one exercise solved, one handed to the package's own sweep.
+CIRCUITS_BY_THE_LIBRARY = """
+from attnlab.inspect.circuits import logit_diff
+from attnlab.inspect.patching import Cell, patch_cells
+def logit_difference(logits_BLV, answer, wrong):
+    return logits_BLV[:, -1, answer] - logits_BLV[:, -1, wrong]
+def patch_residual(model, clean_BL, corrupt_BL, layer, position):
+    return patch_cells(model, clean_BL, corrupt_BL, [Cell("embed.sum_BLC", (position,))], logit_diff(1, 2))
+"""
 
 
-def _write(folder: Path, name: str, *cells: str) -> Path:
+def _write(folder: Path, name: str, *cells: str, notebook: str | None = None) -> Path:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if notebook is not None:
+        nb.metadata["attnlab"] = {"notebook": notebook}
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -177,6 +188,7 @@ def graded(tmp_path_factory):
     _write(folder, "solved_among_forgeries", IMPORTS, ATTENTION, *every_forgery, PATCHES_WHEN_CALLED, CHECK_CELL)
     _write(folder, "imports_the_reference", IMPORTS, IMPORT_THE_REFERENCE, CHECK_CELL)
     _write(folder, "calls_the_reference", IMPORTS, CALL_THE_REFERENCE, CHECK_CELL)
+    _write(folder, "circuits_by_the_library", IMPORTS, CIRCUITS_BY_THE_LIBRARY, notebook="circuits")
     write = "try:\n    open({!r}, 'w').write('escaped')\nexcept OSError as e:\n    print(e)"
     writes = "\n".join(write.format(str(p)) for p in targets.values())
     connect = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {listener.port}), timeout=3)\n"
@@ -243,6 +255,17 @@ def test_the_packages_own_solution_is_graded_reference_never_passed(graded, note
     assert grade == "reference" and not entry["passed"] and "graded `reference`" in entry["message"]
 
 
+def test_a_circuits_notebook_is_graded_on_its_exercises_and_the_librarys_sweep_is_reference(graded):
+    report = graded[0]["circuits_by_the_library"]
+    assert [e["name"] for e in report.exercises] == list(CIRCUIT_CHECKS)
+    assert report.grades == {
+        "logit_difference": "passed",
+        "patch_residual": "reference",
+        "logit_attribution": "not checked",
+        "mean_ablate": "not checked",
+    }
+
+
 def test_nothing_escapes_the_sandbox(graded):
     reports, hostile = graded
     assert hostile["escaped"] == {"home": False, "tmp": False, "class": False, "other": False}
@@ -272,6 +295,7 @@ def test_the_grade_book_has_the_right_row_for_each_notebook(graded):
         "notebook",
         "score",
         *CHECKS,
+        *CIRCUIT_CHECKS,  # the class holds one circuits notebook
         "errors",
     ]
     assert rows["solved"]["attention"] == "passed" and rows["solved"]["score"] == "2"
@@ -279,6 +303,7 @@ def test_the_grade_book_has_the_right_row_for_each_notebook(graded):
     assert rows["unsolved"]["attention"] == "not written" and rows["calls_the_reference"]["attention"] == "reference"
     assert rows["notes"]["errors"].startswith(str(Path(rows["notes"]["notebook"])))
     assert "memory limit" in rows["memory_bomb"]["errors"]
+    assert rows["solved"]["logit_difference"] == "not checked" and rows["circuits_by_the_library"]["score"] == "1"
 
 
 def test_the_command_grades_a_folder_into_csv_and_a_class_report(tmp_path):

@@ -20,7 +20,7 @@ import torch
 from ..errors import AttnlabError
 from ..generate import encode_prompt
 from ..inspect.attribution import direct_logit_attribution
-from ..inspect.circuits import logit_diff, need_transformer, one_token, optional_token
+from ..inspect.circuits import logit_diff, metric_name, need_transformer, one_token, optional_token
 from ..inspect.lens import next_tokens
 from ..inspect.params import group_totals, param_breakdown
 from ..inspect.patching import patch_sweep
@@ -435,7 +435,7 @@ def patching(
         corrupt_1L,
         logit_diff(a, w),
         over,
-        metric_name="logit_diff" if w is not None else "logit",
+        metric_name=metric_name(w),
     )
     return sweep.to_dict() | {
         "clean_chips": token_chips(tokenizer, clean_ids),

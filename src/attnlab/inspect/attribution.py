@@ -31,7 +31,7 @@ from torch import nn
 from ..models import TransformerLM
 from ..models.layers import blocks_of
 from ..models.norms import RMSNorm
-from .circuits import check_pair, head_name
+from .circuits import check_pair, head_name, metric_name
 
 
 @dataclass
@@ -46,8 +46,7 @@ class Attribution:
     total: float
 
     def to_dict(self) -> dict[str, Any]:
-        key = "logit_diff" if self.wrong is not None else "logit"
-        return {key: self.total, "parts": [{"name": n, "value": v} for n, v in self.parts]}
+        return {metric_name(self.wrong): self.total, "parts": [{"name": n, "value": v} for n, v in self.parts]}
 
 
 def _frozen(norm: nn.Module, x_C: torch.Tensor) -> tuple[Any, torch.Tensor | None]:

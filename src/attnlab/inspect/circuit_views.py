@@ -25,7 +25,7 @@ from ..tokenizers import Tokenizer
 from ..training.checkpoint import check_checkpoint
 from .attribution import direct_logit_attribution
 from .circuit_pictures import attribution_figure, heads_figure, patching_figure
-from .circuits import logit_diff, need_transformer, one_token, optional_token
+from .circuits import logit_diff, metric_name, need_transformer, one_token, optional_token
 from .heads import HeadTable, head_table, text_pieces
 from .patching import agreement, attribution_patch, patch_sweep
 from .views import Subject, prompt_ids
@@ -64,7 +64,7 @@ def patch_view(
     clean_1L, corrupt_1L = _ids(model, tokenizer, clean), _ids(model, tokenizer, corrupt)
     a = one_token(tokenizer, answer, "--answer")
     w = optional_token(tokenizer, wrong, "--wrong")
-    metric, name = logit_diff(a, w), "logit_diff" if w is not None else "logit"
+    metric, name = logit_diff(a, w), metric_name(w)
     sweep = patch_sweep(model, clean_1L, corrupt_1L, metric, over, batch, name)
     view = sweep.to_dict()
     estimate = fit = None

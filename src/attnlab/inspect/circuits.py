@@ -70,6 +70,11 @@ def logit_diff(answer: int, wrong: int | None = None, position: int = -1) -> Met
     return metric
 
 
+def metric_name(wrong: int | None) -> str:
+    """What `logit_diff(answer, wrong)` measures, as the JSON and the pictures name it."""
+    return "logit_diff" if wrong is not None else "logit"
+
+
 def optional_token(tokenizer: Tokenizer, text: str | None, flag: str) -> int | None:
     """`one_token` of a token that may be left out (None)."""
     return one_token(tokenizer, text, flag) if text is not None else None
