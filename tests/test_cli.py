@@ -70,6 +70,22 @@ def test_generate_past_max_len_is_the_same_with_and_without_the_kv_cache(run_dir
     assert outs["1"] == ckpt.tokenizer.decode(expected) + "\n"
 
 
+def test_generate_a_file_of_prompts_together_as_each_alone(run_dir: Path, tmp_path: Path, capsys) -> None:
+    prompts = ["Once upon a time", "Lily", "The dog said \u201chi\u201d", "a" * 100]  # curly quotes; a cropped one
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join([prompts[0], "", *prompts[1:]]) + "\n", encoding="utf-8")
+    ckpt = load_checkpoint(run_dir / "r")
+    base = ["generate", str(run_dir / "r"), "--prompts-file", str(path), "--max-new-tokens", "40"]
+    for flags, fields in ((["--seed", "3"], {"seed": 3}), (["--greedy", "--batch-size", "3"], {"greedy": True})):
+        code, out, err = run_cli([*base, *flags], capsys)
+        assert code == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert [r["prompt"] for r in rows] == prompts  # the empty line is skipped
+        for r in rows:
+            assert r["continuation"] == generate_text(ckpt.model, ckpt.tokenizer, r["prompt"], 40, **fields)
+        assert "prompt 4: " in err and "cropped to its last 32" in err
+
+
 def test_generate_crops_long_prompt_with_notice(run_dir: Path, capsys) -> None:
     code, out, err = run_cli(["generate", str(run_dir / "r"), "--prompt", "a" * 100, "--max-new-tokens", "5"], capsys)
     assert code == 0 and "cropped to its last 32" in err

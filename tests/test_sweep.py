@@ -61,7 +61,7 @@ def _seq2seq_train(*options: str, out: str = "{tmp}/s") -> list[str]:
 # Flags by kind, and the verbs that have them (read from the parser in test_the_tables_cover_every_flag).
 INT_FLAGS = {
     "--steps": ["lab", "train", "compare", "seq2seq train"],
-    "--batch-size": ["lab", "train", "compare", "bench", "seq2seq train"],
+    "--batch-size": ["lab", "train", "compare", "bench", "generate", "seq2seq train"],
     "--warmup-steps": ["seq2seq train"],
     "--beam": ["seq2seq eval", "seq2seq translate"],
     "--grad-accum": ["lab", "train", "compare", "seq2seq train"],
@@ -344,6 +344,22 @@ for value, words in SETS:
         ROWS.append(
             (f"compare --vary {value}", ["compare", "--vary", value, "--steps", "1", "--out", "{tmp}/c"], words)
         )
+
+# A file of prompts: missing, not text, empty; and what cannot go with it.
+GENERATE = ["generate", "{ckpt}", "--max-new-tokens", "2"]
+ROWS += [
+    ("generate prompts missing", [*GENERATE, "--prompts-file", "{tmp}/none.txt"], "no such file"),
+    ("generate prompts binary", [*GENERATE, "--prompts-file", "{files}/latin1.txt"], "not UTF-8 text"),
+    ("generate prompts blank", [*GENERATE, "--prompts-file", "{files}/blank.txt"], "holds no prompt"),
+    ("generate prompts folder", [*GENERATE, "--prompts-file", "{files}"], "no such file"),
+    ("generate prompt and file", [*BASE["generate"], "--prompts-file", "{files}/stories.txt"], "not allowed with"),
+    ("generate no prompt", GENERATE, "one of the arguments --prompt --prompts-file is required"),
+    (
+        "generate prompts --compile",
+        [*GENERATE, "--prompts-file", "{files}/stories.txt", "--compile"],
+        "--compile decodes one prompt",
+    ),
+]
 
 # Prompts: empty, and not UTF-8, for every verb that reads one.
 for verb in ("generate", "trace", "attention", "next", "lens", "attribute"):

@@ -23,7 +23,7 @@ from . import _moved
 from ._version import __version__ as __version__
 from .data.corpus import prepare_data
 from .errors import AttnlabError
-from .generate import generate_text, next_token_table
+from .generate import generate_text, generate_texts, next_token_table
 from .interop import from_hf, to_hf  # transformers itself is imported only when they are called
 from .models import FeedForwardLM, ModelConfig, Sampling, TransformerLM, build_model, preset_config
 from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, CodepointTokenizer, make_tokenizer
@@ -49,6 +49,7 @@ __all__ = [
     "evaluate",
     "from_hf",
     "generate_text",
+    "generate_texts",
     "load_checkpoint",
     "make_tokenizer",
     "next_token_table",

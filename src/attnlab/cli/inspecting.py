@@ -11,13 +11,19 @@ from .options import Verbs, add_subject, command, finite, positive, seed, subjec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..generate import stream_continuation
+    from ..generate import continue_prompts, stream_continuation
     from ..models.sampling import Sampling
 
     sampling = Sampling(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed
     )
     options = {"kv_cache": not args.no_kv_cache, "slide": args.slide, "compile": args.compile}
+    if args.prompts_file is not None:
+        options["batch_size"] = args.batch_size
+        given = (args.checkpoint, args.prompts_file, args.max_new_tokens, sampling, args.device)
+        for prompt, text in continue_prompts(*given, **options):
+            print(json.dumps({"prompt": prompt, "continuation": text}, ensure_ascii=False))
+        return 0
     pieces = stream_continuation(args.checkpoint, args.prompt, args.max_new_tokens, sampling, args.device, **options)
     for piece in pieces:
         sys.stdout.write(piece)
@@ -91,7 +97,15 @@ def _add_target(p: argparse.ArgumentParser) -> None:
 def add_generate(verbs: Verbs) -> None:
     p = verbs.add_parser("generate", help="continue a prompt with a trained model")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
-    p.add_argument("--prompt", required=True)
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt")
+    given.add_argument(
+        "--prompts-file",
+        default=None,
+        metavar="FILE",
+        help="one prompt per line, decoded together; prints a JSON line per prompt: {prompt, continuation}",
+    )
+    p.add_argument("--batch-size", type=positive, default=64, help="with --prompts-file: prompts per batch (64)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=finite, default=1.0)
     p.add_argument("--top-k", type=int, default=None)

@@ -38,6 +38,19 @@ def causal_mask_LK(L: int, K: int, device: torch.device | str | None = None) -> 
     return torch.ones(L, K, dtype=torch.bool, device=device).tril(diagonal=K - L)
 
 
+def left_padding(slots: slice, pad_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and mask of the query slots `slots` of a left-padded batch, row b starting with pad_B[b]
+    pad tokens (prompts of different lengths generated together): each row's positions count from its
+    first real token, and a query sees the real keys up to itself, never a pad. A pad query sees only
+    itself, so that no row of its scores is all -inf (NaN); nothing reads its output."""
+    q_L = torch.arange(slots.start, slots.stop, device=pad_B.device)
+    k_K = torch.arange(slots.stop, device=pad_B.device)
+    positions_BL = (q_L[None] - pad_B[:, None]).clamp(min=0)
+    sees_BLK = (k_K[None, None] <= q_L[None, :, None]) & (k_K[None, None] >= pad_B[:, None, None])
+    sees_BLK |= k_K[None, None] == q_L[None, :, None]
+    return positions_BL, sees_BLK[:, None]
+
+
 def split_heads(x_BLX: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """(B, L, heads x D) -> (B, heads, L, D): each head's D channels, as a sequence of its own."""
     # D is given, not inferred (-1): under torch.compile's dynamic shapes an inferred D is symbolic,
@@ -159,11 +172,18 @@ class Attention(nn.Module):
         q_BLX, k_BLY, v_BLY = qkv_BLZ.split([H * D, G * D, G * D], dim=-1)
         return q_BLX, k_BLY, v_BLY
 
-    def cached_step(self, x_BLC: torch.Tensor, kv: decoding.LayerCache, rotate: Rotation | None = None) -> torch.Tensor:
+    def cached_step(
+        self,
+        x_BLC: torch.Tensor,
+        kv: decoding.LayerCache,
+        rotate: Rotation | None = None,
+        mask_B1LK: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Self-attention of L new positions after a generation's cached ones (decoding.py): `forward`'s
         numbers in fewer operations, since a decoding step is a chain of tiny ops, each costing its
         dispatch. The weights are stacked once per cache, and queries and keys go side by side as H + G
-        heads, so that rotary positions turn them in one pass."""
+        heads, so that rotary positions turn them in one pass. `mask_B1LK`: a left-padded batch's
+        (`left_padding`); None, the causal mask."""
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv_BLZ = F.linear(x_BLC, *kv.cached("qkv", self.qkv_weights))
         qk_BNLD = split_heads(qkv_BLZ[..., : (H + G) * D], H + G, D)
@@ -174,7 +194,7 @@ class Attention(nn.Module):
             qk_BNLD = rotate(qk_BNLD)
         q_BHLD, k_BGLD = qk_BNLD.split([H, G], dim=1)
         k_BGKD, v_BGKD = kv.append(k_BGLD, split_heads(qkv_BLZ[..., (H + G) * D :], G, D))
-        z_BHLD = fused_attention(q_BHLD, share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H))
+        z_BHLD = fused_attention(q_BHLD, share_kv_heads(k_BGKD, H), share_kv_heads(v_BGKD, H), mask_B1LK)
         return self.w_o(merge_heads(z_BHLD))
 
     def cross_step(
@@ -217,7 +237,7 @@ class Attention(nn.Module):
         cache of a generation (decoding.py), which holds the earlier positions' keys and values.
         """
         if kv is not None and source_BSC is None:  # generating: the same numbers in fewer operations
-            return self.cached_step(x_BLC, kv, rotate)
+            return self.cached_step(x_BLC, kv, rotate, mask_B1LK)
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         if source_BSC is None:
             # 1. Project every position to a query, a key and a value.

@@ -33,12 +33,14 @@ KeysValues = tuple[torch.Tensor, torch.Tensor]
 class KVCache:
     """What a generation keeps from step to step, one `LayerCache` per layer (`layers[i]`).
 
-    `length` is the number of positions cached: the next token's position. The model's forward
-    advances it once all its layers have appended their keys and values.
+    `length` is the number of positions cached: the next token's slot. The model's forward advances it
+    once all its layers have appended their keys and values. `pad_B`: a batch of prompts of different
+    lengths, left-padded, row b's first pad_B[b] slots padding (`attention.left_padding`); None: no padding.
     """
 
-    def __init__(self, n_layers: int, max_len: int) -> None:
+    def __init__(self, n_layers: int, max_len: int, pad_B: torch.Tensor | None = None) -> None:
         self.max_len = max_len
+        self.pad_B = pad_B
         self.length = 0
         self.layers = [LayerCache(self) for _ in range(n_layers)]
 

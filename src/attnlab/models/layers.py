@@ -142,7 +142,7 @@ class Block(nn.Module):
         """`mask_B1LK`: the self-attention's mask (None: causal); `memory_BSC`: the encoder's output, which
         cross-attention reads, and `memory_mask_B11S` its padding; `kv`: a generation's cache."""
         if kv is not None and not hook.enabled and not self.training:  # generating: the same numbers, fewer calls
-            return self.cached_step(x_BLC, kv, rotate, memory_BSC, memory_mask_B11S)
+            return self.cached_step(x_BLC, kv, rotate, memory_BSC, memory_mask_B11S, mask_B1LK)
 
         def attend(h_BLC: torch.Tensor) -> torch.Tensor:  # to the sequence itself
             return self.attn(h_BLC, hook.scope("attn."), rotate, mask_B1LK=mask_B1LK, kv=kv)
@@ -165,12 +165,13 @@ class Block(nn.Module):
         rotate: Rotation | None = None,
         memory_BSC: torch.Tensor | None = None,
         memory_mask_B11S: torch.Tensor | None = None,
+        mask_B1LK: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` for the new positions of a generation (eval mode, no hooks): the attention's own fast
         paths, called directly, and no dropout. A decoding step is a chain of tiny operations, each
         costing its call more than its arithmetic, so fewer calls are faster."""
         post = self.post_norm
-        h_BLC = self.attn.cached_step(x_BLC if post else self.ln1(x_BLC), kv, rotate)
+        h_BLC = self.attn.cached_step(x_BLC if post else self.ln1(x_BLC), kv, rotate, mask_B1LK)
         x_BLC = self.ln1(x_BLC + h_BLC) if post else x_BLC + h_BLC
         if self.cross is not None and self.ln_cross is not None:  # a decoder block, always given the memory
             assert memory_BSC is not None

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention import left_padding
 from .base import LanguageModel
 from .config import ModelConfig
 from .decoding import KVCache
 from .hooks import NO_HOOK, Hook
 from .layers import Block, Embeddings, blocks_of, make_norm
-from .positions import make_positions
+from .positions import Positions, make_positions
 
 
 class TransformerLM(LanguageModel):
@@ -35,16 +36,29 @@ class TransformerLM(LanguageModel):
             names += [f"blocks.{i}.{n}" for n in block.hook_names()]
         return [*names, *(["final_ln_BLC"] if self.final_ln is not None else []), "logits_BLV"]
 
-    def forward(self, ids_BL: torch.Tensor, hook: Hook = NO_HOOK, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see decoding.py)."""
-        positions = self._positions(ids_BL.shape[1], kv_cache, hook)
+    def forward(
+        self,
+        ids_BL: torch.Tensor,
+        hook: Hook = NO_HOOK,
+        kv_cache: KVCache | None = None,
+        pad_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see decoding.py).
+        `pad_B` (or the cache's): ids_BL is left-padded, row b's first pad_B[b] tokens padding, which no
+        position attends to and from whose end positions count (a batch of prompts, `generate_batch`)."""
+        positions: Positions = self._positions(ids_BL.shape[1], kv_cache, hook)
+        pad_B = kv_cache.pad_B if kv_cache is not None and pad_B is None else pad_B
+        mask_B1LK = None
+        if pad_B is not None:
+            assert isinstance(positions, slice)  # the slots, from _positions
+            positions, mask_B1LK = left_padding(positions, pad_B)
         x_BLC = self.embed(ids_BL, hook.scope("embed."), positions)
         pos = self.embed.pos
         assert pos is not None  # a Transformer's embeddings always have a scheme (None is the MLP baseline's)
         rotate = pos.rotation(positions)  # rotary positions act inside attention; else None
         for i, block in enumerate(self.blocks):
             kv = kv_cache.layers[i] if kv_cache is not None else None
-            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), rotate, kv)
+            x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), rotate, kv, mask_B1LK=mask_B1LK)
         if kv_cache is not None:
             kv_cache.length += ids_BL.shape[1]
         if self.final_ln is not None:
