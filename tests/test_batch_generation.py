@@ -88,3 +88,48 @@ def test_the_padded_slots_stay_within_the_context_as_windows_slide():
 def test_bad_requests_are_one_line(prompts, n, words):
     with pytest.raises(AttnlabError, match=words):
         generate_batch(_model(), prompts, n)
+
+
+# --- fixed shapes: the step a CUDA graph captures --------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["default", "rope", "qk-norm", "llama-like", "post-norm", "sinusoidal"])
+def test_the_fixed_shape_step_gives_the_cached_steps_logits(variant):
+    model = _model(**VARIANTS.get(variant, {}))
+    prompt_BL = torch.randint(model.config.n_vocab, (3, 5), generator=torch.Generator().manual_seed(2))
+    for pad_B in (None, torch.tensor([0, 2, 4])):
+        plain = KVCache(model.config.n_layers, model.config.max_len, pad_B)
+        fixed = KVCache(model.config.n_layers, model.config.max_len, pad_B)
+        with torch.no_grad():
+            torch.testing.assert_close(model(prompt_BL, kv_cache=fixed), model(prompt_BL, kv_cache=plain))
+            slot = fixed.fix_shapes()
+            next_B1 = torch.tensor([[1], [2], [3]])
+            for _ in range(model.config.max_len - 5):  # to the last slot
+                want_B1V = model(next_B1, kv_cache=plain)
+                got_B1V = model(next_B1, kv_cache=fixed)
+                slot += 1
+                torch.testing.assert_close(got_B1V, want_B1V, rtol=1e-5, atol=1e-5)
+                next_B1 = want_B1V.argmax(-1)
+        assert fixed.layers[0].k_BGTD is not None and fixed.layers[0].k_BGTD.shape[2] == model.config.max_len
+
+
+def test_cuda_graphs_are_refused_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the graphs run (test_graph_replayed_decoding_equals_the_eager_one)")
+    with pytest.raises(AttnlabError, match="CUDA graphs"):
+        _model().generate(torch.tensor([[1, 2]]), 3, greedy=True, graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: CUDA graphs need one")
+def test_graph_replayed_decoding_equals_the_eager_one():
+    model = _model(positions="rope", head_dim=8).cuda()
+    prompts = _prompts(model.config.n_vocab)
+    for p in prompts:
+        ids_1L = torch.tensor([p], device="cuda")
+        graphed = model.generate(ids_1L, 40, greedy=True, graphs=True)
+        eager = model.generate(ids_1L, 40, greedy=True, graphs=False)
+        assert torch.equal(graphed, eager)
+    assert generate_batch(model, prompts, 40, SETTINGS["greedy"]) == [
+        model.generate(torch.tensor([p], device="cuda"), 40, greedy=True, graphs=False)[0, len(p) :].tolist()
+        for p in prompts
+    ]

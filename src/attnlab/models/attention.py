@@ -51,6 +51,19 @@ def left_padding(slots: slice, pad_B: torch.Tensor) -> tuple[torch.Tensor, torch
     return positions_BL, sees_BLK[:, None]
 
 
+def fixed_slot(
+    slot_1: torch.Tensor, max_len: int, pad_B: torch.Tensor | None, B: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, 1) and mask (B, 1, 1, max_len) of one new token per row at slot `slot_1` (a
+    one-element tensor) over a cache of max_len slots: it sees the slots up to its own, none after
+    (not written yet) and no padding. Only tensors, so a captured CUDA graph replays it as the slot moves."""
+    pad_B = pad_B if pad_B is not None else torch.zeros(B, dtype=torch.long, device=slot_1.device)
+    positions_B1 = (slot_1[None, :] - pad_B[:, None]).clamp(min=0)
+    k_T = torch.arange(max_len, device=slot_1.device)
+    sees_BT = (k_T[None] <= slot_1) & (k_T[None] >= pad_B[:, None])
+    return positions_B1, sees_BT[:, None, None, :]
+
+
 def split_heads(x_BLX: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """(B, L, heads x D) -> (B, heads, L, D): each head's D channels, as a sequence of its own."""
     # D is given, not inferred (-1): under torch.compile's dynamic shapes an inferred D is symbolic,

@@ -166,14 +166,15 @@ class LanguageModel(Model):
         kv_cache: bool = True,
         slide: int | None = None,
         compile: bool = False,
+        graphs: bool | None = None,
         **sampling_fields: Any,
     ) -> torch.Tensor:
         """Append `max_new_tokens` tokens to each row of ids_BL; returns the whole sequence.
 
         `sampling` says how tokens are chosen (default: `Sampling()`, temperature 1); its fields can
         also be given as keywords: `model.generate(ids_BL, 50, temperature=0.8, top_k=40)`.
-        `kv_cache`, `slide` and `compile`: see `stream_tokens`.
+        `kv_cache`, `slide`, `compile` and `graphs`: see `stream_tokens`.
         """
         sampling = dataclasses.replace(sampling or Sampling(), **sampling_fields)
-        new = list(stream_tokens(self, ids_BL, max_new_tokens, sampling, generator, kv_cache, slide, compile))
+        new = list(stream_tokens(self, ids_BL, max_new_tokens, sampling, generator, kv_cache, slide, compile, graphs))
         return torch.cat([ids_BL, *new], dim=1) if new else ids_BL

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import KVCache
+from .decoding import GraphedStep, KVCache
 from .sampling import DEFAULT_SAMPLING, Sampling, default_slide
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ def generate_batch(
     # One generator per row, seeded alike, so each row draws what it would draw alone.
     generators = [sampling.generator() for _ in rows] if sampling.seed is not None and not sampling.greedy else None
     use_cache = kv_cache and model.supports_kv_cache
+    graphs = use_cache and device.type == "cuda"  # each window's one-token step replayed (GraphedStep)
     cache: KVCache | None = None
+    step: GraphedStep | None = None
     next_B1: torch.Tensor | None = None
     out: list[list[int]] = [[] for _ in rows]
     with model.generating():
@@ -78,11 +80,15 @@ def generate_batch(
                     starts[b] = lens[b] - max_len - 1 + slide
                     moved = True
             if use_cache and cache is not None and not moved and next_B1 is not None:
-                logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
+                if graphs:
+                    step = step if step is not None else GraphedStep(model, cache, next_B1)
+                    logits_BV = step(next_B1)[:, -1, :]
+                else:
+                    logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
             else:  # the prompts, or a window that moved: (re)fill from every row's window
                 ids_BW, pad_B = _left_padded([seqs[b][starts[b] : lens[b]] for b in range(B)], device)
                 if use_cache:
-                    cache = KVCache(model.config.n_layers, max_len, pad_B)
+                    cache, step = KVCache(model.config.n_layers, max_len, pad_B), None
                     logits_BV = model(ids_BW, kv_cache=cache)[:, -1, :]
                 else:
                     logits_BV = _forward_padded(model, ids_BW, pad_B)[:, -1, :]

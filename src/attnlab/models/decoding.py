@@ -43,6 +43,18 @@ class KVCache:
         self.pad_B = pad_B
         self.length = 0
         self.layers = [LayerCache(self) for _ in range(n_layers)]
+        # Fixed shapes (`fix_shapes`): the slot of the next token as a tensor, the same shapes every step.
+        self.slot: torch.Tensor | None = None
+
+    def fix_shapes(self) -> torch.Tensor:
+        """From now on one token a step, every shape the same: the new keys and values are written in
+        place at `slot` (a one-element tensor, set by the caller before each step) and attention reads all
+        max_len slots under a mask. Nothing then depends on a Python number, so a step can be captured
+        once as a CUDA graph and replayed (`GraphedStep`). Call after the prompt's forward (prefill),
+        which sized every buffer to max_len; returns the slot tensor, at the next token's slot."""
+        device = next(layer.k_BGTD for layer in self.layers if layer.k_BGTD is not None).device
+        self.slot = torch.tensor([self.length], device=device)
+        return self.slot
 
     def reorder(self, rows_B: torch.Tensor) -> None:
         """Beam search: row b of the cache continues what row rows_B[b] held (rows may repeat or go)."""
@@ -62,7 +74,12 @@ class LayerCache:
         self.derived: dict[str, Any] = {}
 
     def append(self, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> KeysValues:
-        """Add this step's keys and values; return all of them so far (B, G, K, D)."""
+        """Add this step's keys and values; return all of them so far (B, G, K, D), or with fixed shapes
+        (`KVCache.fix_shapes`) every slot, (B, G, max_len, D), the ones not written yet masked."""
+        if self.cache.slot is not None and self.k_BGTD is not None and self.v_BGTD is not None:
+            self.k_BGTD.index_copy_(2, self.cache.slot, k_BGLD)
+            self.v_BGTD.index_copy_(2, self.cache.slot, v_BGLD)
+            return self.k_BGTD, self.v_BGTD
         start = self.cache.length
         end = start + k_BGLD.shape[2]  # <= max_len: the model refuses longer sequences
         k_BGTD, v_BGTD = self.k_BGTD, self.v_BGTD
@@ -106,6 +123,40 @@ class LayerCache:
         if self.source_kv is not None:
             k_BGSD, v_BGSD = self.source_kv
             self.source_kv = _source_rows(k_BGSD, rows_B), _source_rows(v_BGSD, rows_B)
+
+
+class GraphedStep:
+    """The one-token decoding step captured once as a CUDA graph and replayed for every token: on a GPU
+    a step of a small model is ~100 kernel launches whose cost is the launching, not the arithmetic; a
+    replay launches them all at once. The shapes are fixed (`KVCache.fix_shapes`), the token and the slot
+    live in tensors the graph reads, and each call copies the new token in, replays and moves the slot.
+    The same numbers as the eager step (tested on CPU through the fixed-shape path it captures)."""
+
+    def __init__(self, model: torch.nn.Module, cache: KVCache, ids_B1: torch.Tensor) -> None:
+        self.slot = cache.fix_shapes()
+        self.ids_B1 = ids_B1.clone()
+        with torch.no_grad():
+            self._capture(model, cache)
+
+    def _capture(self, model: torch.nn.Module, cache: KVCache) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(
+            side
+        ):  # warm-up (allocator, kernel choices); it writes the slot the first replay rewrites
+            for _ in range(2):
+                model(self.ids_B1, kv_cache=cache)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits_B1V = model(self.ids_B1, kv_cache=cache)
+
+    def __call__(self, ids_B1: torch.Tensor) -> torch.Tensor:
+        """The logits after token ids_B1, at the cache's next slot."""
+        self.ids_B1.copy_(ids_B1)
+        self.graph.replay()
+        self.slot += 1
+        return self.logits_B1V
 
 
 def _room(need: int, max_len: int) -> int:

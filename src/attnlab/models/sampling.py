@@ -15,7 +15,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import KVCache, compiled_decoder
+from .decoding import GraphedStep, KVCache, compiled_decoder
 
 if TYPE_CHECKING:
     from .base import LanguageModel
@@ -100,6 +100,7 @@ def stream_tokens(
     kv_cache: bool = True,
     slide: int | None = None,
     compile: bool = False,
+    graphs: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids_B1, one step at a time.
 
@@ -110,7 +111,9 @@ def stream_tokens(
     change (it depends on the tokens before it in the window), so the cache is rebuilt from the
     new window. The window does not depend on `kv_cache`: with and without it, generation computes
     the same logits, and the cache only makes it faster. `compile` runs the one-token steps through
-    `compiled_decoder` (a first call compiles for ~10-30 s). `generator` defaults to `sampling.seed`'s.
+    `compiled_decoder` (a first call compiles for ~10-30 s). `graphs` replays each window's one-token
+    step as a CUDA graph (`GraphedStep`; None: on a CUDA device, with the cache and without `compile`).
+    `generator` defaults to `sampling.seed`'s.
     """
     if max_new_tokens < 0:
         raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
@@ -123,7 +126,12 @@ def stream_tokens(
     generator = generator if generator is not None else sampling.generator()
     use_cache = kv_cache and model.supports_kv_cache
     decode = compiled_decoder(model) if compile and use_cache else model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    graphs = (on_cuda and use_cache and not compile) if graphs is None else graphs
+    if graphs and not (on_cuda and use_cache):
+        raise AttnlabError("CUDA graphs replay the KV-cache step on a CUDA device: use the cache on a GPU")
     cache: KVCache | None = None
+    step: GraphedStep | None = None
     B, prompt_len = ids_BL.shape
     if (need := B * (prompt_len + max_new_tokens) * ids_BL.element_size()) > memory_limit() // 2:
         raise AttnlabError(
@@ -141,10 +149,14 @@ def stream_tokens(
                 start = n - max_len - 1 + slide
             if not use_cache:
                 logits_BV = model(ids_BT[:, start:n])[:, -1, :]
-            elif cache is not None and not moved:
-                logits_BV = decode(next_B1, kv_cache=cache)[:, -1, :]
+            elif cache is not None and not moved and next_B1 is not None:
+                if graphs:  # captured on the window's first step, replayed for the others
+                    step = step if step is not None else GraphedStep(model, cache, next_B1)
+                    logits_BV = step(next_B1)[:, -1, :]
+                else:
+                    logits_BV = decode(next_B1, kv_cache=cache)[:, -1, :]
             else:  # the prompt, or a window that moved: (re)fill the cache from the whole window
-                cache = KVCache(model.config.n_layers, max_len)
+                cache, step = KVCache(model.config.n_layers, max_len), None
                 logits_BV = model(ids_BT[:, start:n], kv_cache=cache)[:, -1, :]
             next_B1 = sampling.choose(logits_BV, generator)
             ids_BT[:, n : n + 1] = next_B1

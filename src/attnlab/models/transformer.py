@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import left_padding
+from .attention import fixed_slot, left_padding
 from .base import LanguageModel
 from .config import ModelConfig
 from .decoding import KVCache
@@ -46,12 +46,14 @@ class TransformerLM(LanguageModel):
         """Logits for ids_BL; with `kv_cache`, ids_BL continues the cached positions (see decoding.py).
         `pad_B` (or the cache's): ids_BL is left-padded, row b's first pad_B[b] tokens padding, which no
         position attends to and from whose end positions count (a batch of prompts, `generate_batch`)."""
-        positions: Positions = self._positions(ids_BL.shape[1], kv_cache, hook)
         pad_B = kv_cache.pad_B if kv_cache is not None and pad_B is None else pad_B
-        mask_B1LK = None
-        if pad_B is not None:
-            assert isinstance(positions, slice)  # the slots, from _positions
-            positions, mask_B1LK = left_padding(positions, pad_B)
+        positions: Positions
+        mask_B1LK: torch.Tensor | None
+        if kv_cache is not None and kv_cache.slot is not None:  # fixed shapes: one token at a tensor slot
+            positions, mask_B1LK = fixed_slot(kv_cache.slot, kv_cache.max_len, pad_B, ids_BL.shape[0])
+        else:
+            slots = self._positions(ids_BL.shape[1], kv_cache, hook)
+            positions, mask_B1LK = left_padding(slots, pad_B) if pad_B is not None else (slots, None)
         x_BLC = self.embed(ids_BL, hook.scope("embed."), positions)
         pos = self.embed.pos
         assert pos is not None  # a Transformer's embeddings always have a scheme (None is the MLP baseline's)
@@ -59,7 +61,7 @@ class TransformerLM(LanguageModel):
         for i, block in enumerate(self.blocks):
             kv = kv_cache.layers[i] if kv_cache is not None else None
             x_BLC = block(x_BLC, hook.scope(f"blocks.{i}."), rotate, kv, mask_B1LK=mask_B1LK)
-        if kv_cache is not None:
+        if kv_cache is not None and kv_cache.slot is None:  # with fixed shapes, the caller moves the slot
             kv_cache.length += ids_BL.shape[1]
         if self.final_ln is not None:
             x_BLC = hook("final_ln_BLC", self.final_ln(x_BLC))
