@@ -17,7 +17,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import GraphedStep, KVCache
+from .decoding import GraphedStep, KVCache, graphed_step
 from .sampling import DEFAULT_SAMPLING, Sampling, default_slide
 
 if TYPE_CHECKING:
@@ -81,8 +81,9 @@ def generate_batch(
                     moved = True
             if use_cache and cache is not None and not moved and next_B1 is not None:
                 if graphs:
-                    step = step if step is not None else GraphedStep(model, cache, next_B1)
-                    logits_BV = step(next_B1)[:, -1, :]
+                    step = step if step is not None else graphed_step(model, cache, next_B1)
+                    graphs = step is not None
+                    logits_BV = (step(next_B1) if step is not None else model(next_B1, kv_cache=cache))[:, -1, :]
                 else:
                     logits_BV = model(next_B1, kv_cache=cache)[:, -1, :]
             else:  # the prompts, or a window that moved: (re)fill from every row's window

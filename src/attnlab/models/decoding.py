@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..runtime.environment import notice
+
 T = TypeVar("T")
 KeysValues = tuple[torch.Tensor, torch.Tensor]
 
@@ -157,6 +159,18 @@ class GraphedStep:
         self.graph.replay()
         self.slot += 1
         return self.logits_B1V
+
+
+def graphed_step(model: torch.nn.Module, cache: KVCache, ids_B1: torch.Tensor) -> GraphedStep | None:
+    """`GraphedStep(model, cache, ids_B1)`, or None, said in a notice, where this device or driver cannot
+    capture it: generation then goes on eagerly, with the same tokens, rather than stop."""
+    try:
+        return GraphedStep(model, cache, ids_B1)
+    except RuntimeError as e:
+        cache.slot = None  # back to the growing cache: the eager step reads `length`, still the next slot
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        notice(f"CUDA graphs: the decoding step could not be captured ({first[:160]}); decoding without them")
+        return None
 
 
 def _room(need: int, max_len: int) -> int:

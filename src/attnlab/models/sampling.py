@@ -15,7 +15,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import GraphedStep, KVCache, compiled_decoder
+from .decoding import GraphedStep, KVCache, compiled_decoder, graphed_step
 
 if TYPE_CHECKING:
     from .base import LanguageModel
@@ -151,8 +151,9 @@ def stream_tokens(
                 logits_BV = model(ids_BT[:, start:n])[:, -1, :]
             elif cache is not None and not moved and next_B1 is not None:
                 if graphs:  # captured on the window's first step, replayed for the others
-                    step = step if step is not None else GraphedStep(model, cache, next_B1)
-                    logits_BV = step(next_B1)[:, -1, :]
+                    step = step if step is not None else graphed_step(model, cache, next_B1)
+                    graphs = step is not None
+                    logits_BV = (step(next_B1) if step is not None else decode(next_B1, kv_cache=cache))[:, -1, :]
                 else:
                     logits_BV = decode(next_B1, kv_cache=cache)[:, -1, :]
             else:  # the prompt, or a window that moved: (re)fill the cache from the whole window
