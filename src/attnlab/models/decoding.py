@@ -54,7 +54,14 @@ class KVCache:
         max_len slots under a mask. Nothing then depends on a Python number, so a step can be captured
         once as a CUDA graph and replayed (`GraphedStep`). Call after the prompt's forward (prefill),
         which sized every buffer to max_len; returns the slot tensor, at the next token's slot."""
-        device = next(layer.k_BGTD for layer in self.layers if layer.k_BGTD is not None).device
+        device = torch.device("cpu")
+        for layer in self.layers:
+            assert layer.k_BGTD is not None and layer.v_BGTD is not None  # filled by the prefill
+            # The slots not written yet are read under the mask: a weight of 0 times a stray NaN in
+            # uninitialised memory is still NaN, so they must hold numbers.
+            layer.k_BGTD[:, :, self.length :].zero_()
+            layer.v_BGTD[:, :, self.length :].zero_()
+            device = layer.k_BGTD.device
         self.slot = torch.tensor([self.length], device=device)
         return self.slot
 
