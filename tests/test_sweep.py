@@ -127,6 +127,7 @@ CHOICE_FLAGS = {
         "seq2seq eval",
     ],
     "--over": ["patch"],
+    "--notebook": ["check"],
     "--schedule": ["lab", "train", "compare", "seq2seq train"],
     "--split": ["eval"],
     "--compile": ["bench"],
@@ -344,6 +345,9 @@ for value, words in SETS:
         ROWS.append(
             (f"compare --vary {value}", ["compare", "--vary", value, "--steps", "1", "--out", "{tmp}/c"], words)
         )
+
+# On or off.
+ROWS += [(f"{verb} --tf32 maybe", [*BASE[verb], "--tf32", "maybe"], "give on or off") for verb in ("train", "lab")]
 
 # A file of prompts: missing, not text, empty; and what cannot go with it.
 GENERATE = ["generate", "{ckpt}", "--max-new-tokens", "2"]

@@ -250,3 +250,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_the_uninterrupted_run(corp
     )
     assert resumed.returncode == 0, resumed.stderr
     assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")
+
+
+def test_tf32_is_set_on_cuda_only_and_said_in_the_runs_notice():
+    from attnlab.cli import build_parser
+    from attnlab.cli.options import training_fields
+    from attnlab.runtime.devices import matmul_note, set_matmul_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        set_matmul_precision("cuda", False)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+        set_matmul_precision("cuda:1", True)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        set_matmul_precision("cpu", False)  # no TF32 there: nothing changes
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert matmul_note("cuda", "fp32", True) == "fp32 matmuls in TF32; --tf32 off for full fp32"
+    assert matmul_note("cuda", "bf16", True) is None and matmul_note("cpu", "fp32", True) is None
+    for argv, want in ((["train", "--out", "r"], None), (["train", "--out", "r", "--tf32", "off"], False)):
+        fields = training_fields(build_parser().parse_args(argv))
+        assert fields.get("tf32") is want
+        assert TrainConfig(**fields).tf32 is (want if want is not None else True)

@@ -68,6 +68,13 @@ def seed(text: str) -> int:
     return _integer(text, 0, 2**63, "between 0 and 2**63 - 1")
 
 
+def on_off(text: str) -> bool:
+    """argparse type: on or off."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give on or off")
+    return text == "on"
+
+
 def positive(text: str) -> int:
     """argparse type: a count of at least one."""
     return _integer(text, 1, None, ">= 1")
@@ -115,6 +122,11 @@ FLAGS: dict[str, dict[str, Any]] = {
         "help": "autocast precision (default fp32; bf16 is ~100x slower on CPUs without bf16 units)",
     },
     "--compile": {"action": "store_true", "help": "torch.compile the model"},
+    "--tf32": {
+        "type": on_off,
+        "metavar": "on|off",
+        "help": "CUDA: fp32 matmuls on TF32 tensor cores (default on; off: full fp32)",
+    },
     "--optimizer": {
         "choices": OPTIMIZERS,
         "help": "adamw (default) | muon: Muon for the hidden weight matrices, AdamW for the rest",
@@ -143,6 +155,7 @@ GROUPS = {
         "--device",
         "--dtype",
         "--compile",
+        "--tf32",
         "--optimizer",
     ),
     "threads": ("--threads",),  # every verb (`command`)

@@ -31,6 +31,23 @@ def check_dtype(dtype: str, flag: str = "--dtype") -> None:
         raise AttnlabError(f"{flag} {dtype}: choose one of {', '.join(DTYPES)}")
 
 
+def set_matmul_precision(device: str, tf32: bool) -> None:
+    """On a CUDA device, let fp32 matmuls and convolutions use TF32 tensor cores (`tf32`, training's
+    default: several times the fp32 rate of an A100 or H100, with a 10-bit mantissa for the products and
+    fp32 sums) or not. Other devices have no TF32: nothing changes."""
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def matmul_note(device: str, dtype: str, tf32: bool) -> str | None:
+    """What a run's notice says of `set_matmul_precision`, or None where it does not apply (other devices,
+    or an autocast dtype, whose matmuls run in bf16 or fp16 anyway)."""
+    if not device.startswith("cuda") or dtype != "fp32":
+        return None
+    return "fp32 matmuls in TF32; --tf32 off for full fp32" if tf32 else "full fp32 matmuls: --tf32 off"
+
+
 def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass: matmuls in bf16/fp16, reductions kept in fp32 by autocast."""
     if dtype == "fp32":

@@ -31,7 +31,7 @@ from ..models import LanguageModel, ModelConfig, build_model, preset_config
 from ..models.counts import param_count
 from ..runtime import distributed
 from ..runtime.checks import memory_limit
-from ..runtime.devices import resolve_device
+from ..runtime.devices import matmul_note, resolve_device
 from ..runtime.environment import notice
 from .checkpoint import CONFIG, Checkpoint, load_checkpoint
 from .train import Callback, EvalResult, TrainConfig, TrainResult, TrainState, train
@@ -247,7 +247,10 @@ def processes(device: str, fallback: bool = False) -> Iterator[str]:
 
 
 def _where(tcfg: TrainConfig) -> str:
+    """The device (or processes) a run trains on, and how its fp32 matmuls run there."""
     world = distributed.world_size()
-    if world == 1:
-        return tcfg.device
-    return f"{world} processes, global batch {tcfg.batch_size * world * tcfg.grad_accum}"
+    where = (
+        tcfg.device if world == 1 else f"{world} processes, global batch {tcfg.batch_size * world * tcfg.grad_accum}"
+    )
+    precision = matmul_note(tcfg.device, tcfg.dtype, tcfg.tf32)
+    return f"{where} ({precision})" if precision else where

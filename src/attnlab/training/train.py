@@ -31,7 +31,7 @@ from ..models import LanguageModel
 from ..models.base import Model
 from ..runtime import distributed
 from ..runtime.checks import check_object, field_types, memory_limit
-from ..runtime.devices import autocast_context, check_dtype
+from ..runtime.devices import autocast_context, check_dtype, set_matmul_precision
 from ..runtime.environment import notice
 from ..runtime.files import read_json_lines, write_text_atomically
 from ..runtime.threads import ThreadGovernor
@@ -72,6 +72,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "fp32"  # "bf16" / "fp16": autocast the forward (weights and optimizer stay fp32)
     compile: bool = False  # torch.compile the model (pays off on GPUs; about 1.0x on small CPU models)
+    tf32: bool = True  # CUDA: fp32 matmuls on TF32 tensor cores (runtime.devices.matmul_precision)
     optimizer: str = "adamw"  # "muon": Muon for the hidden weight matrices, AdamW for the rest (see optim)
     embed_lr_ratio: float = 1.0  # the embeddings' (and an LM head's) learning rate, as a multiple of lr
     # After warm-up: "cosine" decays over the whole run; "wsd" (warm-up, stable, decay: the nanoGPT
@@ -467,6 +468,7 @@ def fit(
     """
     tcfg.validate()
     device = str(next(model.parameters()).device)
+    set_matmul_precision(device, tcfg.tf32)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint"
