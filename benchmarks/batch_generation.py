@@ -1,7 +1,8 @@
 """Batched generation: tokens per second at batch 1, 8 and 64, against the same prompts one at a time.
 
 A model of `--preset` (random weights: the speed of decoding does not depend on them), `--batch`
-sizes, prompts of random tokens of different lengths (8 to 40), `--new` tokens each, greedy. Each
+sizes, prompts of random tokens of different lengths (8 to 40), `--new` tokens each (80: with the
+longest prompt, `small`'s 128-token context, so no window slides), greedy. Each
 round decodes each batch together (`generate_batch`) and, for the smaller batches, its prompts one
 at a time (`model.generate`), alternately (the order flips each round); the figures are medians over
 `--rounds`. On a CUDA device the one-token steps are replayed as CUDA graphs, and `--no-graphs`
@@ -36,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", default="1,8,64")
-    parser.add_argument("--new", type=int, default=100)
+    parser.add_argument("--new", type=int, default=80)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--alone-up-to", type=int, default=8, help="decode one at a time only for batches up to this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 PAD = 0  # the id in the padding slots: never attended to, so any id does
 
 
-def _left_padded(windows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows as one batch ids_BW padded on the left, and each row's number of pad tokens."""
+def _left_padded(windows: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The windows as one batch ids_BW padded on the left, and each row's number of pad tokens (None when
+    they are all as long: the model's unpadded path, without a mask to build at every step)."""
     W = max(len(w) for w in windows)
     ids_BW = torch.full((len(windows), W), PAD, dtype=torch.long, device=device)
     for b, w in enumerate(windows):
         ids_BW[b, W - len(w) :] = w
-    return ids_BW, torch.tensor([W - len(w) for w in windows], device=device)
+    pads = [W - len(w) for w in windows]
+    return ids_BW, (torch.tensor(pads, device=device) if any(pads) else None)
 
 
 @torch.no_grad()
@@ -104,9 +106,9 @@ def generate_batch(
     return out
 
 
-def _forward_padded(model: LanguageModel, ids_BW: torch.Tensor, pad_B: torch.Tensor) -> torch.Tensor:
+def _forward_padded(model: LanguageModel, ids_BW: torch.Tensor, pad_B: torch.Tensor | None) -> torch.Tensor:
     """Logits of a left-padded batch without a cache: a Transformer told where its padding is, the MLP
     baseline as it is (it reads one token, so the padding before a row cannot reach it)."""
-    if model.supports_kv_cache:
+    if model.supports_kv_cache and pad_B is not None:
         return model(ids_BW, pad_B=pad_B)
     return model(ids_BW)
