@@ -65,7 +65,7 @@ def main() -> None:
                 _sync(device)
                 t0 = time.perf_counter()
                 if way == "batched":
-                    out[way] = generate_batch(model, prompts[b], args.new, greedy)
+                    out[way] = generate_batch(model, prompts[b], args.new, greedy, graphs=graphs)
                 else:
                     out[way] = [
                         model.generate(torch.tensor([p], device=device), args.new, greedy, graphs=graphs)[

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import GraphedStep, KVCache, graphed_step
+from .decoding import GraphedStep, KVCache, graphed_step, use_graphs
 from .sampling import DEFAULT_SAMPLING, Sampling, default_slide
 
 if TYPE_CHECKING:
@@ -45,8 +45,11 @@ def generate_batch(
     sampling: Sampling = DEFAULT_SAMPLING,
     kv_cache: bool = True,
     slide: int | None = None,
+    graphs: bool | None = None,
 ) -> list[list[int]]:
-    """The `max_new_tokens` tokens that follow each prompt (token ids), all prompts decoded together."""
+    """The `max_new_tokens` tokens that follow each prompt (token ids), all prompts decoded together.
+    `graphs`: each window's one-token step replayed as a CUDA graph (None: on a CUDA device, with the
+    cache), as in `stream_tokens`."""
     if max_new_tokens < 0:
         raise AttnlabError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -69,7 +72,7 @@ def generate_batch(
     # One generator per row, seeded alike, so each row draws what it would draw alone.
     generators = [sampling.generator() for _ in rows] if sampling.seed is not None and not sampling.greedy else None
     use_cache = kv_cache and model.supports_kv_cache
-    graphs = use_cache and device.type == "cuda"  # each window's one-token step replayed (GraphedStep)
+    graphs = use_graphs(device, use_cache, graphs)
     cache: KVCache | None = None
     step: GraphedStep | None = None
     next_B1: torch.Tensor | None = None

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..errors import AttnlabError
 from ..runtime.environment import notice
 
 T = TypeVar("T")
@@ -166,6 +167,15 @@ class GraphedStep:
         self.graph.replay()
         self.slot += 1
         return self.logits_B1V
+
+
+def use_graphs(device: torch.device, use_cache: bool, graphs: bool | None) -> bool:
+    """Whether generation replays its one-token steps as CUDA graphs: `graphs`, or by default (None) on a
+    CUDA device whenever the cache is used; asked for elsewhere, refused in one line."""
+    on_cuda = device.type == "cuda"
+    if graphs and not (on_cuda and use_cache):
+        raise AttnlabError("CUDA graphs replay the KV-cache step on a CUDA device: use the cache on a GPU")
+    return (on_cuda and use_cache) if graphs is None else graphs
 
 
 def graphed_step(model: torch.nn.Module, cache: KVCache, ids_B1: torch.Tensor) -> GraphedStep | None:

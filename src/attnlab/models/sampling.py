@@ -15,7 +15,7 @@ import torch
 
 from ..errors import AttnlabError
 from ..runtime.checks import memory_limit
-from .decoding import GraphedStep, KVCache, compiled_decoder, graphed_step
+from .decoding import GraphedStep, KVCache, compiled_decoder, graphed_step, use_graphs
 
 if TYPE_CHECKING:
     from .base import LanguageModel
@@ -126,10 +126,7 @@ def stream_tokens(
     generator = generator if generator is not None else sampling.generator()
     use_cache = kv_cache and model.supports_kv_cache
     decode = compiled_decoder(model) if compile and use_cache else model
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    graphs = (on_cuda and use_cache and not compile) if graphs is None else graphs
-    if graphs and not (on_cuda and use_cache):
-        raise AttnlabError("CUDA graphs replay the KV-cache step on a CUDA device: use the cache on a GPU")
+    graphs = use_graphs(next(model.parameters()).device, use_cache and not compile, graphs)
     cache: KVCache | None = None
     step: GraphedStep | None = None
     B, prompt_len = ids_BL.shape
