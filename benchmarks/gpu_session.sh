@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything issue 26 measures on a GPU, in one sitting, as one script for a session lent a CUDA machine
 # (the `device` tool runs it in the repository root; what it writes under $OUT comes back). About 8
-# minutes on one H200. Install first: a CUDA build of torch is on that machine's index, as are the test
+# minutes on one H200; carry benchmarks/nanogpt (see nanogpt_reference.py). Install first: a CUDA build of torch is on that machine's index, as are the test
 # extras. Each step is timed and its output kept, so a step that fails leaves the others' figures.
 set -u
 OUT=${OUT:-benchmarks/results/gpu}
@@ -27,6 +27,9 @@ done
 # Training: `large` in bf16 with and without compile, and fp32 (TF32 is on by default now).
 step bench_large python -m attnlab bench --preset large --device cuda --compile both --dtypes fp32,bf16 \
   --budget 10 --out "$OUT/bench_large_cuda.json"
+# The reference: nanoGPT's model and step at `large`'s architecture (benchmarks/nanogpt/model.py, carried).
+step nanogpt python benchmarks/nanogpt_reference.py --device cuda --dtype bf16 --compile both \
+  --out "$OUT/nanogpt_reference_cuda.json"
 step bench_small python -m attnlab bench --preset small --device cuda --compile both --dtypes fp32,bf16 \
   --out "$OUT/bench_small_cuda.json"
 cat "$OUT/steps.txt"
