@@ -41,7 +41,7 @@ class ModelConfig:
     # Block variants (defaults: GPT-2's choices, which are also the lab's).
     norm: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (no mean subtraction, no bias)
     norm_bias: bool = True  # LayerNorm with a bias (GPT-2) or without; RMSNorm never has one
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # added to the variance inside the norms, so that a constant vector divides by no 0
     norm_placement: str = "pre"  # "pre": x + f(norm(x)) (GPT-2); "post": norm(x + f(x)) (Vaswani et al. 2017)
     positions: str = "learned"  # "learned", "sinusoidal" (2017), "rope" (rotary, on q and k), "none"
     rope_theta: float = 10000.0  # RoPE base: angle of pair i is position * theta^(-2i/D)
