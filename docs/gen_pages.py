@@ -8,9 +8,11 @@ import argparse
 import dataclasses
 import inspect
 import re
+from pathlib import Path
 
 import mkdocs_gen_files
 
+from attnlab import __version__
 from attnlab.cli import build_parser
 from attnlab.exercises import CHECKS, CIRCUIT_CHECKS, MISTAKES
 from attnlab.exercises import mistakes as catalogue
@@ -48,7 +50,7 @@ def cli_page() -> str:
     lines = [
         "# Command line",
         "",
-        "Every verb of `attnlab` and every flag, read from the parser itself when this site is built.",
+        f"Every verb of `attnlab` {__version__} and every flag, read from the parser itself when this site is built.",
         "Bad input is one line on stderr and exit status 2.",
         "",
     ]
@@ -140,7 +142,11 @@ def mistakes_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+with open(Path(__file__).parent.parent / "CHANGELOG.md", encoding="utf-8") as changelog:
+    changes = changelog.read()
+
 for path, text in (
+    ("changelog.md", changes),
     ("reference/cli.md", cli_page()),
     ("reference/config.md", config_page()),
     ("reference/mistakes.md", mistakes_page()),

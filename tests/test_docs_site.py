@@ -51,6 +51,17 @@ def test_the_generated_pages_hold_every_verb_field_and_mistake(site: Path) -> No
         assert mistake_id in mistakes and " ".join(mistake.what.split()[:4]) in mistakes, mistake_id
 
 
+def test_one_version_in_the_changelog_the_site_and_attnlab_info(site: Path, capsys) -> None:
+    from attnlab import __version__
+    from attnlab.cli import main
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.findall(r"^## (\S+)", changelog, re.M)[0] == __version__  # the newest section is this version
+    assert f"attnlab {__version__}" in _text(site / "reference" / "cli.html")
+    assert f"## {__version__}".lstrip("# ") in _text(site / "changelog.html")
+    assert main(["info"]) == 0 and capsys.readouterr().out.startswith(f"attnlab {__version__},")
+
+
 def _commands_shown() -> list[str]:
     """Every line of a code block in the hand-written pages that runs attnlab."""
     commands = []

@@ -180,3 +180,18 @@ def test_check_grades_the_exercises_of_the_notebook_named(tmp_path):
     assert report["exercises"][0]["mistake"] == "logit_not_difference"
     proc = run_subprocess(["check", str(path), "--format", "csv", "--notebook", "lab"], timeout=300)
     assert proc.stdout.splitlines()[0] == ",".join(["notebook", "score", *EXERCISES, "errors"])
+
+
+def test_attnlab_notebook_says_how_to_open_it_and_what_to_install_without_jupyterlab(tmp_path, monkeypatch):
+    import shutil
+
+    from attnlab.notebooks import how_to_open
+
+    path = tmp_path / "lab.ipynb"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert (
+        how_to_open(path)
+        == f"JupyterLab is not installed here: pip install 'attnlab[student]', then: jupyter lab {path}"
+    )
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/jupyter-lab" if name == "jupyter-lab" else None)
+    assert how_to_open(path) == f"open it with: jupyter lab {path}"

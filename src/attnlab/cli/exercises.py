@@ -11,10 +11,10 @@ from .options import Verbs, command, finite, positive
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
-    from ..notebooks import copy_notebook
+    from ..notebooks import copy_notebook, how_to_open
 
     path = copy_notebook(args.out, solutions=args.solutions, name=args.name)
-    print(f"wrote {path}; open it with: jupyter lab {path}")
+    print(f"wrote {path}; {how_to_open(path)}")
     return 0
 
 

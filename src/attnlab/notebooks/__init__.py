@@ -8,6 +8,7 @@ solved one from it.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ..errors import AttnlabError
@@ -40,3 +41,11 @@ def copy_notebook(out: str | Path = ".", solutions: bool = False, name: str = "l
     if target.exists():
         raise AttnlabError(f"{target} exists; move it away or give another --out, so no work is overwritten")
     return write_text_atomically(target, source.read_text(encoding="utf-8"))
+
+
+def how_to_open(path: Path) -> str:
+    """How to open the notebook at `path` here: with JupyterLab, which the `student` extra installs when
+    it is missing (the package itself does not need it)."""
+    if shutil.which("jupyter-lab") is None:
+        return f"JupyterLab is not installed here: pip install 'attnlab[student]', then: jupyter lab {path}"
+    return f"open it with: jupyter lab {path}"
