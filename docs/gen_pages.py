@@ -102,18 +102,8 @@ def config_page() -> str:
 
 
 def mistakes_page() -> str:
-    exercises = {
-        "attention (lab)": catalogue.ATTENTION_MISTAKES,
-        "split_heads (lab)": catalogue.SPLIT_MISTAKES,
-        "merge_heads (lab)": catalogue.MERGE_MISTAKES,
-        "multi_head_attention (lab)": catalogue.MULTI_HEAD_MISTAKES,
-        "transformer_layer (lab)": catalogue.LAYER_MISTAKES,
-        "transformer_lm (lab)": catalogue.LM_MISTAKES,
-        "logit_difference (circuits)": catalogue.LOGIT_DIFF_MISTAKES,
-        "patch_residual (circuits)": catalogue.PATCH_MISTAKES,
-        "logit_attribution (circuits)": catalogue.ATTRIBUTION_MISTAKES,
-        "mean_ablate (circuits)": catalogue.ABLATION_MISTAKES,
-    }
+    notebook = {name: "lab" for name in CHECKS} | {name: "circuits" for name in CIRCUIT_CHECKS}
+    exercises = {f"{name} ({notebook[name]})": wrong for name, wrong in catalogue.WRONG_VERSIONS.items()}
     where: dict[str, list[str]] = {}
     for exercise, wrong in exercises.items():
         for mistake, _ in wrong:

@@ -21,6 +21,7 @@ from attnlab.exercises import (
     check_patch_residual,
 )
 from attnlab.exercises import reference as ref
+from attnlab.exercises.mistakes import WRONG_VERSIONS
 from attnlab.inspect.circuits import resid_name
 
 from .test_exercises import CIRCUIT_MISTAKES, SEEDS, _inputs_seen, _replaying
@@ -156,6 +157,7 @@ IDS = [f"{b.__name__}-{m}" for _, b, m in BROKEN]
 def test_every_circuits_mistake_has_a_broken_version_here_and_a_catalogue_entry():
     assert {mistake for _, _, mistake in BROKEN} == CIRCUIT_MISTAKES
     assert CIRCUIT_MISTAKES <= set(MISTAKES)
+    assert set(WRONG_VERSIONS) <= set(CHECKS) | set(CIRCUIT_CHECKS)  # each list belongs to an exercise
 
 
 def test_the_notebooks_exercises_are_apart_and_the_labs_are_unchanged():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from attnlab.exercises import (
     CHECKS,
+    CIRCUIT_CHECKS,
     MISTAKES,
     check_attention,
     check_causal_mask,
@@ -27,13 +28,8 @@ from attnlab.exercises import (
 from attnlab.exercises import mistakes as catalogue
 from attnlab.exercises import reference as ref
 
-CIRCUIT_WRONG = (
-    catalogue.LOGIT_DIFF_MISTAKES,
-    catalogue.PATCH_MISTAKES,
-    catalogue.ATTRIBUTION_MISTAKES,
-    catalogue.ABLATION_MISTAKES,
-)
-CIRCUIT_MISTAKES = {m for wrong in CIRCUIT_WRONG for m, _ in wrong}  # tested in tests/test_circuit_exercises.py
+# Tested in tests/test_circuit_exercises.py.
+CIRCUIT_MISTAKES = {m for name in CIRCUIT_CHECKS for m, _ in catalogue.WRONG_VERSIONS[name]}
 
 # --- encode_doc -----------------------------------------------------------------------------------
 

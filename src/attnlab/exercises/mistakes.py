@@ -420,3 +420,19 @@ ABLATION_MISTAKES: list[tuple[str, Callable[..., torch.Tensor]]] = [
     ("mean_per_position", _ablate(over="position")),
     ("every_head_ablated", _ablate(heads="every")),
 ]
+
+
+# Each exercise's wrong versions, by the exercise's name (the checks of encode_doc, make_causal_mask and
+# sample_next recognise their mistakes from the output itself, without wrong versions).
+WRONG_VERSIONS: dict[str, list[tuple[str, Callable[..., torch.Tensor]]]] = {
+    "attention": ATTENTION_MISTAKES,
+    "split_heads": SPLIT_MISTAKES,
+    "merge_heads": MERGE_MISTAKES,
+    "multi_head_attention": MULTI_HEAD_MISTAKES,
+    "transformer_layer": LAYER_MISTAKES,
+    "transformer_lm": LM_MISTAKES,
+    "logit_difference": LOGIT_DIFF_MISTAKES,
+    "patch_residual": PATCH_MISTAKES,
+    "logit_attribution": ATTRIBUTION_MISTAKES,
+    "mean_ablate": ABLATION_MISTAKES,
+}
